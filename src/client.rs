@@ -132,11 +132,13 @@ where
     while filled < CHALLENGE_LEN {
         let n = stream.read(&mut challenge[filled..]).await?;
         if n == 0 {
-            return Err(if filled == 0 || protocol::greeting_matches_so_far(&challenge[..filled]) {
-                Error::ClosedEarly
-            } else {
-                Error::NotLinkgate(describe_greeting(&challenge[..filled]))
-            });
+            return Err(
+                if filled == 0 || protocol::greeting_matches_so_far(&challenge[..filled]) {
+                    Error::ClosedEarly
+                } else {
+                    Error::NotLinkgate(describe_greeting(&challenge[..filled]))
+                },
+            );
         }
         filled += n;
         if !protocol::greeting_matches_so_far(&challenge[..filled]) {
@@ -165,7 +167,13 @@ mod tests {
 
     #[test]
     fn greetings_are_described_safely() {
-        assert_eq!(describe_greeting(b"SSH-2.0-OpenSSH_9.2\r\n"), "\"SSH-2.0-OpenSSH_9.2\"");
-        assert_eq!(describe_greeting(&[0xff, 0x00, 0x10]), "3 bytes that are not text");
+        assert_eq!(
+            describe_greeting(b"SSH-2.0-OpenSSH_9.2\r\n"),
+            "\"SSH-2.0-OpenSSH_9.2\""
+        );
+        assert_eq!(
+            describe_greeting(&[0xff, 0x00, 0x10]),
+            "3 bytes that are not text"
+        );
     }
 }

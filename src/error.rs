@@ -112,7 +112,9 @@ pub enum KeyFileProblem {
     )]
     Permissions(u32),
     /// The file's stem is not a valid key id.
-    #[error("the file name's stem is not a valid key id (use ASCII letters, digits, '.', '_', '-')")]
+    #[error(
+        "the file name's stem is not a valid key id (use ASCII letters, digits, '.', '_', '-')"
+    )]
     BadStem,
 }
 

@@ -440,7 +440,10 @@ mod tests {
     #[test]
     fn key_length_bounds() {
         let id = KeyId::new("k").unwrap();
-        assert!(matches!(Key::new(id.clone(), &[0; 15]), Err(Error::KeyLength(15))));
+        assert!(matches!(
+            Key::new(id.clone(), &[0; 15]),
+            Err(Error::KeyLength(15))
+        ));
         assert!(Key::new(id.clone(), &[0; 16]).is_ok());
         assert!(Key::new(id.clone(), &[0; 64]).is_ok());
         assert!(matches!(Key::new(id, &[0; 65]), Err(Error::KeyLength(65))));

@@ -114,7 +114,9 @@ impl std::fmt::Debug for Response {
 impl Response {
     /// Decodes a whole RESPONSE; `bytes` must be exactly one RESPONSE.
     pub fn decode(bytes: &[u8]) -> Result<Response, Malformed> {
-        let (head, rest) = bytes.split_first_chunk::<RESPONSE_HEAD_LEN>().ok_or(Malformed::Length)?;
+        let (head, rest) = bytes
+            .split_first_chunk::<RESPONSE_HEAD_LEN>()
+            .ok_or(Malformed::Length)?;
         if rest.len() != response_remaining_len(*head)? {
             return Err(Malformed::Length);
         }
@@ -122,7 +124,8 @@ impl Response {
         if !is_valid_key_id(id) {
             return Err(Malformed::IdCharacters);
         }
-        let key_id = KeyId::new(String::from_utf8_lossy(id)).map_err(|_| Malformed::IdCharacters)?;
+        let key_id =
+            KeyId::new(String::from_utf8_lossy(id)).map_err(|_| Malformed::IdCharacters)?;
         let (client_nonce, client_proof) = rest.split_at(NONCE_LEN);
         Ok(Response {
             mode: head[0],
@@ -165,7 +168,12 @@ fn transcript_mac(
 }
 
 /// `client_proof = HMAC(K, "linkgate/1 client proof\0" || server_nonce || client_nonce || mode || n || key_id)`.
-pub fn client_proof(key: &Key, server_nonce: &Nonce, client_nonce: &Nonce, key_id: &KeyId) -> Proof {
+pub fn client_proof(
+    key: &Key,
+    server_nonce: &Nonce,
+    client_nonce: &Nonce,
+    key_id: &KeyId,
+) -> Proof {
     transcript_mac(key, CLIENT_PROOF_LABEL, server_nonce, client_nonce, key_id)
         .finalize()
         .into_bytes()
@@ -173,7 +181,12 @@ pub fn client_proof(key: &Key, server_nonce: &Nonce, client_nonce: &Nonce, key_i
 }
 
 /// `server_proof = HMAC(K, "linkgate/1 server proof\0" || server_nonce || client_nonce || mode || n || key_id)`.
-pub fn server_proof(key: &Key, server_nonce: &Nonce, client_nonce: &Nonce, key_id: &KeyId) -> Proof {
+pub fn server_proof(
+    key: &Key,
+    server_nonce: &Nonce,
+    client_nonce: &Nonce,
+    key_id: &KeyId,
+) -> Proof {
     transcript_mac(key, SERVER_PROOF_LABEL, server_nonce, client_nonce, key_id)
         .finalize()
         .into_bytes()
@@ -321,14 +334,20 @@ mod tests {
         transcript.extend_from_slice(b"\x00\x05alice");
         let mut mac = <HmacSha256 as hmac::KeyInit>::new_from_slice(&seq(0)).unwrap();
         mac.update(&transcript);
-        assert_eq!(mac.finalize().into_bytes()[..], client_proof(&key, &sn, &cn, &id));
+        assert_eq!(
+            mac.finalize().into_bytes()[..],
+            client_proof(&key, &sn, &cn, &id)
+        );
     }
 
     #[test]
     fn challenge_round_trip() {
         let nonce = seq(7);
         let challenge = encode_challenge(&nonce);
-        assert_eq!(&challenge[..8], &[0x4c, 0x47, 0x41, 0x54, 0x45, 0x2f, 0x31, 0x0a]);
+        assert_eq!(
+            &challenge[..8],
+            &[0x4c, 0x47, 0x41, 0x54, 0x45, 0x2f, 0x31, 0x0a]
+        );
         assert_eq!(decode_challenge(&challenge), Some(nonce));
         let mut bad = challenge;
         bad[0] = b'X';
@@ -343,9 +362,15 @@ mod tests {
         assert_eq!(response_remaining_len([0, 1]), Ok(65));
         assert_eq!(response_remaining_len([0, 64]), Ok(128));
         assert_eq!(response_remaining_len([0, 0]), Err(Malformed::IdLength(0)));
-        assert_eq!(response_remaining_len([0, 65]), Err(Malformed::IdLength(65)));
+        assert_eq!(
+            response_remaining_len([0, 65]),
+            Err(Malformed::IdLength(65))
+        );
         assert_eq!(response_remaining_len([1, 5]), Err(Malformed::Mode(1)));
-        assert_eq!(response_remaining_len([0xff, 5]), Err(Malformed::Mode(0xff)));
+        assert_eq!(
+            response_remaining_len([0xff, 5]),
+            Err(Malformed::Mode(0xff))
+        );
     }
 
     fn ring_with(key: &Key) -> Keyring {
@@ -378,7 +403,10 @@ mod tests {
 
         let mut flipped = good.encode();
         *flipped.last_mut().unwrap() ^= 1;
-        assert_eq!(judge(&flipped, &sn, &ring, &dummy), Judgement::WrongProof(id.clone()));
+        assert_eq!(
+            judge(&flipped, &sn, &ring, &dummy),
+            Judgement::WrongProof(id.clone())
+        );
 
         let bob = KeyId::new("bob").unwrap();
         let unknown = respond(&key, &bob, &sn, &cn).encode();
@@ -393,7 +421,10 @@ mod tests {
         assert_eq!(judged.verdict(), &[VERDICT_MALFORMED]);
 
         let short = &good.encode()[..50];
-        assert_eq!(judge(short, &sn, &ring, &dummy), Judgement::Malformed(Malformed::Length));
+        assert_eq!(
+            judge(short, &sn, &ring, &dummy),
+            Judgement::Malformed(Malformed::Length)
+        );
     }
 
     #[test]

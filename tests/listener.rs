@@ -1,0 +1,248 @@
+//! GatedListener over real TCP: concurrent handshakes, slow clients, bounds and the log of
+//! refusals.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use common::{capture_logs, key, keyring, wait_for_log_line};
+use linkgate::protocol::CHALLENGE_LEN;
+use linkgate::{Admission, Config, Credentials, Error, Gate, GatedListener, Key};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+
+/// Runs a GatedListener whose admitted connections are echoed; reports each admission.
+async fn gated_echo(gate: Gate) -> (SocketAddr, mpsc::UnboundedReceiver<Admission>) {
+    let mut listener = GatedListener::bind("127.0.0.1:0", gate).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, admission) = listener.accept().await;
+            let _ = tx.send(admission);
+            tokio::spawn(async move {
+                let (mut reader, mut writer) = stream.split();
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Connects from `source` (any 127/8 address) and returns the stream.
+async fn connect_from(source: Ipv4Addr, addr: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(IpAddr::V4(source), 0)).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// True if the server sent a full CHALLENGE (its handshake for us is running).
+async fn got_challenge(stream: &mut TcpStream) -> bool {
+    let mut challenge = [0u8; CHALLENGE_LEN];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut challenge)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// True if the server closed the connection without sending anything.
+async fn closed_without_a_byte(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+async fn echo_once(stream: &mut TcpStream, message: &[u8]) -> Vec<u8> {
+    stream.write_all(message).await.unwrap();
+    let mut back = vec![0u8; message.len()];
+    stream.read_exact(&mut back).await.unwrap();
+    back
+}
+
+#[tokio::test]
+async fn admitted_connections_come_with_peer_and_key_id() {
+    let alice = key("alice");
+    let bob = key("bob");
+    let (addr, mut admissions) = gated_echo(Gate::new(keyring(&[&alice, &bob])).unwrap()).await;
+
+    let mut a = linkgate::connect(addr, &Credentials::new(alice))
+        .await
+        .unwrap();
+    let first = admissions.recv().await.unwrap();
+    assert_eq!(first.key_id.as_str(), "alice");
+    assert_eq!(first.peer, a.local_addr().unwrap());
+    assert_eq!(echo_once(&mut a, b"hello").await, b"hello");
+
+    let mut b = linkgate::connect(addr, &Credentials::new(bob))
+        .await
+        .unwrap();
+    assert_eq!(admissions.recv().await.unwrap().key_id.as_str(), "bob");
+    assert_eq!(echo_once(&mut b, b"world").await, b"world");
+}
+
+#[tokio::test]
+async fn rejections_are_logged_with_peer_and_reason_and_never_accepted() {
+    capture_logs();
+    let alice = key("alice");
+    let (addr, mut admissions) = gated_echo(Gate::new(keyring(&[&alice])).unwrap()).await;
+
+    let impostor = linkgate::connect(addr, &Credentials::new(key("alice"))).await;
+    assert!(matches!(impostor, Err(Error::Denied)), "{impostor:?}");
+    // The client's local port identifies its log line.
+    let line = wait_for_log_line(&["connection rejected", "wrong proof for key id alice"]).await;
+    assert!(line.contains("peer=127.0.0.1:"), "{line}");
+
+    let unknown = linkgate::connect(addr, &Credentials::new(key("zed"))).await;
+    assert!(matches!(unknown, Err(Error::Denied)), "{unknown:?}");
+    wait_for_log_line(&["connection rejected", "unknown key id zed"]).await;
+
+    // Only the legitimate client ever comes out of accept().
+    let _ok = linkgate::connect(addr, &Credentials::new(alice.clone()))
+        .await
+        .unwrap();
+    assert_eq!(admissions.recv().await.unwrap().key_id.as_str(), "alice");
+    assert!(admissions.try_recv().is_err());
+
+    // Key bytes never reach the log.
+    let secret_hex = alice.to_hex_line();
+    assert!(!common::logs().contains(secret_hex.trim()));
+}
+
+#[tokio::test]
+async fn silent_clients_do_not_delay_a_legitimate_one() {
+    let alice = key("alice");
+    // Room for all 200 silent handshakes, and a timeout far longer than the test, so the
+    // legitimate client is admitted while every silent one is still being waited on.
+    let config = Config::new()
+        .handshake_timeout(Duration::from_secs(30))
+        .max_handshakes_per_ip(256);
+    let (addr, mut admissions) =
+        gated_echo(Gate::with_config(keyring(&[&alice]), config).unwrap()).await;
+
+    let silent_source = Ipv4Addr::new(127, 0, 0, 2);
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(connect_from(silent_source, addr).await);
+    }
+    for stream in &mut silent {
+        assert!(
+            got_challenge(stream).await,
+            "each silent client's handshake is running"
+        );
+    }
+
+    let started = Instant::now();
+    let mut client = linkgate::connect(addr, &Credentials::new(alice))
+        .await
+        .unwrap();
+    let admitted_after = started.elapsed();
+    let admission = admissions.recv().await.unwrap();
+    assert_eq!(admission.key_id.as_str(), "alice");
+    assert_eq!(admission.peer.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+    assert_eq!(
+        echo_once(&mut client, b"still served").await,
+        b"still served"
+    );
+    println!("admitted in {admitted_after:?} with 200 silent clients connected from 127.0.0.2");
+
+    // The silent clients are all still open: nothing waited for them to time out.
+    for stream in &mut silent {
+        let mut byte = [0u8; 1];
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1), stream.read(&mut byte))
+                .await
+                .is_err(),
+            "a silent client was closed early"
+        );
+    }
+}
+
+#[tokio::test]
+async fn per_ip_bound_closes_the_excess_at_once() {
+    capture_logs();
+    let alice = key("alice");
+    let config = Config::new()
+        .max_handshakes_per_ip(3)
+        .handshake_timeout(Duration::from_secs(30));
+    let (addr, mut admissions) =
+        gated_echo(Gate::with_config(keyring(&[&alice]), config).unwrap()).await;
+
+    let crowded = Ipv4Addr::new(127, 0, 0, 3);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut stream = connect_from(crowded, addr).await;
+        assert!(got_challenge(&mut stream).await);
+        held.push(stream);
+    }
+    let mut excess = connect_from(crowded, addr).await;
+    let excess_port = excess.local_addr().unwrap().port();
+    assert!(
+        closed_without_a_byte(&mut excess).await,
+        "the 4th from one IP gets nothing"
+    );
+    let line = wait_for_log_line(&[
+        "too many handshakes in progress",
+        &format!("127.0.0.3:{excess_port}"),
+    ])
+    .await;
+    assert!(line.contains("WARN"), "{line}");
+
+    // Another address is unaffected.
+    let mut client = linkgate::connect(addr, &Credentials::new(alice.clone()))
+        .await
+        .unwrap();
+    assert_eq!(admissions.recv().await.unwrap().key_id.as_str(), "alice");
+    assert_eq!(echo_once(&mut client, b"ok").await, b"ok");
+
+    // When one of the held handshakes ends, the address gets a slot back.
+    drop(held.pop());
+    let mut retry = None;
+    for _ in 0..100 {
+        let mut stream = connect_from(crowded, addr).await;
+        if got_challenge(&mut stream).await {
+            retry = Some(stream);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(retry.is_some(), "a freed slot is reused");
+}
+
+#[tokio::test]
+async fn global_bound_closes_the_excess_at_once() {
+    capture_logs();
+    let alice: Key = key("alice");
+    let config = Config::new()
+        .max_handshakes(4)
+        .handshake_timeout(Duration::from_secs(30));
+    let (addr, _admissions) =
+        gated_echo(Gate::with_config(keyring(&[&alice]), config).unwrap()).await;
+
+    let mut held = Vec::new();
+    for last_octet in 10..14 {
+        let mut stream = connect_from(Ipv4Addr::new(127, 0, 0, last_octet), addr).await;
+        assert!(got_challenge(&mut stream).await);
+        held.push(stream);
+    }
+    let mut excess = connect_from(Ipv4Addr::new(127, 0, 0, 14), addr).await;
+    let port = excess.local_addr().unwrap().port();
+    assert!(
+        closed_without_a_byte(&mut excess).await,
+        "the 5th handshake is refused"
+    );
+    wait_for_log_line(&[
+        "too many handshakes in progress",
+        &format!("127.0.0.14:{port}"),
+    ])
+    .await;
+
+    // A legitimate client is refused too while the gate is full: the bound is global.
+    let err = linkgate::connect(addr, &Credentials::new(alice))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ClosedEarly | Error::Io(_)), "{err}");
+}
