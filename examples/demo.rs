@@ -27,7 +27,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     stream.write_all(b"hello through the gate").await?;
     let mut echoed = [0u8; 22];
     stream.read_exact(&mut echoed).await?;
-    println!("alice:  admitted, echo {:?}", String::from_utf8_lossy(&echoed));
+    println!(
+        "alice:  admitted, echo {:?}",
+        String::from_utf8_lossy(&echoed)
+    );
 
     let impostor = Key::generate(KeyId::new("alice")?)?;
     match linkgate::connect(addr, &Credentials::new(impostor)).await {

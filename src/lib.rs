@@ -55,13 +55,18 @@
 
 mod client;
 mod error;
+mod forward;
 mod keys;
 mod listener;
 pub mod protocol;
+pub mod proxy;
+mod serve;
 mod server;
 
 pub use client::{Credentials, authenticate, connect};
 pub use error::{Error, KeyFileProblem, Malformed, Result};
+pub use forward::{Transfer, forward};
 pub use keys::{Key, KeyFileOptions, KeyId, Keyring, MAX_KEY_LEN, MIN_KEY_LEN, key_files_in};
 pub use listener::{Admission, GatedListener};
+pub use serve::{Drained, ServeOptions, serve_with, serve_with_shutdown};
 pub use server::{Config, Gate};

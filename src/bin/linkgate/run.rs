@@ -1,0 +1,196 @@
+//! The subcommands, each a few calls into the library.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use linkgate::proxy::{self, Upstream};
+use linkgate::{
+    Config, Credentials, Gate, GatedListener, Key, KeyFileOptions, KeyId, Keyring, ServeOptions,
+};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::{
+    CheckArgs, ClientArgs, ConnectArgs, KeyFileArgs, KeygenArgs, ServeArgs, ServiceArgs,
+};
+
+const DEFAULT_KEYS_DIR: &str = "keys";
+
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    let shutdown = shutdown_signal()?;
+    let keys_path = match args.keys {
+        Some(path) => path,
+        None => ensure_default_key(Path::new(DEFAULT_KEYS_DIR), &args.listen)?,
+    };
+    let keyring = Keyring::load_with(&keys_path, key_file_options(&args.key_files))?;
+    let config = Config::new()
+        .handshake_timeout(args.handshake_timeout)
+        .max_handshakes(args.max_handshakes)
+        .max_handshakes_per_ip(args.max_handshakes_per_ip);
+    let ids = keyring
+        .ids()
+        .iter()
+        .map(|id| id.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let gate = Gate::with_config(keyring, config)?;
+    let listener = bind(&args.listen).await?;
+    let upstream = args.upstream.unwrap_or(Upstream::Echo);
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        upstream = %match &upstream { Upstream::Tcp(addr) => addr.as_str(), Upstream::Echo => "built-in echo" },
+        keys = %ids,
+        "linkgate serve: listening"
+    );
+    let drained = proxy::serve(
+        GatedListener::new(listener, gate),
+        upstream,
+        serve_options(&args.service),
+        shutdown,
+    )
+    .await;
+    tracing::info!(
+        closed_at_drain_timeout = drained.aborted,
+        "linkgate serve: stopped"
+    );
+    Ok(())
+}
+
+pub async fn connect(args: ConnectArgs) -> Result<()> {
+    let shutdown = shutdown_signal()?;
+    let credentials = credentials(&args.client)?;
+    let listener = bind(&args.listen).await?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        server = %args.client.server,
+        key_id = %credentials.key_id(),
+        "linkgate connect: listening"
+    );
+    let drained = proxy::connect(
+        listener,
+        args.client.server,
+        credentials,
+        serve_options(&args.service),
+        shutdown,
+    )
+    .await;
+    tracing::info!(
+        closed_at_drain_timeout = drained.aborted,
+        "linkgate connect: stopped"
+    );
+    Ok(())
+}
+
+pub async fn check(args: CheckArgs) -> Result<()> {
+    let credentials = credentials(&args.client)?;
+    match linkgate::connect(args.client.server.as_str(), &credentials).await {
+        Ok(_) => {
+            println!("admitted as {}", credentials.key_id());
+            Ok(())
+        }
+        Err(err) => bail!("not admitted by {}: {err}", args.client.server),
+    }
+}
+
+pub fn keygen(args: KeygenArgs) -> Result<()> {
+    if args.out == Path::new("-") {
+        let key = Key::generate(KeyId::new("stdout")?)?;
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(key.to_hex_line().as_bytes())?;
+        return Ok(stdout.flush()?);
+    }
+    let stem = args
+        .out
+        .file_stem()
+        .and_then(|stem| stem.to_str())
+        .unwrap_or_default();
+    let id = KeyId::new(stem).with_context(|| {
+        format!(
+            "cannot name a key after {}: the file's stem is its id",
+            args.out.display()
+        )
+    })?;
+    let key = Key::generate(id)?;
+    if args.force {
+        key.write_file_replacing(&args.out)?;
+    } else {
+        key.write_new_file(&args.out)
+            .map_err(|err| anyhow::anyhow!("{err} (use --force to replace it)"))?;
+    }
+    println!(
+        "wrote key {} to {} (mode 0600)",
+        key.id(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn key_file_options(args: &KeyFileArgs) -> KeyFileOptions {
+    KeyFileOptions::new().allow_open_permissions(args.allow_open_key_permissions)
+}
+
+fn credentials(args: &ClientArgs) -> Result<Credentials> {
+    let mut key = Key::from_file_with(&args.key, key_file_options(&args.key_files))?;
+    if let Some(id) = &args.id {
+        key = key.with_id(KeyId::new(id.as_str())?);
+    }
+    Ok(Credentials::new(key).with_timeout(args.timeout))
+}
+
+fn serve_options(args: &ServiceArgs) -> ServeOptions {
+    ServeOptions::new()
+        .max_connections(args.max_connections)
+        .drain_timeout(args.drain_timeout)
+}
+
+async fn bind(addr: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// With no `--keys`, use `keys/`; if it holds no key yet, create `keys/default.key` and show the
+/// commands a client would run with it.
+fn ensure_default_key(dir: &Path, listen: &str) -> Result<PathBuf> {
+    if dir.is_dir() && !linkgate::key_files_in(dir)?.is_empty() {
+        return Ok(dir.to_path_buf());
+    }
+    create_private_dir(dir)?;
+    let path = dir.join("default.key");
+    Key::generate(KeyId::new("default")?)?.write_new_file(&path)?;
+    println!("created a new key: {} (mode 0600)", path.display());
+    println!("clients with a copy of it can connect:");
+    println!(
+        "  linkgate check --server {listen} --key {}",
+        path.display()
+    );
+    println!(
+        "  linkgate connect --listen 127.0.0.1:7701 --server {listen} --key {}",
+        path.display()
+    );
+    Ok(dir.to_path_buf())
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))
+}
+
+/// Completes on the first SIGINT or SIGTERM. Registered now, before the listener is bound, so a
+/// signal that arrives as soon as the process is up is not lost.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        tracing::info!("received {name}: no longer accepting; letting open connections finish");
+    })
+}
