@@ -71,3 +71,142 @@ pub async fn wait_for_log_line(needles: &[&str]) -> String {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+pub mod process {
+    //! The real `linkgate` binary as a child process, with its output captured.
+
+    use std::io::{BufRead, BufReader, Read};
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::process::{Child, Command, ExitStatus, Output, Stdio};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    pub const BIN: &str = env!("CARGO_BIN_EXE_linkgate");
+
+    /// Runs `linkgate ARGS` to completion (for check, keygen, bad input).
+    pub fn run(args: &[&str]) -> Output {
+        command(args).output().expect("run linkgate")
+    }
+
+    fn command(args: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// A long-running `linkgate` (serve, connect), killed when dropped.
+    pub struct Linkgate {
+        child: Child,
+        stderr: Arc<Mutex<String>>,
+        stdout: Arc<Mutex<String>>,
+    }
+
+    fn collect(stream: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { return };
+                let mut text = into.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+    }
+
+    impl Linkgate {
+        pub fn spawn(args: &[&str]) -> Self {
+            Self::spawn_in(None, args)
+        }
+
+        pub fn spawn_in(dir: Option<&Path>, args: &[&str]) -> Self {
+            let mut command = command(args);
+            command.stdout(Stdio::piped()).stderr(Stdio::piped());
+            if let Some(dir) = dir {
+                command.current_dir(dir);
+            }
+            let mut child = command.spawn().expect("spawn linkgate");
+            let stderr = Arc::new(Mutex::new(String::new()));
+            let stdout = Arc::new(Mutex::new(String::new()));
+            collect(child.stderr.take().unwrap(), Arc::clone(&stderr));
+            collect(child.stdout.take().unwrap(), Arc::clone(&stdout));
+            Linkgate {
+                child,
+                stderr,
+                stdout,
+            }
+        }
+
+        pub fn stderr(&self) -> String {
+            self.stderr.lock().unwrap().clone()
+        }
+
+        pub fn stdout(&self) -> String {
+            self.stdout.lock().unwrap().clone()
+        }
+
+        /// Waits (up to 10 s) for a stderr line containing all `needles`.
+        pub async fn wait_for_log(&self, needles: &[&str]) -> String {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(line) = self
+                    .stderr()
+                    .lines()
+                    .find(|line| needles.iter().all(|needle| line.contains(needle)))
+                {
+                    return line.to_owned();
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no stderr line with {needles:?}; stderr so far:\n{}",
+                    self.stderr()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+
+        /// The address from the "listening" log line (start with `--listen 127.0.0.1:0`).
+        pub async fn listen_addr(&self) -> SocketAddr {
+            let line = self.wait_for_log(&["listening", "listen="]).await;
+            let value = line
+                .split_whitespace()
+                .find_map(|field| field.strip_prefix("listen="))
+                .expect("listen= field");
+            value.parse().expect("a socket address")
+        }
+
+        pub fn pid(&self) -> u32 {
+            self.child.id()
+        }
+
+        pub fn signal(&self, name: &str) {
+            let status = Command::new("kill")
+                .args([&format!("-{name}"), &self.pid().to_string()])
+                .status()
+                .expect("kill");
+            assert!(status.success());
+        }
+
+        /// Waits up to `limit` for the process to exit.
+        pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+            let deadline = Instant::now() + limit;
+            while Instant::now() < deadline {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    return Some(status);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            None
+        }
+    }
+
+    impl Drop for Linkgate {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! Command-line arguments and logging set-up.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -191,6 +192,7 @@ impl LogArgs {
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
             .with_target(false);
         match self.log_format {
             LogFormat::Text => builder.init(),

@@ -19,9 +19,9 @@ const DEFAULT_KEYS_DIR: &str = "keys";
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let shutdown = shutdown_signal()?;
-    let keys_path = match args.keys {
-        Some(path) => path,
-        None => ensure_default_key(Path::new(DEFAULT_KEYS_DIR), &args.listen)?,
+    let (keys_path, created) = match args.keys {
+        Some(path) => (path, None),
+        None => default_keys(Path::new(DEFAULT_KEYS_DIR))?,
     };
     let keyring = Keyring::load_with(&keys_path, key_file_options(&args.key_files))?;
     let config = Config::new()
@@ -36,6 +36,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .join(",");
     let gate = Gate::with_config(keyring, config)?;
     let listener = bind(&args.listen).await?;
+    if let Some(key_path) = created {
+        print_client_commands(&key_path, &listener.local_addr()?.to_string());
+    }
     let upstream = args.upstream.unwrap_or(Upstream::Echo);
     tracing::info!(
         listen = %listener.local_addr()?,
@@ -150,26 +153,23 @@ async fn bind(addr: &str) -> Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr}"))
 }
 
-/// With no `--keys`, use `keys/`; if it holds no key yet, create `keys/default.key` and show the
-/// commands a client would run with it.
-fn ensure_default_key(dir: &Path, listen: &str) -> Result<PathBuf> {
+/// With no `--keys`, use `keys/`; if it holds no key yet, create `keys/default.key`.
+/// Returns the directory and, if one was created, the new key's path.
+fn default_keys(dir: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
     if dir.is_dir() && !linkgate::key_files_in(dir)?.is_empty() {
-        return Ok(dir.to_path_buf());
+        return Ok((dir.to_path_buf(), None));
     }
     create_private_dir(dir)?;
     let path = dir.join("default.key");
     Key::generate(KeyId::new("default")?)?.write_new_file(&path)?;
-    println!("created a new key: {} (mode 0600)", path.display());
-    println!("clients with a copy of it can connect:");
-    println!(
-        "  linkgate check --server {listen} --key {}",
-        path.display()
-    );
-    println!(
-        "  linkgate connect --listen 127.0.0.1:7701 --server {listen} --key {}",
-        path.display()
-    );
-    Ok(dir.to_path_buf())
+    Ok((dir.to_path_buf(), Some(path)))
+}
+
+fn print_client_commands(key_path: &Path, server: &str) {
+    let key = key_path.display();
+    println!("created a new key: {key} (mode 0600); clients with a copy of it can run:");
+    println!("  linkgate check --server {server} --key {key}");
+    println!("  linkgate connect --listen 127.0.0.1:7701 --server {server} --key {key}");
 }
 
 fn create_private_dir(dir: &Path) -> Result<()> {
