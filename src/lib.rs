@@ -9,6 +9,9 @@
 //!   [`GatedListener`] in front of a `TcpListener`.
 //! - Client side: [`authenticate`] a stream you already have, or [`connect`].
 //! - Keys: [`Key`] and [`Keyring`], loaded from hex key files (`keys/alice.key` is `alice`).
+//! - Wrapping an existing server: [`serve_with`] for a plain tokio `async fn handle(stream)`
+//!   server; with the `axum` feature, `GatedListener` is an `axum::serve::Listener` (see the
+//!   `axum` module); [`proxy`] for the two halves of the `linkgate` command.
 //!
 //! ```
 //! use linkgate::{Credentials, Gate, Key, KeyId, Keyring};
@@ -53,6 +56,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "axum")]
+pub mod axum;
 mod client;
 mod error;
 mod forward;
@@ -63,6 +68,8 @@ pub mod proxy;
 mod serve;
 mod server;
 
+#[cfg(feature = "axum")]
+pub use crate::axum::AdmittedStream;
 pub use client::{Credentials, authenticate, connect};
 pub use error::{Error, KeyFileProblem, Malformed, Result};
 pub use forward::{Transfer, forward};

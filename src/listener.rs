@@ -13,6 +13,19 @@ use crate::keys::KeyId;
 use crate::server::Gate;
 
 /// Who was admitted: the peer's address and the key id it proved.
+///
+/// Handed out with every connection by [`GatedListener::accept`] and [`crate::serve_with`]; with
+/// the `axum` feature, handlers extract it as `ConnectInfo<Admission>`.
+///
+/// ```no_run
+/// # async fn run(mut listener: linkgate::GatedListener) {
+/// let (stream, who) = listener.accept().await;
+/// if who.key_id.as_str() != "admin" {
+///     println!("{} from {} may only read", who.key_id, who.peer);
+/// }
+/// # drop(stream);
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admission {
     /// The client's address.
@@ -31,6 +44,26 @@ pub struct Admission {
 ///
 /// Handshakes progress in the background whether or not `accept` is being awaited, and
 /// dropping the listener aborts those still in progress.
+///
+/// ```no_run
+/// use linkgate::{Config, Gate, GatedListener, Keyring};
+/// use std::time::Duration;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = Config::new()
+///     .handshake_timeout(Duration::from_secs(3))
+///     .max_handshakes_per_ip(16);
+/// let gate = Gate::with_config(Keyring::load("keys/")?, config)?;
+/// let mut listener = GatedListener::bind("0.0.0.0:7000", gate).await?;
+/// loop {
+///     let (stream, who) = listener.accept().await; // only admitted connections
+///     tokio::spawn(async move {
+///         println!("{} connected from {}", who.key_id, who.peer);
+///         drop(stream); // serve it here
+///     });
+/// }
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct GatedListener {
     listener: TcpListener,

@@ -246,3 +246,47 @@ async fn global_bound_closes_the_excess_at_once() {
         .unwrap_err();
     assert!(matches!(err, Error::ClosedEarly | Error::Io(_)), "{err}");
 }
+
+#[tokio::test]
+async fn serve_with_wraps_an_existing_handler_in_one_call() {
+    // The existing server's handler: upper-cases what it receives.
+    async fn handle(mut stream: TcpStream) {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            buf[..n].make_ascii_uppercase();
+            if stream.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    }
+
+    let alice = key("alice");
+    let listener = GatedListener::bind("127.0.0.1:0", Gate::new(keyring(&[&alice])).unwrap())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, mut who_called) = mpsc::unbounded_channel();
+    tokio::spawn(linkgate::serve_with(listener, move |stream, who| {
+        let _ = tx.send(who);
+        handle(stream)
+    }));
+
+    let mut client = linkgate::connect(addr, &Credentials::new(alice))
+        .await
+        .unwrap();
+    assert_eq!(echo_once(&mut client, b"shout this").await, b"SHOUT THIS");
+    let who = who_called.recv().await.unwrap();
+    assert_eq!(who.key_id.as_str(), "alice");
+    assert_eq!(who.peer, client.local_addr().unwrap());
+
+    let refused = linkgate::connect(addr, &Credentials::new(key("alice"))).await;
+    assert!(matches!(refused, Err(Error::Denied)));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        who_called.try_recv().is_err(),
+        "the handler never saw the impostor"
+    );
+}
