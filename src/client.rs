@@ -7,7 +7,7 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 
 use crate::error::{Error, Result};
 use crate::keys::{Key, KeyId, fill_random};
-use crate::protocol::{self, CHALLENGE_LEN, PROOF_LEN};
+use crate::protocol::{self, CHALLENGE_LEN, PROOF_LEN, Protocol};
 use crate::server::read_exact_or_closed;
 
 /// What a client presents: a key, the id to present it under, and how long to wait.
@@ -15,6 +15,7 @@ use crate::server::read_exact_or_closed;
 pub struct Credentials {
     key: Key,
     timeout: Duration,
+    protocol: Protocol,
 }
 
 impl Credentials {
@@ -23,6 +24,7 @@ impl Credentials {
         Credentials {
             key,
             timeout: Duration::from_secs(5),
+            protocol: Protocol::Linkgate1,
         }
     }
 
@@ -36,6 +38,22 @@ impl Credentials {
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
+    }
+
+    /// Which handshake to speak (default linkgate/1).
+    ///
+    /// With [`Protocol::Seed`] (the original recipe, for compatibility) [`authenticate`] returns
+    /// as soon as the answer is sent: the protocol has no verdict and no server proof, so a
+    /// wrong key only shows as the server closing the connection, and any server can pose as
+    /// the real one.
+    pub fn with_protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// The protocol in force.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
     }
 
     /// The id presented to the server.
@@ -59,7 +77,13 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let timeout = credentials.timeout;
-    match tokio::time::timeout(timeout, handshake(&mut stream, credentials)).await {
+    let handshake = async {
+        match credentials.protocol {
+            Protocol::Linkgate1 => handshake(&mut stream, credentials).await,
+            Protocol::Seed => seed_handshake(&mut stream, &credentials.key).await,
+        }
+    };
+    match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(())) => Ok(stream),
         Ok(Err(err)) => Err(err),
         Err(_) => Err(Error::Timeout(timeout)),
@@ -86,6 +110,7 @@ async fn handshake<S>(stream: &mut S, credentials: &Credentials) -> Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    credentials.key.check_linkgate1_length()?;
     let challenge = read_challenge(stream).await?;
     let server_nonce = protocol::decode_challenge(&challenge)
         .ok_or_else(|| Error::NotLinkgate(describe_greeting(&challenge)))?;
@@ -118,6 +143,20 @@ where
     } else {
         Err(Error::ImpostorServer)
     }
+}
+
+/// The original recipe's client half: read 32 bytes, answer with their HMAC.
+async fn seed_handshake<S>(stream: &mut S, key: &Key) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut nonce = [0u8; protocol::seed::CHALLENGE_LEN];
+    read_exact_or_closed(stream, &mut nonce).await?;
+    stream
+        .write_all(&protocol::seed::answer(key, &nonce))
+        .await?;
+    stream.flush().await?;
+    Ok(())
 }
 
 /// Reads the 40-byte CHALLENGE, giving up as soon as the greeting differs from `LGATE/1\n`, so a

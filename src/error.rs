@@ -52,6 +52,9 @@ pub enum Error {
     /// Server side: the client's proof is wrong for its key id (the client saw `denied`).
     #[error("denied: wrong proof for key id {0}")]
     WrongProof(KeyId),
+    /// Server side, seed protocol: the client's HMAC of the nonce matches no key.
+    #[error("denied: the answer matches no key (seed protocol)")]
+    SeedMismatch,
     /// Server side: the client's RESPONSE broke the wire format (the client saw `malformed`).
     #[error("malformed response: {0}")]
     MalformedResponse(Malformed),
@@ -79,7 +82,7 @@ impl Error {
     pub fn is_denied(&self) -> bool {
         matches!(
             self,
-            Error::UnknownKeyId(_) | Error::WrongProof(_) | Error::Denied
+            Error::UnknownKeyId(_) | Error::WrongProof(_) | Error::SeedMismatch | Error::Denied
         )
     }
 }

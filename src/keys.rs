@@ -103,6 +103,7 @@ impl std::str::FromStr for KeyId {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct KeyFileOptions {
     allow_open_permissions: bool,
+    allow_short_keys: bool,
 }
 
 impl KeyFileOptions {
@@ -115,6 +116,14 @@ impl KeyFileOptions {
     /// wider modes. Prefer fixing the file's mode: anyone who can read the key can get in.
     pub fn allow_open_permissions(mut self, allow: bool) -> Self {
         self.allow_open_permissions = allow;
+        self
+    }
+
+    /// Accept keys shorter than 16 bytes (down to 1 byte). Only the `seed` protocol, kept for
+    /// existing deployments of the original recipe with short text keys, can use them: a
+    /// [`crate::Gate`] or client in linkgate/1 mode refuses such a key.
+    pub fn allow_short_keys(mut self, allow: bool) -> Self {
+        self.allow_short_keys = allow;
         self
     }
 }
@@ -148,6 +157,34 @@ impl Key {
         Ok(Self::from_checked(id, Zeroizing::new(secret.to_vec())))
     }
 
+    /// A key for the `seed` protocol only: 1 to 64 bytes, so short text keys of existing
+    /// recipe deployments (`b"secret"`) work. linkgate/1 refuses keys under 16 bytes.
+    pub fn new_short(id: KeyId, secret: &[u8]) -> Result<Self> {
+        if !(1..=MAX_KEY_LEN).contains(&secret.len()) {
+            return Err(Error::KeyLength(secret.len()));
+        }
+        Ok(Self::from_checked(id, Zeroizing::new(secret.to_vec())))
+    }
+
+    /// The key's length in bytes.
+    pub fn byte_len(&self) -> usize {
+        self.secret.len()
+    }
+
+    /// True for keys shorter than linkgate/1 accepts (possible only through the seed options).
+    pub fn is_short(&self) -> bool {
+        self.secret.len() < MIN_KEY_LEN
+    }
+
+    /// Refuses a short key where linkgate/1 is spoken.
+    pub(crate) fn check_linkgate1_length(&self) -> Result<()> {
+        if self.is_short() {
+            Err(Error::KeyLength(self.secret.len()))
+        } else {
+            Ok(())
+        }
+    }
+
     fn from_checked(id: KeyId, secret: Zeroizing<Vec<u8>>) -> Self {
         // HMAC accepts keys of any length, so this cannot fail.
         let keyed_mac = HmacSha256::new_from_slice(&secret).unwrap_or_else(|_| unreachable!());
@@ -175,7 +212,12 @@ impl Key {
         let path = path.as_ref();
         let id = id_from_path(path)?;
         let secret = read_key_file(path, options)?;
-        if !(MIN_KEY_LEN..=MAX_KEY_LEN).contains(&secret.len()) {
+        let min = if options.allow_short_keys {
+            1
+        } else {
+            MIN_KEY_LEN
+        };
+        if !(min..=MAX_KEY_LEN).contains(&secret.len()) {
             return Err(key_file_error(path, KeyFileProblem::Length(secret.len())));
         }
         Ok(Self::from_checked(id, secret))
@@ -343,13 +385,18 @@ impl Keyring {
     }
 
     /// Number of keys.
-    pub fn len(&self) -> usize {
+    pub fn byte_len(&self) -> usize {
         self.keys.len()
     }
 
     /// True if there are no keys.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// Every key, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = &Key> {
+        self.keys.values()
     }
 
     /// The ids, sorted.

@@ -75,5 +75,6 @@ pub use error::{Error, KeyFileProblem, Malformed, Result};
 pub use forward::{Transfer, forward};
 pub use keys::{Key, KeyFileOptions, KeyId, Keyring, MAX_KEY_LEN, MIN_KEY_LEN, key_files_in};
 pub use listener::{Admission, GatedListener};
+pub use protocol::Protocol;
 pub use serve::{Drained, ServeOptions, serve_with, serve_with_shutdown};
 pub use server::{Config, Gate};

@@ -40,6 +40,67 @@ pub const VERDICT_DENIED: u8 = 0x01;
 /// VERDICT byte: malformed RESPONSE.
 pub const VERDICT_MALFORMED: u8 = 0x02;
 
+/// Which handshake a [`crate::Gate`] or a client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// linkgate/1: key ids, mutual authentication, verdicts. The default.
+    #[default]
+    Linkgate1,
+    /// The original Python recipe's scheme, for compatibility only: the server sends 32 random
+    /// bytes, the client answers `HMAC-SHA-256(K, nonce)`. No key id, no server authentication,
+    /// no verdict (a refused client is just closed). See PROTOCOL.md.
+    Seed,
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "linkgate1" => Ok(Protocol::Linkgate1),
+            "seed" => Ok(Protocol::Seed),
+            other => Err(format!(
+                "unknown protocol {other:?} (use linkgate1 or seed)"
+            )),
+        }
+    }
+}
+
+/// The `seed` protocol: the original recipe's challenge-response, without I/O.
+pub mod seed {
+    use hmac::Mac;
+
+    use super::{NONCE_LEN, Nonce, PROOF_LEN, Proof};
+    use crate::keys::{Key, KeyId, Keyring};
+
+    /// Length of the server's random challenge.
+    pub const CHALLENGE_LEN: usize = NONCE_LEN;
+    /// Length of the client's answer.
+    pub const ANSWER_LEN: usize = PROOF_LEN;
+
+    /// The client's answer: `HMAC-SHA-256(K, nonce)`.
+    pub fn answer(key: &Key, nonce: &Nonce) -> Proof {
+        let mut mac = key.mac();
+        mac.update(nonce);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The key whose answer this is, checked against every key in constant time each (the same
+    /// work whichever key matches, or none). Seed has no key id, so this is how the server still
+    /// learns which key connected.
+    pub fn judge(answer: &[u8], nonce: &Nonce, keyring: &Keyring) -> Option<KeyId> {
+        let mut admitted = None;
+        for key in keyring.keys() {
+            let mut mac = key.mac();
+            mac.update(nonce);
+            if mac.verify_slice(answer).is_ok() {
+                admitted = Some(key.id().clone());
+            }
+        }
+        admitted
+    }
+}
+
 const CLIENT_PROOF_LABEL: &[u8] = b"linkgate/1 client proof\0";
 const SERVER_PROOF_LABEL: &[u8] = b"linkgate/1 server proof\0";
 
@@ -424,6 +485,35 @@ mod tests {
         assert_eq!(
             judge(short, &sn, &ring, &dummy),
             Judgement::Malformed(Malformed::Length)
+        );
+    }
+
+    #[test]
+    fn seed_answer_is_plain_hmac_of_the_nonce() {
+        // What the recipe computes: hmac.new(b"secret", nonce, "sha256").digest()
+        let key = Key::new_short(KeyId::new("recipe").unwrap(), b"secret").unwrap();
+        let nonce = seq(0xa0);
+        let mut mac = <HmacSha256 as hmac::KeyInit>::new_from_slice(b"secret").unwrap();
+        mac.update(&nonce);
+        let expected: [u8; 32] = mac.finalize().into_bytes().into();
+        assert_eq!(seed::answer(&key, &nonce), expected);
+
+        let mut ring = Keyring::new();
+        ring.insert(key.clone());
+        ring.insert(Key::generate(KeyId::new("other").unwrap()).unwrap());
+        assert_eq!(
+            seed::judge(&expected, &nonce, &ring),
+            Some(key.id().clone())
+        );
+        assert_eq!(
+            seed::judge(&expected, &seq(0x10), &ring),
+            None,
+            "another nonce"
+        );
+        assert_eq!(
+            seed::judge(&expected[..31], &nonce, &ring),
+            None,
+            "short answer"
         );
     }
 

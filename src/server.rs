@@ -7,7 +7,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::{Error, Result};
 use crate::keys::{Key, KeyId, Keyring, fill_random};
-use crate::protocol::{self, Judgement, RESPONSE_HEAD_LEN, VERDICT_DENIED, VERDICT_MALFORMED};
+use crate::protocol::{
+    self, Judgement, Protocol, RESPONSE_HEAD_LEN, VERDICT_DENIED, VERDICT_MALFORMED,
+};
 
 /// Settings of a [`Gate`] and of a [`crate::GatedListener`].
 #[derive(Debug, Clone)]
@@ -15,6 +17,7 @@ pub struct Config {
     pub(crate) handshake_timeout: Duration,
     pub(crate) max_handshakes: usize,
     pub(crate) max_handshakes_per_ip: usize,
+    pub(crate) protocol: Protocol,
 }
 
 impl Default for Config {
@@ -23,6 +26,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(5),
             max_handshakes: 1024,
             max_handshakes_per_ip: 64,
+            protocol: Protocol::Linkgate1,
         }
     }
 }
@@ -50,6 +54,13 @@ impl Config {
     /// client-side forwarder puts many honest clients behind one address).
     pub fn max_handshakes_per_ip(mut self, max: usize) -> Self {
         self.max_handshakes_per_ip = max;
+        self
+    }
+
+    /// Which handshake to speak (default linkgate/1). [`Protocol::Seed`] exists only to admit
+    /// clients of the original recipe; it has no key ids and no server authentication.
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
         self
     }
 
@@ -83,7 +94,15 @@ impl Gate {
     }
 
     /// A gate with the given settings.
+    ///
+    /// Fails if a key is shorter than 16 bytes and the protocol is linkgate/1 (short keys are
+    /// for the seed protocol only).
     pub fn with_config(keyring: Keyring, config: Config) -> Result<Self> {
+        if config.protocol == Protocol::Linkgate1 {
+            for key in keyring.keys() {
+                key.check_linkgate1_length()?;
+            }
+        }
         let dummy_key = Key::generate(KeyId::new("dummy")?)?;
         Ok(Gate {
             inner: Arc::new(GateInner {
@@ -115,7 +134,13 @@ impl Gate {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let timeout = self.inner.config.handshake_timeout;
-        match tokio::time::timeout(timeout, self.handshake(&mut stream)).await {
+        let handshake = async {
+            match self.inner.config.protocol {
+                Protocol::Linkgate1 => self.handshake(&mut stream).await,
+                Protocol::Seed => self.seed_handshake(&mut stream).await,
+            }
+        };
+        match tokio::time::timeout(timeout, handshake).await {
             Ok(Ok(key_id)) => Ok((stream, key_id)),
             Ok(Err(err)) => Err(err),
             Err(_) => Err(Error::Timeout(timeout)),
@@ -163,6 +188,29 @@ impl Gate {
             };
         send_refusal(stream, &[verdict]).await;
         Err(reason)
+    }
+}
+
+impl Gate {
+    /// The original recipe's server half: 32 random bytes out, their HMAC back, compared in
+    /// constant time; a wrong answer is closed without a message.
+    async fn seed_handshake<S>(&self, stream: &mut S) -> Result<KeyId>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut nonce = [0u8; protocol::seed::CHALLENGE_LEN];
+        fill_random(&mut nonce)?;
+        stream.write_all(&nonce).await?;
+        stream.flush().await?;
+        let mut answer = [0u8; protocol::seed::ANSWER_LEN];
+        read_exact_or_closed(stream, &mut answer).await?;
+        match protocol::seed::judge(&answer, &nonce, &self.inner.keyring) {
+            Some(key_id) => Ok(key_id),
+            None => {
+                send_refusal(stream, &[]).await;
+                Err(Error::SeedMismatch)
+            }
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use linkgate::Protocol;
 use linkgate::proxy::Upstream;
 use tracing_subscriber::EnvFilter;
 
@@ -60,6 +61,10 @@ pub struct ServeArgs {
     pub keys: Option<PathBuf>,
     #[command(flatten)]
     pub key_files: KeyFileArgs,
+    /// Handshake: linkgate1, or seed (the original recipe's scheme, for its existing clients:
+    /// no key ids, no server authentication; short keys accepted with a warning).
+    #[arg(long, value_name = "PROTOCOL", default_value = "linkgate1")]
+    pub protocol: Protocol,
     /// How long a client has to complete the handshake.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
     pub handshake_timeout: Duration,
@@ -119,6 +124,10 @@ pub struct ClientArgs {
     /// Key id to present (default: the key file's stem).
     #[arg(long, value_name = "NAME")]
     pub id: Option<String>,
+    /// Handshake: linkgate1, or seed (the original recipe's scheme, for its existing servers:
+    /// no key id, and the server is not authenticated; short keys accepted with a warning).
+    #[arg(long, value_name = "PROTOCOL", default_value = "linkgate1")]
+    pub protocol: Protocol,
     /// Time allowed to connect and authenticate.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
     pub timeout: Duration,

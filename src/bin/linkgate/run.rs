@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use linkgate::proxy::{self, Upstream};
 use linkgate::{
-    Config, Credentials, Gate, GatedListener, Key, KeyFileOptions, KeyId, Keyring, ServeOptions,
+    Config, Credentials, Gate, GatedListener, Key, KeyFileOptions, KeyId, Keyring, Protocol,
+    ServeOptions,
 };
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -23,8 +24,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         Some(path) => (path, None),
         None => default_keys(Path::new(DEFAULT_KEYS_DIR))?,
     };
-    let keyring = Keyring::load_with(&keys_path, key_file_options(&args.key_files))?;
+    let keyring = Keyring::load_with(&keys_path, key_file_options(&args.key_files, args.protocol))?;
+    for key in keyring.keys().filter(|key| key.is_short()) {
+        warn_short_key(key);
+    }
+    warn_if_seed(args.protocol);
     let config = Config::new()
+        .protocol(args.protocol)
         .handshake_timeout(args.handshake_timeout)
         .max_handshakes(args.max_handshakes)
         .max_handshakes_per_ip(args.max_handshakes_per_ip);
@@ -63,6 +69,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 pub async fn connect(args: ConnectArgs) -> Result<()> {
     let shutdown = shutdown_signal()?;
     let credentials = credentials(&args.client)?;
+    warn_if_seed(args.client.protocol);
     let listener = bind(&args.listen).await?;
     tracing::info!(
         listen = %listener.local_addr()?,
@@ -87,14 +94,40 @@ pub async fn connect(args: ConnectArgs) -> Result<()> {
 
 pub async fn check(args: CheckArgs) -> Result<()> {
     let credentials = credentials(&args.client)?;
-    match linkgate::connect(args.client.server.as_str(), &credentials).await {
-        Ok(_) => {
-            println!("admitted as {}", credentials.key_id());
+    let server = &args.client.server;
+    let stream = match linkgate::connect(server.as_str(), &credentials).await {
+        Ok(stream) => stream,
+        Err(err) => bail!("not admitted by {server}: {err}"),
+    };
+    if credentials.protocol() == Protocol::Seed {
+        return check_seed_outcome(stream, server).await;
+    }
+    println!("admitted as {}", credentials.key_id());
+    Ok(())
+}
+
+/// The seed protocol has no verdict: a server that refuses just closes. So wait a moment after
+/// answering; still open means admitted (as far as seed can tell).
+async fn check_seed_outcome(mut stream: tokio::net::TcpStream, server: &str) -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(SEED_VERDICT_WAIT, stream.read(&mut byte)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => {
+            bail!(
+                "not admitted by {server}: it closed the connection after our answer (wrong key?)"
+            )
+        }
+        Ok(Ok(_)) | Err(_) => {
+            println!(
+                "admitted (seed protocol: the server kept the connection open; it cannot prove it holds the key)"
+            );
             Ok(())
         }
-        Err(err) => bail!("not admitted by {}: {err}", args.client.server),
     }
 }
+
+/// How long `check --protocol seed` waits for a refusing server to close.
+const SEED_VERDICT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 pub fn keygen(args: KeygenArgs) -> Result<()> {
     if args.out == Path::new("-") {
@@ -129,16 +162,39 @@ pub fn keygen(args: KeygenArgs) -> Result<()> {
     Ok(())
 }
 
-fn key_file_options(args: &KeyFileArgs) -> KeyFileOptions {
-    KeyFileOptions::new().allow_open_permissions(args.allow_open_key_permissions)
+fn key_file_options(args: &KeyFileArgs, protocol: Protocol) -> KeyFileOptions {
+    KeyFileOptions::new()
+        .allow_open_permissions(args.allow_open_key_permissions)
+        .allow_short_keys(protocol == Protocol::Seed)
 }
 
 fn credentials(args: &ClientArgs) -> Result<Credentials> {
-    let mut key = Key::from_file_with(&args.key, key_file_options(&args.key_files))?;
+    let mut key = Key::from_file_with(&args.key, key_file_options(&args.key_files, args.protocol))?;
+    if key.is_short() {
+        warn_short_key(&key);
+    }
     if let Some(id) = &args.id {
         key = key.with_id(KeyId::new(id.as_str())?);
     }
-    Ok(Credentials::new(key).with_timeout(args.timeout))
+    Ok(Credentials::new(key)
+        .with_timeout(args.timeout)
+        .with_protocol(args.protocol))
+}
+
+fn warn_short_key(key: &Key) {
+    tracing::warn!(
+        key_id = %key.id(),
+        bytes = key.byte_len(),
+        "short key accepted only because of --protocol seed; use 32 random bytes (linkgate keygen)"
+    );
+}
+
+fn warn_if_seed(protocol: Protocol) {
+    if protocol == Protocol::Seed {
+        tracing::warn!(
+            "--protocol seed: no key ids and no server authentication (any server can pose as the real one); for compatibility with the original recipe only"
+        );
+    }
 }
 
 fn serve_options(args: &ServiceArgs) -> ServeOptions {
