@@ -4,12 +4,12 @@ mod common;
 
 use std::fs;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::process::{Linkgate, run};
+use common::process::{Linkgate, keygen, run, start_serve};
 use linkgate::{Credentials, Error, Key, KeyId};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
@@ -58,40 +58,6 @@ fn serve_echo(listener: TcpListener) -> Upstream {
         accepts,
         bytes,
     }
-}
-
-/// Writes a fresh key file `dir/ID.key` (mode 0600) with `linkgate keygen`.
-fn keygen(dir: &Path, id: &str) -> PathBuf {
-    let path = dir.join(format!("{id}.key"));
-    let out = run(&["keygen", "--out", path.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    path
-}
-
-async fn start_serve(
-    keys: &Path,
-    upstream: Option<SocketAddr>,
-    extra: &[&str],
-) -> (Linkgate, SocketAddr) {
-    let mut args = vec![
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--keys",
-        keys.to_str().unwrap(),
-    ];
-    let upstream = upstream.map(|addr| addr.to_string());
-    if let Some(addr) = &upstream {
-        args.extend(["--upstream", addr.as_str()]);
-    }
-    args.extend(extra);
-    let serve = Linkgate::spawn(&args);
-    let addr = serve.listen_addr().await;
-    (serve, addr)
 }
 
 async fn start_connect(server: SocketAddr, key: &Path, extra: &[&str]) -> (Linkgate, SocketAddr) {

@@ -77,7 +77,7 @@ pub mod process {
 
     use std::io::{BufRead, BufReader, Read};
     use std::net::SocketAddr;
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
     use std::process::{Child, Command, ExitStatus, Output, Stdio};
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
@@ -99,7 +99,7 @@ pub mod process {
         command
     }
 
-    /// A long-running `linkgate` (serve, connect), killed when dropped.
+    /// A long-running `linkgate` (serve, connect) or any other program, killed when dropped.
     pub struct Linkgate {
         child: Child,
         stderr: Arc<Mutex<String>>,
@@ -124,11 +124,19 @@ pub mod process {
 
         pub fn spawn_in(dir: Option<&Path>, args: &[&str]) -> Self {
             let mut command = command(args);
-            command.stdout(Stdio::piped()).stderr(Stdio::piped());
             if let Some(dir) = dir {
                 command.current_dir(dir);
             }
-            let mut child = command.spawn().expect("spawn linkgate");
+            Self::spawn_command(command)
+        }
+
+        /// Any program (e.g. python3), with the same capture and clean-up.
+        pub fn spawn_command(mut command: Command) -> Self {
+            command
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .stdin(Stdio::null());
+            let mut child = command.spawn().expect("spawn");
             let stderr = Arc::new(Mutex::new(String::new()));
             let stdout = Arc::new(Mutex::new(String::new()));
             collect(child.stderr.take().unwrap(), Arc::clone(&stderr));
@@ -150,10 +158,19 @@ pub mod process {
 
         /// Waits (up to 10 s) for a stderr line containing all `needles`.
         pub async fn wait_for_log(&self, needles: &[&str]) -> String {
+            self.wait_for_line(&self.stderr, needles).await
+        }
+
+        /// Waits (up to 10 s) for a stdout line containing all `needles`.
+        pub async fn wait_for_stdout(&self, needles: &[&str]) -> String {
+            self.wait_for_line(&self.stdout, needles).await
+        }
+
+        async fn wait_for_line(&self, text: &Mutex<String>, needles: &[&str]) -> String {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
-                if let Some(line) = self
-                    .stderr()
+                let seen = text.lock().unwrap().clone();
+                if let Some(line) = seen
                     .lines()
                     .find(|line| needles.iter().all(|needle| line.contains(needle)))
                 {
@@ -161,7 +178,7 @@ pub mod process {
                 }
                 assert!(
                     Instant::now() < deadline,
-                    "no stderr line with {needles:?}; stderr so far:\n{}",
+                    "no line with {needles:?}; so far:\n{seen}\nstderr:\n{}",
                     self.stderr()
                 );
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -208,5 +225,39 @@ pub mod process {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+
+    /// Writes a fresh key file `dir/ID.key` (mode 0600) with `linkgate keygen`.
+    pub fn keygen(dir: &Path, id: &str) -> PathBuf {
+        let path = dir.join(format!("{id}.key"));
+        let out = run(&["keygen", "--out", path.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        path
+    }
+
+    pub async fn start_serve(
+        keys: &Path,
+        upstream: Option<SocketAddr>,
+        extra: &[&str],
+    ) -> (Linkgate, SocketAddr) {
+        let mut args = vec![
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--keys",
+            keys.to_str().unwrap(),
+        ];
+        let upstream = upstream.map(|addr| addr.to_string());
+        if let Some(addr) = &upstream {
+            args.extend(["--upstream", addr.as_str()]);
+        }
+        args.extend(extra);
+        let serve = Linkgate::spawn(&args);
+        let addr = serve.listen_addr().await;
+        (serve, addr)
     }
 }
