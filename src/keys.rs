@@ -385,7 +385,7 @@ impl Keyring {
     }
 
     /// Number of keys.
-    pub fn byte_len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.keys.len()
     }
 
