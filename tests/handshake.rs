@@ -494,3 +494,54 @@ async fn connection_refused_is_an_io_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn seed_protocol_admits_refuses_and_times_out_like_linkgate1() {
+    use linkgate::Protocol;
+    let recipe = Key::new_short(KeyId::new("recipe").unwrap(), b"secret").unwrap();
+    let config = linkgate::Config::new()
+        .protocol(Protocol::Seed)
+        .handshake_timeout(Duration::from_millis(300));
+    let gate = Gate::with_config(keyring(&[&recipe]), config).unwrap();
+
+    let (addr, server) = serve_one(gate.clone()).await;
+    let credentials = Credentials::new(recipe.clone()).with_protocol(Protocol::Seed);
+    let mut client = linkgate::connect(addr, &credentials).await.unwrap();
+    let (mut admitted, id) = server.await.unwrap().unwrap();
+    assert_eq!(id.as_str(), "recipe", "the server learns which key matched");
+    client.write_all(b"hi").await.unwrap();
+    let mut got = [0u8; 2];
+    admitted.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"hi");
+
+    // Wrong key: closed without a message.
+    let (addr, server) = serve_one(gate.clone()).await;
+    let guess = Key::new_short(KeyId::new("recipe").unwrap(), b"guess").unwrap();
+    let mut client =
+        linkgate::connect(addr, &Credentials::new(guess).with_protocol(Protocol::Seed))
+            .await
+            .unwrap();
+    assert_eq!(read_until_closed(&mut client).await, b"");
+    assert!(matches!(server_error(server).await, Error::SeedMismatch));
+
+    // Silent: the handshake timeout applies.
+    let (addr, server) = serve_one(gate).await;
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        read_until_closed(&mut silent).await.len(),
+        32,
+        "only the nonce"
+    );
+    assert!(matches!(server_error(server).await, Error::Timeout(_)));
+
+    // linkgate/1 refuses the short key on both sides.
+    assert!(matches!(
+        Gate::new(keyring(&[&recipe])),
+        Err(Error::KeyLength(6))
+    ));
+    let (addr, _server) = serve_one(Gate::new(keyring(&[&key("alice")])).unwrap()).await;
+    let err = linkgate::connect(addr, &Credentials::new(recipe))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::KeyLength(6)), "{err}");
+}
