@@ -15,7 +15,7 @@ pub struct Transfer {
     pub b_to_a: u64,
 }
 
-/// Largest read per system call while data moves.
+/// Largest read per system call while data moves through userspace.
 const CHUNK: usize = 64 * 1024;
 
 /// Copies bytes both ways between `a` and `b` until both directions have ended.
@@ -25,8 +25,9 @@ const CHUNK: usize = 64 * 1024;
 /// copy stops at once with the error (drop both streams to close them).
 ///
 /// An idle connection holds no copy buffer: a direction takes one only once its source is
-/// readable, and gives it back when the source has nothing more for now. So thousands of idle
-/// connections cost little memory, while bulk transfers still move 64 KiB per system call.
+/// readable, and gives it back when the source has nothing more for now. Small messages go
+/// through that buffer; on Linux, once a read fills it (a bulk transfer), the rest of the burst
+/// is moved with `splice(2)` through a pipe, so the bytes never enter userspace.
 pub async fn forward(a: &mut TcpStream, b: &mut TcpStream) -> io::Result<Transfer> {
     let (a_read, a_write) = a.split();
     let (b_read, b_write) = b.split();
@@ -34,24 +35,101 @@ pub async fn forward(a: &mut TcpStream, b: &mut TcpStream) -> io::Result<Transfe
     Ok(Transfer { a_to_b, b_to_a })
 }
 
+/// Why a burst of data ended.
+enum Burst {
+    /// The source has nothing more for now.
+    Drained,
+    /// The source reached end of stream.
+    Ended,
+}
+
 async fn pump(from: ReadHalf<'_>, mut to: WriteHalf<'_>) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
         from.readable().await?;
-        let mut chunk = Vec::with_capacity(CHUNK);
+        let (moved, burst) = copy_burst(&from, &mut to).await?;
+        total += moved;
+        if let Burst::Ended = burst {
+            to.shutdown().await?;
+            return Ok(total);
+        }
+    }
+}
+
+/// Moves what the source has now, through a buffer that lives only for this burst.
+async fn copy_burst(from: &ReadHalf<'_>, to: &mut WriteHalf<'_>) -> io::Result<(u64, Burst)> {
+    let mut moved = 0u64;
+    let mut chunk = Vec::with_capacity(CHUNK);
+    loop {
+        chunk.clear();
+        match from.try_read_buf(&mut chunk) {
+            Ok(0) => return Ok((moved, Burst::Ended)),
+            Ok(n) => {
+                to.write_all(&chunk).await?;
+                moved += n as u64;
+                #[cfg(target_os = "linux")]
+                if n == CHUNK {
+                    drop(chunk);
+                    let (spliced, burst) = splice::burst(from.as_ref(), to.as_ref()).await?;
+                    return Ok((moved + spliced, burst));
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                return Ok((moved, Burst::Drained));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod splice {
+    //! Bulk transfers through a pipe with `splice(2)`: socket → pipe → socket, page references
+    //! instead of copies.
+
+    use std::io;
+
+    use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice};
+    use tokio::io::Interest;
+    use tokio::net::TcpStream;
+
+    use super::Burst;
+
+    /// Pipe capacity asked for; the kernel may give less (fs.pipe-max-size), which only means
+    /// more system calls.
+    const PIPE_SIZE: usize = 1 << 20;
+
+    const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
+
+    /// Splices until the source has nothing more for now or ends. The pipe exists only for the
+    /// burst and is always empty when it is closed.
+    pub(super) async fn burst(from: &TcpStream, to: &TcpStream) -> io::Result<(u64, Burst)> {
+        let (pipe_out, pipe_in) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+        let capacity = fcntl_setpipe_size(&pipe_in, PIPE_SIZE).unwrap_or(64 * 1024);
+        let mut moved = 0u64;
         loop {
-            chunk.clear();
-            match from.try_read_buf(&mut chunk) {
-                Ok(0) => {
-                    to.shutdown().await?;
-                    return Ok(total);
+            let filled = from.try_io(Interest::READABLE, || {
+                Ok(splice(from, None, &pipe_in, None, capacity, FLAGS)?)
+            });
+            let mut in_pipe = match filled {
+                Ok(0) => return Ok((moved, Burst::Ended)),
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok((moved, Burst::Drained));
                 }
-                Ok(n) => {
-                    to.write_all(&chunk).await?;
-                    total += n as u64;
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                 Err(err) => return Err(err),
+            };
+            moved += in_pipe as u64;
+            // Drain the pipe completely before reading more, so it is empty when dropped.
+            while in_pipe > 0 {
+                match to.try_io(Interest::WRITABLE, || {
+                    Ok(splice(&pipe_out, None, to, None, in_pipe, FLAGS)?)
+                }) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => in_pipe -= n,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+                    Err(err) => return Err(err),
+                }
             }
         }
     }

@@ -38,6 +38,8 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// A self-contained run on loopback: one client admitted, impostors refused.
     Demo(DemoArgs),
+    /// Load generators and test servers for benchmarks (see BENCHMARKS.md).
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -210,7 +212,7 @@ impl LogArgs {
     }
 }
 
-fn duration(text: &str) -> Result<Duration, String> {
+pub fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|err| format!("{err} (write durations like 5s or 500ms)"))
 }
