@@ -52,8 +52,8 @@ start "$LG" bench echo --listen 127.0.0.1:$ECHO
 start "$LG" bench sink --listen 127.0.0.1:$SINK
 wait_port $ECHO; wait_port $SINK
 
-# Each chain: "name entry-to-echo entry-to-sink".
-CHAINS=("direct $ECHO $SINK")
+# Each chain: "name entry-to-echo entry-to-sink pids-of-its-echo-side-proxies".
+CHAINS=("direct $ECHO $SINK -")
 
 linkgate_chain() { # $1 serve port, $2 connect port, $3 upstream
     start "$LG" -q serve --listen 127.0.0.1:$1 --upstream 127.0.0.1:$3 --keys "$WORK/keys" \
@@ -64,8 +64,9 @@ linkgate_chain() { # $1 serve port, $2 connect port, $3 upstream
     wait_port "$1"; wait_port "$2"
 }
 linkgate_chain 19011 19012 $ECHO
+LINKGATE_PIDS="$SERVE_PID,$CONNECT_PID"
 linkgate_chain 19013 19014 $SINK
-CHAINS+=("linkgate 19012 19014")
+CHAINS+=("linkgate 19012 19014 $LINKGATE_PIDS")
 
 HAVE_HAPROXY=0; HAVE_SPIPED=0
 command -v haproxy >/dev/null && HAVE_HAPROXY=1
@@ -97,7 +98,7 @@ EOF
 }
 if [ $HAVE_HAPROXY = 1 ]; then
     haproxy_chain 19041 19042
-    CHAINS+=("haproxy 19041 19042")
+    CHAINS+=("haproxy 19041 19042 $HAPROXY_PID")
 fi
 
 spiped_pair() { # $1 decrypt port, $2 encrypt port, $3 upstream, $4 extra flags
@@ -108,26 +109,48 @@ spiped_pair() { # $1 decrypt port, $2 encrypt port, $3 upstream, $4 extra flags
     wait_port "$1"; wait_port "$2"
 }
 if [ $HAVE_SPIPED = 1 ]; then
-    spiped_pair 19021 19022 $ECHO -f; spiped_pair 19023 19024 $SINK -f
-    CHAINS+=("spiped-f 19022 19024")
-    spiped_pair 19031 19032 $ECHO ""; spiped_pair 19033 19034 $SINK ""
-    CHAINS+=("spiped 19032 19034")
+    spiped_pair 19021 19022 $ECHO -f; SPIPED_F_PIDS="$SPIPED_D,$SPIPED_E"
+    spiped_pair 19023 19024 $SINK -f
+    CHAINS+=("spiped-f 19022 19024 $SPIPED_F_PIDS")
+    spiped_pair 19031 19032 $ECHO ""; SPIPED_PIDS="$SPIPED_D,$SPIPED_E"
+    spiped_pair 19033 19034 $SINK ""
+    CHAINS+=("spiped 19032 19034 $SPIPED_PIDS")
 fi
 
+# CPU time (user + system, clock ticks) used so far by a comma-separated list of pids.
+cpu_ticks() {
+    local total=0 pid
+    for pid in ${1//,/ }; do
+        [ "$pid" = - ] && continue
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    done
+    echo "$total"
+}
+TICK=$(getconf CLK_TCK)
+
 # (a) connection rate and (c) throughput, rounds interleaved across chains so drift hits all.
-declare -A RATE P50 P99 P999 T1 T8
+# Also per chain: the CPU its proxies spend per connection, and latency with 1 worker (unloaded).
+declare -A RATE P50 P99 P999 T1 T8 CPU U50 U99
+LIB=""
 for round in $(seq "$ROUNDS"); do
     for chain in "${CHAINS[@]}"; do
-        read -r name echo_port sink_port <<<"$chain"
+        read -r name echo_port sink_port pids <<<"$chain"
+        before=$(cpu_ticks "$pids")
         out=$(bounded "$LG" bench rate --target 127.0.0.1:$echo_port --workers "$WORKERS" --duration "${SECONDS_EACH}s")
+        after=$(cpu_ticks "$pids")
+        CPU[$name]+="$(awk -v t=$((after - before)) -v r="$(field rounds <<<"$out")" -v hz="$TICK" 'BEGIN { printf "%.0f", t / hz / r * 1e6 }') "
         RATE[$name]+="$(field conn_per_s <<<"$out") "; P50[$name]+="$(field p50_us <<<"$out") "
         P99[$name]+="$(field p99_us <<<"$out") "; P999[$name]+="$(field p999_us <<<"$out") "
+        out=$(bounded "$LG" bench rate --target 127.0.0.1:$echo_port --workers 1 --duration 1s)
+        U50[$name]+="$(field p50_us <<<"$out") "; U99[$name]+="$(field p99_us <<<"$out") "
         out=$(bounded "$LG" bench throughput --target 127.0.0.1:$sink_port --streams 1 --duration "${SECONDS_EACH}s")
         T1[$name]+="$(field mib_per_s <<<"$out") "
         out=$(bounded "$LG" bench throughput --target 127.0.0.1:$sink_port --streams 8 --duration "${SECONDS_EACH}s")
         T8[$name]+="$(field mib_per_s <<<"$out") "
-        echo "round $round $name: ${RATE[$name]##* } conn/s" >&2
+        echo "round $round $name: conn/s so far [${RATE[$name]% }]" >&2
     done
+    # (b) the same loop at library level, in one process: the gate without the proxies.
+    LIB+="$(bounded "$LG" bench rate-lib --workers "$WORKERS" --duration "${SECONDS_EACH}s" | field conn_per_s) "
 done
 
 # (d) idle memory: fresh proxy processes, so earlier rounds' allocations don't blur the figure.
@@ -153,13 +176,18 @@ direct_p99=$(m "${P99[direct]}")
 echo
 echo "linkgate bench/compare.sh — $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, medians of $ROUNDS rounds of ${SECONDS_EACH}s, $WORKERS workers"
 echo
-echo "| chain | conn/s | × direct | p50 µs | p99 µs | p99 × direct | p999 µs | MiB/s 1 stream | × direct | MiB/s 8 streams | × direct | KiB per idle conn |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+direct_u99=$(m "${U99[direct]}")
+echo "| chain | conn/s | × direct | proxy CPU µs/conn | p50 µs | p99 µs | p99 × direct | p999 µs | 1-worker p50/p99 µs | 1-worker p99 × direct | MiB/s 1 stream | × direct | MiB/s 8 streams | × direct | KiB per idle conn |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for chain in "${CHAINS[@]}"; do
-    read -r name _ <<<"$chain"
+    read -r name _ _ pids <<<"$chain"
     rate=$(m "${RATE[$name]}"); t1=$(m "${T1[$name]}"); t8=$(m "${T8[$name]}"); p99=$(m "${P99[$name]}")
-    echo "| $name | $rate | $(ratio "$rate" "$direct_rate") | $(m "${P50[$name]}") | $p99 | $(ratio "$p99" "$direct_p99") | $(m "${P999[$name]}") | $t1 | $(ratio "$t1" "$direct_t1") | $t8 | $(ratio "$t8" "$direct_t8") | ${IDLE[$name]:-–} |"
+    u99=$(m "${U99[$name]}"); cpu=$([ "$pids" = - ] && echo – || m "${CPU[$name]}")
+    echo "| $name | $rate | $(ratio "$rate" "$direct_rate") | $cpu | $(m "${P50[$name]}") | $p99 | $(ratio "$p99" "$direct_p99") | $(m "${P999[$name]}") | $(m "${U50[$name]}")/$u99 | $(ratio "$u99" "$direct_u99") | $t1 | $(ratio "$t1" "$direct_t1") | $t8 | $(ratio "$t8" "$direct_t8") | ${IDLE[$name]:-–} |"
 done
+echo
+lib=$(m "$LIB")
+echo "(b) library level, client SDK ↔ GatedListener in one process: $lib conn/s ($(ratio "$lib" "$direct_rate") × direct), rounds: [${LIB% }]"
 echo
 echo "all rounds (conn/s): $(for c in "${CHAINS[@]}"; do read -r n _ <<<"$c"; printf '%s=[%s] ' "$n" "${RATE[$n]% }"; done)"
 echo "all rounds (MiB/s, 1 stream): $(for c in "${CHAINS[@]}"; do read -r n _ <<<"$c"; printf '%s=[%s] ' "$n" "${T1[$n]% }"; done)"

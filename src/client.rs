@@ -7,7 +7,7 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 
 use crate::error::{Error, Result};
 use crate::keys::{Key, KeyId, fill_random};
-use crate::protocol::{self, CHALLENGE_LEN, PROOF_LEN, Protocol};
+use crate::protocol::{self, CHALLENGE_LEN, Protocol};
 use crate::server::read_exact_or_closed;
 
 /// What a client presents: a key, the id to present it under, and how long to wait.
@@ -122,26 +122,49 @@ where
     stream.write_all(&response.encode()).await?;
     stream.flush().await?;
 
-    let mut verdict = [0u8; 1];
-    read_exact_or_closed(stream, &mut verdict).await?;
-    match verdict[0] {
-        protocol::VERDICT_ADMITTED => {}
-        protocol::VERDICT_DENIED => return Err(Error::Denied),
-        protocol::VERDICT_MALFORMED => return Err(Error::RefusedAsMalformed),
-        other => return Err(Error::MalformedVerdict(other)),
-    }
-    let mut server_proof = [0u8; PROOF_LEN];
-    read_exact_or_closed(stream, &mut server_proof)
-        .await
-        // An "admission" without a proof is no better than a wrong one.
-        .map_err(|err| match err {
-            Error::ClosedEarly => Error::ImpostorServer,
-            other => other,
-        })?;
-    if protocol::verify_server_proof(key, key.id(), &server_nonce, &client_nonce, &server_proof) {
+    let verdict = read_verdict(stream).await?;
+    let server_proof = &verdict[1..];
+    if protocol::verify_server_proof(key, key.id(), &server_nonce, &client_nonce, server_proof) {
         Ok(())
     } else {
         Err(Error::ImpostorServer)
+    }
+}
+
+/// Reads the VERDICT, usually in one system call: a refusing server sends one byte and
+/// closes, an admitting one sends exactly 33 bytes before any application byte, so reading up
+/// to 33 bytes never takes application data.
+async fn read_verdict<S>(stream: &mut S) -> Result<[u8; protocol::ADMITTED_LEN]>
+where
+    S: AsyncRead + Unpin,
+{
+    let mut verdict = [0u8; protocol::ADMITTED_LEN];
+    let mut filled = 0;
+    loop {
+        let n = stream.read(&mut verdict[filled..]).await?;
+        if n == 0 {
+            // An "admission" cut short of its proof is no better than a wrong one.
+            return Err(match (filled, verdict[0]) {
+                (0, _) => Error::ClosedEarly,
+                (_, protocol::VERDICT_ADMITTED) => Error::ImpostorServer,
+                _ => refusal(verdict[0]),
+            });
+        }
+        filled += n;
+        if verdict[0] != protocol::VERDICT_ADMITTED {
+            return Err(refusal(verdict[0]));
+        }
+        if filled == protocol::ADMITTED_LEN {
+            return Ok(verdict);
+        }
+    }
+}
+
+fn refusal(verdict: u8) -> Error {
+    match verdict {
+        protocol::VERDICT_DENIED => Error::Denied,
+        protocol::VERDICT_MALFORMED => Error::RefusedAsMalformed,
+        other => Error::MalformedVerdict(other),
     }
 }
 

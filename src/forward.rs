@@ -47,7 +47,9 @@ async fn pump(from: ReadHalf<'_>, mut to: WriteHalf<'_>) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
         from.readable().await?;
-        let (moved, burst) = copy_burst(&from, &mut to).await?;
+        // Boxed: the burst's state is allocated only while data moves, so an idle connection's
+        // task is sized for waiting, not for copying.
+        let (moved, burst) = Box::pin(copy_burst(&from, &mut to)).await?;
         total += moved;
         if let Burst::Ended = burst {
             to.shutdown().await?;
