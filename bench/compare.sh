@@ -40,7 +40,8 @@ wait_port() {
 }
 field() { sed -n "s/.*\b$1=\([^ ]*\).*/\1/p"; }
 median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
-bounded() { timeout $((SECONDS_EACH + 60)) "$@"; }
+# A measurement that fails is reported as such; it must not lose the rest of the run.
+bounded() { timeout $((SECONDS_EACH + 60)) "$@" || echo "failed: $*" >&2; }
 
 mkdir -p "$WORK/keys" && chmod 700 "$WORK/keys"
 "$LG" keygen --out "$WORK/keys/bench.key" >/dev/null
@@ -158,7 +159,12 @@ declare -A IDLE
 idle() { # $1 name, $2 entry port, then the pids to measure
     local name=$1 port=$2; shift 2
     local args=(); for pid in "$@"; do args+=(--pid "$pid"); done
-    IDLE[$name]=$(timeout 120 "$LG" bench idle --target 127.0.0.1:$port --connections "$IDLE_CONNECTIONS" "${args[@]}" | field kib_per_conn)
+    local out
+    out=$(timeout 120 "$LG" bench idle --target 127.0.0.1:$port --connections "$IDLE_CONNECTIONS" "${args[@]}" || true)
+    IDLE[$name]=$(field kib_per_conn <<<"$out")
+    local failed; failed=$(field failed <<<"$out")
+    [ -n "${IDLE[$name]}" ] || IDLE[$name]="failed"
+    [ "${failed:-0}" = 0 ] || IDLE[$name]+=" ($failed of $IDLE_CONNECTIONS failed)"
     echo "idle $name: ${IDLE[$name]} KiB/connection" >&2
 }
 linkgate_chain 19051 19052 $ECHO; idle linkgate 19052 "$SERVE_PID" "$CONNECT_PID"
@@ -168,7 +174,7 @@ if [ $HAVE_SPIPED = 1 ]; then
     spiped_pair 19081 19082 $ECHO ""; idle spiped 19082 "$SPIPED_D" "$SPIPED_E"
 fi
 
-m() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | median; }
+m() { local v; v=$(tr ' ' '\n' <<<"$1" | sed '/^$/d' | median); echo "${v:-–}"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 direct_rate=$(m "${RATE[direct]}"); direct_t1=$(m "${T1[direct]}"); direct_t8=$(m "${T8[direct]}")
 direct_p99=$(m "${P99[direct]}")

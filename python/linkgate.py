@@ -224,15 +224,20 @@ class _Deadline:
         self.sock.settimeout(self.saved)
 
 
+def _recv(deadline: _Deadline, at_most: int) -> bytes:
+    """One recv of up to at_most bytes within the deadline; b"" means the peer closed."""
+    deadline.arm()
+    try:
+        return deadline.sock.recv(at_most)
+    except socket.timeout:
+        raise HandshakeTimeout(f"handshake timed out after {deadline.timeout}s") from None
+
+
 def _recv_exact(deadline: _Deadline, n: int) -> bytes:
     """Exactly n bytes (never more: application bytes stay in the socket)."""
     data = bytearray()
     while len(data) < n:
-        deadline.arm()
-        try:
-            chunk = deadline.sock.recv(n - len(data))
-        except socket.timeout:
-            raise HandshakeTimeout(f"handshake timed out after {deadline.timeout}s") from None
+        chunk = _recv(deadline, n - len(data))
         if not chunk:
             raise ClosedEarly("peer closed the connection during the handshake")
         data += chunk
@@ -257,11 +262,7 @@ def _read_challenge(deadline: _Deadline) -> bytes:
     """The 40-byte CHALLENGE, giving up as soon as the greeting differs from LGATE/1."""
     data = b""
     while len(data) < CHALLENGE_LEN:
-        deadline.arm()
-        try:
-            chunk = deadline.sock.recv(CHALLENGE_LEN - len(data))
-        except socket.timeout:
-            raise HandshakeTimeout(f"handshake timed out after {deadline.timeout}s") from None
+        chunk = _recv(deadline, CHALLENGE_LEN - len(data))
         if not chunk:
             if data and not MAGIC.startswith(data[:len(MAGIC)]):
                 raise NotLinkgate(f"not a linkgate/1 server: it sent {_describe(data)}")

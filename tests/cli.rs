@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::process::{Linkgate, keygen, run, start_serve};
+use common::process::{Linkgate, check, keygen, run, start_serve};
 use linkgate::{Credentials, Error, Key, KeyId};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
@@ -284,16 +284,13 @@ async fn check_reports_each_outcome_with_its_exit_code() {
     let key = keygen(keys.path(), "alice");
     let (serve, gate) = start_serve(keys.path(), None, &[]).await;
     let gate = gate.to_string();
-    let check = |server: &str, key: &Path| {
-        run(&["check", "--server", server, "--key", key.to_str().unwrap()])
-    };
 
-    let ok = check(&gate, &key);
+    let ok = check(&gate, &key, &[]);
     assert_eq!(ok.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&ok.stdout), "admitted as alice\n");
 
     let wrong = keygen(dir.path(), "alice");
-    let denied = check(&gate, &wrong);
+    let denied = check(&gate, &wrong, &[]);
     assert_eq!(denied.status.code(), Some(1));
     let message = String::from_utf8_lossy(&denied.stderr);
     assert_eq!(message.lines().count(), 1, "{message}");
@@ -302,15 +299,7 @@ async fn check_reports_each_outcome_with_its_exit_code() {
         .wait_for_log(&["connection rejected", "wrong proof"])
         .await;
 
-    let renamed = run(&[
-        "check",
-        "--server",
-        &gate,
-        "--key",
-        key.to_str().unwrap(),
-        "--id",
-        "bob",
-    ]);
+    let renamed = check(&gate, &key, &["--id", "bob"]);
     assert_eq!(
         renamed.status.code(),
         Some(1),
@@ -326,7 +315,7 @@ async fn check_reports_each_outcome_with_its_exit_code() {
         .local_addr()
         .unwrap()
         .to_string();
-    let nobody = check(&free, &key);
+    let nobody = check(&free, &key, &[]);
     assert_eq!(nobody.status.code(), Some(1));
     let message = String::from_utf8_lossy(&nobody.stderr);
     assert!(
@@ -344,7 +333,7 @@ async fn check_reports_each_outcome_with_its_exit_code() {
             .unwrap();
         let _ = stream.read(&mut [0u8; 16]).await;
     });
-    let other = check(&ssh_addr, &key);
+    let other = check(&ssh_addr, &key, &[]);
     assert_eq!(other.status.code(), Some(1));
     let message = String::from_utf8_lossy(&other.stderr);
     assert!(

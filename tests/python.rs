@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::process::{Linkgate, keygen, run, start_serve};
+use common::process::{Linkgate, check, keygen, start_serve};
 use linkgate::{Credentials, Error, Key};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -136,13 +136,7 @@ async fn rust_clients_against_a_python_server() {
     let addr = format!("127.0.0.1:{}", python_port(&server).await);
 
     // `linkgate check`.
-    let out = run(&[
-        "check",
-        "--server",
-        &addr,
-        "--key",
-        key_path.to_str().unwrap(),
-    ]);
+    let out = check(&addr, &key_path, &[]);
     assert_eq!(
         stdout(&out),
         "admitted as alice\n",
@@ -165,7 +159,7 @@ async fn rust_clients_against_a_python_server() {
     // A wrong key is denied by the Python server, and it says why.
     let other = TempDir::new().unwrap();
     let wrong = keygen(other.path(), "alice");
-    let out = run(&["check", "--server", &addr, "--key", wrong.to_str().unwrap()]);
+    let out = check(&addr, &wrong, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("denied by server"));
     server
@@ -189,13 +183,7 @@ async fn python_server_with_the_wrong_key_is_an_impostor() {
     };
     let addr = format!("127.0.0.1:{}", python_port(&server).await);
 
-    let out = run(&[
-        "check",
-        "--server",
-        &addr,
-        "--key",
-        key_path.to_str().unwrap(),
-    ]);
+    let out = check(&addr, &key_path, &[]);
     assert_eq!(out.status.code(), Some(1));
     let message = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -277,15 +265,7 @@ async fn check_protocol_seed_against_a_recipe_server() {
     };
     let addr = format!("127.0.0.1:{}", python_port(&server).await);
 
-    let out = run(&[
-        "check",
-        "--protocol",
-        "seed",
-        "--server",
-        &addr,
-        "--key",
-        right.to_str().unwrap(),
-    ]);
+    let out = check(&addr, &right, &["--protocol", "seed"]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -303,15 +283,7 @@ async fn check_protocol_seed_against_a_recipe_server() {
     );
     server.wait_for_stdout(&["authenticated"]).await;
 
-    let out = run(&[
-        "check",
-        "--protocol",
-        "seed",
-        "--server",
-        &addr,
-        "--key",
-        wrong.to_str().unwrap(),
-    ]);
+    let out = check(&addr, &wrong, &["--protocol", "seed"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("closed the connection after our answer")
@@ -319,7 +291,7 @@ async fn check_protocol_seed_against_a_recipe_server() {
     server.wait_for_stdout(&["rejected"]).await;
 
     // Without --protocol seed, the short key is refused outright.
-    let out = run(&["check", "--server", &addr, "--key", right.to_str().unwrap()]);
+    let out = check(&addr, &right, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("6 bytes"));
 }

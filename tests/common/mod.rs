@@ -89,6 +89,13 @@ pub mod process {
         command(args).output().expect("run linkgate")
     }
 
+    /// `linkgate check --server SERVER --key KEY EXTRA...`.
+    pub fn check(server: &str, key: &Path, extra: &[&str]) -> Output {
+        let mut args = vec!["check", "--server", server, "--key", key.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        run(&args)
+    }
+
     fn command(args: &[&str]) -> Command {
         let mut command = Command::new(BIN);
         command

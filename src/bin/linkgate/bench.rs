@@ -357,16 +357,34 @@ async fn idle(target: &str, connections: usize, pids: &[u32]) -> Result<()> {
         }));
     }
     let mut held = Vec::with_capacity(connections);
+    let (mut failed, mut first_error) = (0usize, None);
     for task in opening {
-        held.push(task.await??);
+        match task.await {
+            Ok(Ok(stream)) => held.push(stream),
+            Ok(Err(err)) => {
+                failed += 1;
+                first_error.get_or_insert_with(|| err.to_string());
+            }
+            Err(err) => {
+                failed += 1;
+                first_error.get_or_insert_with(|| err.to_string());
+            }
+        }
     }
+    ensure!(
+        !held.is_empty(),
+        "no connection could be opened: {first_error:?}"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = total_rss_kib(pids)?;
     println!(
-        "kib_per_conn={:.2} connections={} rss_before_kib={before} rss_after_kib={after}",
-        (after as f64 - before as f64) / connections as f64,
+        "kib_per_conn={:.2} connections={} failed={failed} rss_before_kib={before} rss_after_kib={after}",
+        (after as f64 - before as f64) / held.len() as f64,
         held.len()
     );
+    if let Some(err) = first_error {
+        eprintln!("{failed} connections failed; first: {err}");
+    }
     Ok(())
 }
 
