@@ -54,6 +54,8 @@ MAX_KEY_ID_LEN = 64
 _CLIENT_LABEL = b"linkgate/1 client proof\0"
 _SERVER_LABEL = b"linkgate/1 server proof\0"
 _KEY_ID = re.compile(rb"\A[A-Za-z0-9._-]{1,64}\Z")
+# Unknown key ids are checked against this key, so they cost the same work as a wrong proof.
+_DUMMY_KEY = os.urandom(32)
 
 Address = Tuple[str, int]
 Keyring = Mapping[str, bytes]
@@ -362,8 +364,10 @@ def admit(sock: socket.socket, keyring: Keyring, timeout: Optional[float] = 5.0)
             raise Malformed("malformed response: key id has a forbidden character")
         key_id = raw_id.decode("ascii")
         key = keyring.get(key_id)
-        # An unknown id is checked against a random key: the same work as a wrong proof.
-        expected = client_proof(key if key is not None else os.urandom(32),
+        if key is not None:
+            _check_key(key)
+        # An unknown id is checked against a dummy key: the same work as a wrong proof.
+        expected = client_proof(key if key is not None else _DUMMY_KEY,
                                 server_nonce, client_nonce, key_id)
         proof_ok = hmac.compare_digest(expected, proof)
         if key is None or not proof_ok:

@@ -121,6 +121,24 @@ class Handshake(unittest.TestCase):
         self.assertEqual(key_id, "alice")
         self.assertEqual(self.server.recv(100), b"app bytes")
 
+    def test_admit_reads_exactly_the_response(self):
+        # RESPONSE and application bytes in a single write: admit must leave the latter.
+        join = self.serve()
+        challenge = self.client.recv(40)
+        server_nonce = challenge[8:]
+        client_nonce = os.urandom(32)
+        self.client.sendall(
+            linkgate.encode_response(KEY, "alice", server_nonce, client_nonce) + b"app bytes")
+        key_id, error = join()
+        self.assertIsNone(error)
+        self.assertEqual(key_id, "alice")
+        self.server.settimeout(2)  # an admit that over-read would leave nothing: fail, not hang
+        self.assertEqual(self.server.recv(100), b"app bytes")
+        verdict = self.client.recv(33)
+        self.assertEqual(verdict[:1], b"\x00")
+        self.assertEqual(verdict[1:],
+                         linkgate.server_proof(KEY, server_nonce, client_nonce, "alice"))
+
     def test_wrong_key_denied_on_both_sides(self):
         join = self.serve()
         with self.assertRaises(linkgate.Denied):

@@ -27,7 +27,11 @@ const CHUNK: usize = 64 * 1024;
 /// An idle connection holds no copy buffer: a direction takes one only once its source is
 /// readable, and gives it back when the source has nothing more for now. Small messages go
 /// through that buffer; on Linux, once a read fills it (a bulk transfer), the rest of the burst
-/// is moved with `splice(2)` through a pipe, so the bytes never enter userspace.
+/// is moved with `splice(2)` through a pipe, so the bytes never enter userspace (if the system
+/// refuses pipes or splicing, the copy simply continues in userspace).
+///
+/// Not cancel-safe: dropping the future loses the bytes in flight (up to a pipe's or a buffer's
+/// worth) and leaves the streams in an unknown state, so close both.
 pub async fn forward(a: &mut TcpStream, b: &mut TcpStream) -> io::Result<Transfer> {
     let (a_read, a_write) = a.split();
     let (b_read, b_write) = b.split();
@@ -71,9 +75,12 @@ async fn copy_burst(from: &ReadHalf<'_>, to: &mut WriteHalf<'_>) -> io::Result<(
                 moved += n as u64;
                 #[cfg(target_os = "linux")]
                 if n == CHUNK {
-                    drop(chunk);
-                    let (spliced, burst) = splice::burst(from.as_ref(), to.as_ref()).await?;
-                    return Ok((moved + spliced, burst));
+                    // None: no splicing on this system; go on through the buffer.
+                    if let Some((spliced, burst)) =
+                        splice::burst(from.as_ref(), to.as_ref()).await?
+                    {
+                        return Ok((moved + spliced, burst));
+                    }
                 }
             }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
@@ -104,21 +111,31 @@ mod splice {
     const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
 
     /// Splices until the source has nothing more for now or ends. The pipe exists only for the
-    /// burst and is always empty when it is closed.
-    pub(super) async fn burst(from: &TcpStream, to: &TcpStream) -> io::Result<(u64, Burst)> {
-        let (pipe_out, pipe_in) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+    /// burst and is empty when the burst ends normally. `None` if this system will not splice
+    /// (no pipe to be had, or sockets that cannot be spliced): the caller copies instead.
+    pub(super) async fn burst(
+        from: &TcpStream,
+        to: &TcpStream,
+    ) -> io::Result<Option<(u64, Burst)>> {
+        let Ok((pipe_out, pipe_in)) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK) else {
+            return Ok(None);
+        };
         let capacity = fcntl_setpipe_size(&pipe_in, PIPE_SIZE).unwrap_or(64 * 1024);
         let mut moved = 0u64;
         loop {
+            // try_io and readiness do not count against tokio's cooperative budget, so yield
+            // now and then: a long burst must not starve the other tasks on this worker.
+            tokio::task::consume_budget().await;
             let filled = from.try_io(Interest::READABLE, || {
                 Ok(splice(from, None, &pipe_in, None, capacity, FLAGS)?)
             });
             let mut in_pipe = match filled {
-                Ok(0) => return Ok((moved, Burst::Ended)),
+                Ok(0) => return Ok(Some((moved, Burst::Ended))),
                 Ok(n) => n,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok((moved, Burst::Drained));
+                    return Ok(Some((moved, Burst::Drained)));
                 }
+                Err(err) if moved == 0 && cannot_splice(&err) => return Ok(None),
                 Err(err) => return Err(err),
             };
             moved += in_pipe as u64;
@@ -134,5 +151,15 @@ mod splice {
                 }
             }
         }
+    }
+
+    /// Errors that mean "splice is not available here", not "the connection failed".
+    fn cannot_splice(err: &io::Error) -> bool {
+        matches!(
+            rustix::io::Errno::from_io_error(err),
+            Some(
+                rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::OPNOTSUPP
+            )
+        )
     }
 }

@@ -282,9 +282,13 @@ impl Key {
     ///
     /// This is the secret itself: print it only where the user asked for it.
     pub fn to_hex_line(&self) -> Zeroizing<String> {
-        let mut line = Zeroizing::new(hex::encode(&*self.secret));
-        line.push('\n');
-        line
+        // Sized once and filled in place: no reallocation leaves a copy of the key behind.
+        let hex_len = self.secret.len() * 2;
+        let mut line = Zeroizing::new(vec![b'\n'; hex_len + 1]);
+        // The buffer is exactly twice the key's length, so encoding cannot fail.
+        let _ = hex::encode_to_slice(&*self.secret, &mut line[..hex_len]);
+        let text = String::from_utf8(std::mem::take(&mut *line)).unwrap_or_default();
+        Zeroizing::new(text)
     }
 
     /// A fresh HMAC instance keyed with this key.
@@ -333,7 +337,9 @@ pub(crate) fn read_key_file(path: &Path, options: KeyFileOptions) -> Result<Zero
     #[cfg(not(unix))]
     let _ = options;
 
-    let mut text = Zeroizing::new(String::new());
+    // Room for the largest accepted file up front, so reading never reallocates and leaves
+    // copies of the key in freed memory.
+    let mut text = Zeroizing::new(String::with_capacity(MAX_KEY_FILE_LEN as usize + 64));
     file.take(MAX_KEY_FILE_LEN + 1)
         .read_to_string(&mut text)
         .map_err(|err| {

@@ -264,8 +264,8 @@ pub fn respond(key: &Key, key_id: &KeyId, server_nonce: &Nonce, client_nonce: &N
     }
 }
 
-/// The server's judgement of a RESPONSE.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The server's judgement of a RESPONSE. Its `Debug` leaves out the server proof.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Judgement {
     /// The client proved the key registered for `key_id`; send `verdict` and pass the stream on.
     Admitted {
@@ -280,6 +280,20 @@ pub enum Judgement {
     WrongProof(KeyId),
     /// Not a valid RESPONSE; the client is sent [`VERDICT_MALFORMED`].
     Malformed(Malformed),
+}
+
+impl std::fmt::Debug for Judgement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Judgement::Admitted { key_id, .. } => f
+                .debug_struct("Admitted")
+                .field("key_id", key_id)
+                .finish_non_exhaustive(),
+            Judgement::UnknownKeyId(id) => f.debug_tuple("UnknownKeyId").field(id).finish(),
+            Judgement::WrongProof(id) => f.debug_tuple("WrongProof").field(id).finish(),
+            Judgement::Malformed(m) => f.debug_tuple("Malformed").field(m).finish(),
+        }
+    }
 }
 
 impl Judgement {
@@ -518,11 +532,39 @@ mod tests {
     }
 
     #[test]
-    fn debug_of_response_hides_the_proof() {
+    fn debug_hides_proofs() {
         let key = vector_key();
-        let response = respond(&key, key.id(), &seq(0xa0), &seq(0xc0));
+        let (sn, cn) = (seq(0xa0), seq(0xc0));
+        let response = respond(&key, key.id(), &sn, &cn);
         let shown = format!("{response:?}");
         assert!(shown.contains("alice"));
         assert!(!shown.contains("client_proof"));
+
+        let mut ring = Keyring::new();
+        ring.insert(key.clone());
+        let dummy = Key::generate(KeyId::new("dummy").unwrap()).unwrap();
+        let judged = judge(&response.encode(), &sn, &ring, &dummy);
+        let shown = format!("{judged:?}");
+        assert!(
+            shown.starts_with("Admitted") && shown.contains("alice"),
+            "{shown}"
+        );
+        // Neither the field nor the proof's bytes, in any of Debug's usual spellings.
+        let proof = server_proof(&key, &sn, &cn, key.id());
+        let as_list = format!("{:?}", &proof[..4]);
+        let as_list = as_list.trim_end_matches(']');
+        assert!(
+            !shown.contains("verdict") && !shown.contains(as_list),
+            "{shown}"
+        );
+        assert!(!shown.contains(&hex::encode(proof)), "{shown}");
+    }
+
+    #[test]
+    fn hex_line_is_the_key_and_a_newline() {
+        assert_eq!(
+            vector_key().to_hex_line().as_str(),
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n"
+        );
     }
 }

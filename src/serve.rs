@@ -36,9 +36,10 @@ impl ServeOptions {
     }
 
     /// At most this many admitted connections are handled at once; at the bound no new
-    /// connection is accepted until one ends (they wait in the OS's backlog).
+    /// connection is accepted until one ends (they wait in the OS's backlog). Clamped to
+    /// 1..=[`Semaphore::MAX_PERMITS`].
     pub fn max_connections(mut self, max: usize) -> Self {
-        self.max_connections = max.max(1);
+        self.max_connections = max.clamp(1, Semaphore::MAX_PERMITS);
         self
     }
 

@@ -644,3 +644,17 @@ async fn json_logs_carry_admissions_and_closes() {
         ])
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn huge_limits_are_clamped_not_a_panic() {
+    let dir = TempDir::new().unwrap();
+    let key = Key::from_file(keygen(dir.path(), "alice")).unwrap();
+    let max = usize::MAX.to_string();
+    let (serve, gate) = start_serve(dir.path(), None, &["--max-connections", &max]).await;
+    let mut stream = linkgate::connect(gate, &Credentials::new(key))
+        .await
+        .unwrap();
+    stream.write_all(b"ok").await.unwrap();
+    stream.read_exact(&mut [0u8; 2]).await.unwrap();
+    assert!(!serve.stderr().contains("panicked"), "{}", serve.stderr());
+}

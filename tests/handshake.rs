@@ -189,7 +189,7 @@ async fn unknown_id_and_wrong_proof_look_the_same_to_the_client() {
     }
     wrong_times.sort();
     unknown_times.sort();
-    // Timing is not asserted (no timing assertions in tests); the medians are printed so a
+    // Timing is not asserted (speed belongs to the benchmarks); the medians are printed so a
     // reader can see that both paths do the same work (an HMAC under the dummy key).
     println!(
         "median time to refusal: wrong proof {:?}, unknown id {:?}",

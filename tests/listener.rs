@@ -90,15 +90,20 @@ async fn rejections_are_logged_with_peer_and_reason_and_never_accepted() {
     let alice = key("alice");
     let (addr, mut admissions) = gated_echo(Gate::new(keyring(&[&alice])).unwrap()).await;
 
-    let impostor = linkgate::connect(addr, &Credentials::new(key("alice"))).await;
+    // Each attempt's local port identifies its own log line (other tests log similar ones).
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let port = stream.local_addr().unwrap().port();
+    let impostor = linkgate::authenticate(stream, &Credentials::new(key("alice"))).await;
     assert!(matches!(impostor, Err(Error::Denied)), "{impostor:?}");
-    // The client's local port identifies its log line.
-    let line = wait_for_log_line(&["connection rejected", "wrong proof for key id alice"]).await;
-    assert!(line.contains("peer=127.0.0.1:"), "{line}");
+    let peer = format!("peer=127.0.0.1:{port}");
+    wait_for_log_line(&["connection rejected", "wrong proof for key id alice", &peer]).await;
 
-    let unknown = linkgate::connect(addr, &Credentials::new(key("zed"))).await;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let port = stream.local_addr().unwrap().port();
+    let unknown = linkgate::authenticate(stream, &Credentials::new(key("zed"))).await;
     assert!(matches!(unknown, Err(Error::Denied)), "{unknown:?}");
-    wait_for_log_line(&["connection rejected", "unknown key id zed"]).await;
+    let peer = format!("peer=127.0.0.1:{port}");
+    wait_for_log_line(&["connection rejected", "unknown key id zed", &peer]).await;
 
     // Only the legitimate client ever comes out of accept().
     let _ok = linkgate::connect(addr, &Credentials::new(alice.clone()))

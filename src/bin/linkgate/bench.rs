@@ -185,7 +185,10 @@ where
 {
     let round = Arc::new(round);
     let started = Instant::now();
-    let deadline = started + load.duration;
+    // A duration too long to add to a clock reading runs "forever" (capped at a year).
+    let deadline = started
+        .checked_add(load.duration)
+        .unwrap_or(started + Duration::from_secs(365 * 86_400));
     let mut workers = Vec::new();
     for _ in 0..load.workers {
         let round = Arc::clone(&round);
@@ -307,7 +310,10 @@ async fn throughput(target: &str, streams: usize, duration: Duration) -> Result<
 async fn one_stream(target: &str, block: &[u8], index: usize, duration: Duration) -> Result<u64> {
     const CHUNK: usize = 256 * 1024;
     let mut stream = TcpStream::connect(target).await?;
-    let deadline = Instant::now() + duration;
+    let now = Instant::now();
+    let deadline = now
+        .checked_add(duration)
+        .unwrap_or(now + Duration::from_secs(365 * 86_400));
     let (mut sent, mut crc) = (0u64, crc32fast::Hasher::new());
     let mut offset = (index * 4099) % (block.len() - CHUNK);
     while Instant::now() < deadline {
