@@ -17,8 +17,9 @@ WORKERS=${WORKERS:-32}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-5000}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-cargo build --release --quiet
+cargo build --release --quiet --workspace
 LG=$PWD/target/release/linkgate
+LOADGEN=$PWD/target/release/linkgate-loadgen
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -49,8 +50,8 @@ head -c 32 /dev/urandom >"$WORK/spiped.key"
 
 # Upstreams: an echo server (rate, idle) and a sink (throughput), shared by every chain.
 ECHO=19001 SINK=19002
-start "$LG" bench echo --listen 127.0.0.1:$ECHO
-start "$LG" bench sink --listen 127.0.0.1:$SINK
+start "$LOADGEN" echo --listen 127.0.0.1:$ECHO
+start "$LOADGEN" sink --listen 127.0.0.1:$SINK
 wait_port $ECHO; wait_port $SINK
 
 # Each chain: "name entry-to-echo entry-to-sink pids-of-its-echo-side-proxies".
@@ -58,9 +59,10 @@ CHAINS=("direct $ECHO $SINK -")
 
 linkgate_chain() { # $1 serve port, $2 connect port, $3 upstream
     start "$LG" -q serve --listen 127.0.0.1:$1 --upstream 127.0.0.1:$3 --keys "$WORK/keys" \
-        --max-handshakes-per-ip 1024
+        --max-handshakes-per-source 1024 --allow-plain
     SERVE_PID=$LAST_PID
-    start "$LG" -q connect --listen 127.0.0.1:$2 --server 127.0.0.1:$1 --key "$WORK/keys/bench.key"
+    start "$LG" -q connect --listen 127.0.0.1:$2 --server 127.0.0.1:$1 --key "$WORK/keys/bench.key" \
+        --mode plain
     CONNECT_PID=$LAST_PID
     wait_port "$1"; wait_port "$2"
 }
@@ -137,21 +139,21 @@ for round in $(seq "$ROUNDS"); do
     for chain in "${CHAINS[@]}"; do
         read -r name echo_port sink_port pids <<<"$chain"
         before=$(cpu_ticks "$pids")
-        out=$(bounded "$LG" bench rate --target 127.0.0.1:$echo_port --workers "$WORKERS" --duration "${SECONDS_EACH}s")
+        out=$(bounded "$LOADGEN" rate --target 127.0.0.1:$echo_port --workers "$WORKERS" --duration "${SECONDS_EACH}s")
         after=$(cpu_ticks "$pids")
         CPU[$name]+="$(awk -v t=$((after - before)) -v r="$(field rounds <<<"$out")" -v hz="$TICK" 'BEGIN { printf "%.0f", t / hz / r * 1e6 }') "
         RATE[$name]+="$(field conn_per_s <<<"$out") "; P50[$name]+="$(field p50_us <<<"$out") "
         P99[$name]+="$(field p99_us <<<"$out") "; P999[$name]+="$(field p999_us <<<"$out") "
-        out=$(bounded "$LG" bench rate --target 127.0.0.1:$echo_port --workers 1 --duration 1s)
+        out=$(bounded "$LOADGEN" rate --target 127.0.0.1:$echo_port --workers 1 --duration 1s)
         U50[$name]+="$(field p50_us <<<"$out") "; U99[$name]+="$(field p99_us <<<"$out") "
-        out=$(bounded "$LG" bench throughput --target 127.0.0.1:$sink_port --streams 1 --duration "${SECONDS_EACH}s")
+        out=$(bounded "$LOADGEN" throughput --target 127.0.0.1:$sink_port --streams 1 --duration "${SECONDS_EACH}s")
         T1[$name]+="$(field mib_per_s <<<"$out") "
-        out=$(bounded "$LG" bench throughput --target 127.0.0.1:$sink_port --streams 8 --duration "${SECONDS_EACH}s")
+        out=$(bounded "$LOADGEN" throughput --target 127.0.0.1:$sink_port --streams 8 --duration "${SECONDS_EACH}s")
         T8[$name]+="$(field mib_per_s <<<"$out") "
         echo "round $round $name: conn/s so far [${RATE[$name]% }]" >&2
     done
     # (b) the same loop at library level, in one process: the gate without the proxies.
-    LIB+="$(bounded "$LG" bench rate-lib --workers "$WORKERS" --duration "${SECONDS_EACH}s" | field conn_per_s) "
+    LIB+="$(bounded "$LOADGEN" rate-lib --workers "$WORKERS" --duration "${SECONDS_EACH}s" | field conn_per_s) "
 done
 
 # (d) idle memory: fresh proxy processes, so earlier rounds' allocations don't blur the figure.
@@ -160,7 +162,7 @@ idle() { # $1 name, $2 entry port, then the pids to measure
     local name=$1 port=$2; shift 2
     local args=(); for pid in "$@"; do args+=(--pid "$pid"); done
     local out
-    out=$(timeout 120 "$LG" bench idle --target 127.0.0.1:$port --connections "$IDLE_CONNECTIONS" "${args[@]}" || true)
+    out=$(timeout 120 "$LOADGEN" idle --target 127.0.0.1:$port --connections "$IDLE_CONNECTIONS" "${args[@]}" || true)
     IDLE[$name]=$(field kib_per_conn <<<"$out")
     local failed; failed=$(field failed <<<"$out")
     [ -n "${IDLE[$name]}" ] || IDLE[$name]="failed"

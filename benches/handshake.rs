@@ -1,4 +1,5 @@
-//! CPU cost of each half of the linkgate/1 handshake (issue: server half at most 5 µs).
+//! CPU cost of each half of the linkgate/1 handshake, per mode (target for plain: the server
+//! half at most 5 µs).
 //!
 //! `cargo bench --bench handshake`. The halves are measured I/O-free, exactly the work
 //! `Gate::admit` and `authenticate` do besides moving bytes; the full handshake is also measured
@@ -7,8 +8,8 @@
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use linkgate::protocol::{self, Judgement};
-use linkgate::{Credentials, Gate, Key, KeyId, Keyring};
+use linkgate::protocol::{self, ClientHello, EphemeralSecret, Judgement, ModePolicy};
+use linkgate::{Credentials, Gate, Key, KeyId, Keyring, Mode};
 use rand::TryRng;
 use rand::rngs::SysRng;
 
@@ -27,35 +28,55 @@ fn handshake_halves(c: &mut Criterion) {
         keyring.insert(Key::generate(KeyId::new(format!("client-{i}")).unwrap()).unwrap());
     }
 
-    // Server half: a nonce from the OS, the CHALLENGE, judging a valid RESPONSE (verify the
-    // client proof, compute the server proof).
-    c.bench_function("server_half/nonce+challenge+judge", |b| {
-        b.iter_batched(
-            || {
-                let client_nonce = nonce();
-                let fixed_server_nonce = [7u8; 32];
-                let response =
-                    protocol::respond(&key, key.id(), &fixed_server_nonce, &client_nonce);
-                (fixed_server_nonce, response.encode())
-            },
-            |(server_nonce, response)| {
-                let fresh = nonce();
-                black_box(protocol::encode_challenge(&fresh));
-                let judged = protocol::judge(&response, &server_nonce, &keyring, &dummy);
-                assert!(matches!(judged, Judgement::Admitted { .. }));
-                judged
-            },
-            BatchSize::SmallInput,
-        )
-    });
+    // Server half per mode: a nonce from the OS, the CHALLENGE, judging a valid RESPONSE
+    // (verify the client proof, compute the server proof; in the sealed modes the key schedule,
+    // and in sealed-fs an X25519 key pair and exchange).
+    let policy = ModePolicy::new(true, false);
+    for mode in Mode::ALL {
+        c.bench_function(&format!("server_half/{mode}"), |b| {
+            b.iter_batched(
+                || {
+                    let fixed_server_nonce = [7u8; 32];
+                    let hello =
+                        ClientHello::new(&key, key.id(), mode, &fixed_server_nonce, nonce(), None)
+                            .unwrap();
+                    (fixed_server_nonce, hello.response().encode())
+                },
+                |(server_nonce, response)| {
+                    let fresh = nonce();
+                    black_box(protocol::encode_challenge(&fresh));
+                    let judged = protocol::judge(
+                        &response,
+                        &server_nonce,
+                        &keyring,
+                        &dummy,
+                        &policy,
+                        EphemeralSecret::generate,
+                    )
+                    .unwrap();
+                    assert!(matches!(judged, Judgement::Admitted(_)));
+                    judged
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
 
-    // Client half: a nonce from the OS, the RESPONSE, checking the server's proof.
+    // Client half: a nonce from the OS, the RESPONSE (plain mode), checking the server's proof.
     let server_nonce = nonce();
-    c.bench_function("client_half/nonce+respond+verify", |b| {
+    c.bench_function("client_half/plain", |b| {
         b.iter(|| {
             let client_nonce = nonce();
-            let response = protocol::respond(&key, key.id(), &server_nonce, &client_nonce);
-            black_box(response.encode());
+            let hello = ClientHello::new(
+                &key,
+                key.id(),
+                Mode::Plain,
+                &server_nonce,
+                client_nonce,
+                None,
+            )
+            .unwrap();
+            black_box(hello.response().encode());
             let proof = protocol::server_proof(&key, &server_nonce, &client_nonce, key.id());
             black_box(protocol::verify_server_proof(
                 &key,

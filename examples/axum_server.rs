@@ -15,19 +15,24 @@ use axum::routing::get;
 use linkgate::{Admission, Gate, GatedListener, Keyring};
 
 async fn whoami(ConnectInfo(caller): ConnectInfo<Admission>) -> String {
-    format!("you are {} (from {})\n", caller.key_id, caller.peer)
+    let peer = caller.peer().map(ToString::to_string).unwrap_or_default();
+    format!(
+        "you are {} (from {peer}, mode {})\n",
+        caller.key_id(),
+        caller.mode()
+    )
 }
 
 async fn admin_only(
     ConnectInfo(caller): ConnectInfo<Admission>,
 ) -> (axum::http::StatusCode, String) {
     // Authorize per client: the key id is authenticated.
-    if caller.key_id.as_str() == "admin" {
+    if caller.key_id().as_str() == "admin" {
         (axum::http::StatusCode::OK, "welcome, admin\n".into())
     } else {
         (
             axum::http::StatusCode::FORBIDDEN,
-            format!("{} may not\n", caller.key_id),
+            format!("{} may not\n", caller.key_id()),
         )
     }
 }

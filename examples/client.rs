@@ -11,7 +11,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use linkgate::{Credentials, Error, Key};
+use linkgate::{Credentials, Error, Key, Rejection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::main]
@@ -36,9 +36,18 @@ async fn main() -> ExitCode {
         Ok(stream) => stream,
         Err(err) => {
             let advice = match &err {
-                Error::Denied => "the server does not accept this key under this id",
-                Error::ImpostorServer => "do not send anything there: it does not hold the key",
-                Error::NotLinkgate(_) => "wrong port? that server does not speak linkgate/1",
+                Error::Rejected(Rejection::Denied) => {
+                    "the server does not accept this key under this id"
+                }
+                Error::Rejected(Rejection::ImpostorServer) => {
+                    "do not send anything there: it does not hold the key"
+                }
+                Error::Rejected(Rejection::NotLinkgate(_)) => {
+                    "wrong port? that server does not speak linkgate/1"
+                }
+                Error::Rejected(Rejection::RefusedAsMalformed(_)) => {
+                    "the server does not allow this mode"
+                }
                 Error::Timeout(_) => "the server did not answer in time",
                 Error::Io(_) => "is the server running and reachable?",
                 _ => "see the message",
@@ -47,7 +56,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("admitted as {}", credentials.key_id());
+    println!("admitted as {} ({})", stream.key_id(), stream.mode());
 
     let result = async {
         stream.write_all(message.as_bytes()).await?;

@@ -13,11 +13,11 @@
 //! keys/alice.key`) or `cargo run -- check --server 127.0.0.1:7000 --key keys/alice.key`.
 
 use linkgate::{Gate, GatedListener, Keyring};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// The existing server's connection handler, untouched by the gate.
-async fn handle(mut stream: TcpStream) -> std::io::Result<()> {
+/// The existing server's connection handler. The only change for the gate: it takes any stream,
+/// not a `TcpStream`, so it serves admitted connections in every mode (sealed ones included).
+async fn handle(mut stream: impl AsyncRead + AsyncWrite + Unpin) -> std::io::Result<()> {
     let mut buf = [0u8; 4096];
     loop {
         let n = stream.read(&mut buf).await?;
@@ -39,10 +39,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gate = Gate::new(Keyring::load(&keys)?)?;
     let listener = GatedListener::bind(&addr, gate).await?;
     println!("upper-casing echo server on {addr}, keys from {keys}");
-    linkgate::serve_with(listener, |stream, who| async move {
-        println!("{} connected from {}", who.key_id, who.peer);
+    linkgate::serve_with(listener, |stream| async move {
+        let who = stream.admission().clone();
+        println!("{} connected ({})", who.key_id(), who.mode());
         if let Err(err) = handle(stream).await {
-            eprintln!("{}: {err}", who.key_id);
+            eprintln!("{}: {err}", who.key_id());
         }
     })
     .await;

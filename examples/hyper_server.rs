@@ -23,14 +23,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let keys = args.next().unwrap_or_else(|| "keys/".into());
     let listener = GatedListener::bind(&addr, Gate::new(Keyring::load(&keys)?)?).await?;
     println!("gated hyper server on {addr}, keys from {keys}");
-    linkgate::serve_with(listener, |stream, who| async move {
+    linkgate::serve_with(listener, |stream| async move {
+        let who = stream.key_id().clone();
         let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-            let body = format!(
-                "{} {} for {}\n",
-                request.method(),
-                request.uri(),
-                who.key_id
-            );
+            let body = format!("{} {} for {who}\n", request.method(), request.uri());
             async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
         });
         if let Err(err) = http1::Builder::new()

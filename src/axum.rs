@@ -2,8 +2,8 @@
 //!
 //! [`GatedListener`] implements [`axum::serve::Listener`]. axum awaits `accept()` one
 //! connection at a time, but the handshakes do not run inside it: they run concurrently in their
-//! own tasks (with the gate's timeout and bounds), and `accept()` only hands over connections
-//! that are already admitted. Handlers learn who is calling through
+//! own tasks (with the gate's timeout and the listener's bounds), and `accept()` only hands over
+//! connections that are already admitted. Handlers learn who is calling through
 //! `ConnectInfo<Admission>`:
 //!
 //! ```no_run
@@ -11,7 +11,7 @@
 //! use linkgate::{Admission, Gate, GatedListener, Keyring};
 //!
 //! async fn whoami(ConnectInfo(who): ConnectInfo<Admission>) -> String {
-//!     format!("hello {} from {}", who.key_id, who.peer)
+//!     format!("hello {} ({})", who.key_id(), who.mode())
 //! }
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -23,95 +23,33 @@
 //! ```
 
 use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use axum::extract::connect_info::Connected;
 use axum::serve::IncomingStream;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
-use crate::listener::{Admission, GatedListener};
+use crate::admitted::{Admission, Admitted};
+use crate::listener::GatedListener;
+use crate::net::Listen;
 
-/// An admitted TCP connection that remembers who was admitted; what [`GatedListener`] hands
-/// to axum.
-#[derive(Debug)]
-pub struct AdmittedStream {
-    stream: TcpStream,
-    admission: Admission,
-}
+impl<L: Listen> axum::serve::Listener for GatedListener<L> {
+    type Io = Admitted<L::Io>;
+    type Addr = L::Addr;
 
-impl AdmittedStream {
-    /// Who was admitted on this connection.
-    pub fn admission(&self) -> &Admission {
-        &self.admission
-    }
-
-    /// The TCP stream.
-    pub fn into_inner(self) -> TcpStream {
-        self.stream
-    }
-}
-
-impl AsyncRead for AdmittedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for AdmittedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
-impl axum::serve::Listener for GatedListener {
-    type Io = AdmittedStream;
-    type Addr = SocketAddr;
-
+    /// The admitted stream and the socket's peer address. (The admission, with the real client
+    /// behind a load balancer, travels on the stream and reaches handlers through
+    /// `ConnectInfo<Admission>`.)
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (stream, admission) = GatedListener::accept(self).await;
-        let peer = admission.peer;
-        (AdmittedStream { stream, admission }, peer)
+        std::future::poll_fn(|cx| self.poll_accept_with_addr(cx)).await
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        GatedListener::local_addr(self)
+        Self::local_addr(self)
     }
 }
 
-/// Lets handlers extract `ConnectInfo<Admission>`: the peer address and the key id it proved.
-impl Connected<IncomingStream<'_, GatedListener>> for Admission {
-    fn connect_info(stream: IncomingStream<'_, GatedListener>) -> Self {
-        stream.io().admission.clone()
+/// Lets handlers extract `ConnectInfo<Admission>`: the key id, the mode and the peer.
+impl<L: Listen> Connected<IncomingStream<'_, GatedListener<L>>> for Admission {
+    fn connect_info(stream: IncomingStream<'_, GatedListener<L>>) -> Self {
+        stream.io().admission().clone()
     }
 }

@@ -1,30 +1,52 @@
-//! The client SDK: [`authenticate`] a stream, or [`connect`] and authenticate in one call.
+//! The client half: [`authenticate`] a stream, or [`connect`] and authenticate in one call.
 
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::admitted::{Admission, Admitted, ConnectionId};
+use crate::error::{Error, Rejection, Result, Timeout, Waiting};
+use crate::gate::read_exact_or_closed;
 use crate::keys::{Key, KeyId, fill_random};
-use crate::protocol::{self, CHALLENGE_LEN, Protocol};
-use crate::server::read_exact_or_closed;
+use crate::mode::Mode;
+use crate::protocol::{self, CHALLENGE_LEN, ClientHello, Protocol};
+use crate::record::RecordLimits;
+use crate::sealed::{SealedState, Side};
 
-/// What a client presents: a key, the id to present it under, and how long to wait.
+/// What a client presents and asks for: a key, the id to present it under, the mode, and how
+/// long to wait. The `TlsConnector` of linkgate: build once, use for every connection.
+///
+/// ```
+/// use std::time::Duration;
+/// use linkgate::{Credentials, Key, KeyId, Mode};
+/// let key = Key::generate(KeyId::new("alice")?)?;
+/// let credentials = Credentials::new(key)
+///     .with_mode(Mode::Sealed)
+///     .with_timeout(Duration::from_secs(2));
+/// assert_eq!(credentials.mode(), Mode::Sealed);
+/// assert_eq!(credentials.key_id().as_str(), "alice");
+/// # Ok::<_, linkgate::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Credentials {
     key: Key,
     timeout: Duration,
     protocol: Protocol,
+    mode: Mode,
+    record_limits: RecordLimits,
 }
 
 impl Credentials {
-    /// Presents `key` under its own id, with a 5 s timeout.
+    /// Presents `key` under its own id, asks for [`Mode::SealedFs`], with a 5 s timeout.
     pub fn new(key: Key) -> Self {
-        Credentials {
+        Self {
             key,
             timeout: Duration::from_secs(5),
             protocol: Protocol::Linkgate1,
+            mode: Mode::default(),
+            record_limits: RecordLimits::default(),
         }
     }
 
@@ -34,138 +56,204 @@ impl Credentials {
         self
     }
 
+    /// The id presented to the server.
+    pub fn key_id(&self) -> &KeyId {
+        self.key.id()
+    }
+
     /// How long the whole handshake (and, for [`connect`], the TCP connect) may take.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
+    /// The timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The mode to ask for (default [`Mode::SealedFs`]). The client never accepts a session in
+    /// another mode: the mode byte is covered by both proofs.
+    pub fn with_mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The mode asked for ([`Mode::Plain`] under the seed protocol, which has no other).
+    pub fn mode(&self) -> Mode {
+        match self.protocol {
+            Protocol::Seed => Mode::Plain,
+            _ => self.mode,
+        }
+    }
+
     /// Which handshake to speak (default linkgate/1).
     ///
     /// With [`Protocol::Seed`] (the original recipe, for compatibility) [`authenticate`] returns
-    /// as soon as the answer is sent: the protocol has no verdict and no server proof, so a
-    /// wrong key only shows as the server closing the connection, and any server can pose as
-    /// the real one.
+    /// as soon as the answer is sent, in plain mode: the protocol has no verdict, no server
+    /// proof and no sealing, so a wrong key only shows as the server closing the connection, and
+    /// any server can pose as the real one.
     pub fn with_protocol(mut self, protocol: Protocol) -> Self {
         self.protocol = protocol;
         self
     }
 
-    /// The protocol in force.
+    /// The protocol.
     pub fn protocol(&self) -> Protocol {
         self.protocol
     }
 
-    /// The id presented to the server.
-    pub fn key_id(&self) -> &KeyId {
-        self.key.id()
-    }
-
-    /// The timeout in force.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
+    /// Lower record limits, for tests that exercise key updates.
+    pub fn with_record_limits(mut self, limits: RecordLimits) -> Self {
+        self.record_limits = limits;
+        self
     }
 }
 
-/// Runs the client half of linkgate/1 over `stream` and hands the stream back ready for
-/// application bytes.
+/// Runs the client half of the handshake over `stream` and hands back the admitted stream,
+/// sealed in the mode asked for.
 ///
 /// Succeeds only once the server has proved that it holds the same key; a server that admits
-/// without a valid proof is reported as [`Error::ImpostorServer`].
-pub async fn authenticate<S>(mut stream: S, credentials: &Credentials) -> Result<S>
+/// without a valid proof is reported as [`Rejection::ImpostorServer`].
+pub async fn authenticate<IO>(stream: IO, credentials: &Credentials) -> Result<Admitted<IO>>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let timeout = credentials.timeout;
-    let handshake = async {
-        match credentials.protocol {
-            Protocol::Linkgate1 => handshake(&mut stream, credentials).await,
-            Protocol::Seed => seed_handshake(&mut stream, &credentials.key).await,
+    let deadline = Instant::now() + credentials.timeout;
+    authenticate_until(stream, credentials, deadline).await
+}
+
+async fn authenticate_until<IO>(
+    mut stream: IO,
+    credentials: &Credentials,
+    deadline: Instant,
+) -> Result<Admitted<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let secrets = match credentials.protocol {
+        Protocol::Seed => {
+            let answered = seed_handshake(&mut stream, &credentials.key);
+            within(deadline, credentials, Waiting::Challenge, answered).await?;
+            None
         }
+        _ => handshake(&mut stream, credentials, deadline).await?,
     };
-    match tokio::time::timeout(timeout, handshake).await {
-        Ok(Ok(())) => Ok(stream),
-        Ok(Err(err)) => Err(err),
-        Err(_) => Err(Error::Timeout(timeout)),
-    }
+    let sealed =
+        secrets.map(|secrets| SealedState::new(&secrets, Side::Client, credentials.record_limits));
+    let admission = Admission::new(
+        credentials.key_id().clone(),
+        credentials.mode(),
+        ConnectionId::next(),
+    );
+    Ok(Admitted::new(stream, sealed, admission))
 }
 
 /// Connects over TCP and authenticates; the timeout covers both.
-pub async fn connect(addr: impl ToSocketAddrs, credentials: &Credentials) -> Result<TcpStream> {
-    let timeout = credentials.timeout;
-    let started = tokio::time::Instant::now();
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+///
+/// ```no_run
+/// # async fn run() -> Result<(), linkgate::Error> {
+/// use tokio::io::AsyncWriteExt;
+/// let credentials = linkgate::Credentials::new(linkgate::Key::from_file("alice.key")?);
+/// let mut stream = linkgate::connect("gate.example:7700", &credentials).await?;
+/// stream.write_all(b"PING\r\n").await?; // sealed with forward secrecy by default
+/// # Ok(()) }
+/// ```
+pub async fn connect(
+    addr: impl ToSocketAddrs,
+    credentials: &Credentials,
+) -> Result<Admitted<TcpStream>> {
+    let deadline = Instant::now() + credentials.timeout;
+    let stream = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
         .await
-        .map_err(|_| Error::Timeout(timeout))??;
+        .map_err(|_| Timeout::new(credentials.timeout, Waiting::Connect))??;
     // Authentication is one round trip of small messages: don't let Nagle hold them back.
     stream.set_nodelay(true)?;
-    let left = timeout.saturating_sub(started.elapsed());
-    match tokio::time::timeout(left, authenticate(stream, credentials)).await {
-        Ok(result) => result,
-        Err(_) => Err(Error::Timeout(timeout)),
+    let mut admitted = authenticate_until(stream, credentials, deadline).await?;
+    if let Ok(addr) = admitted.get_ref().peer_addr() {
+        let peer = Some(addr.into());
+        let admission = admitted.admission_mut();
+        *admission = admission.clone().with_peers(peer, None);
     }
+    Ok(admitted)
 }
 
-async fn handshake<S>(stream: &mut S, credentials: &Credentials) -> Result<()>
+async fn handshake<IO>(
+    stream: &mut IO,
+    credentials: &Credentials,
+    deadline: Instant,
+) -> Result<Option<protocol::SessionSecrets>>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + Unpin,
 {
-    credentials.key.check_linkgate1_length()?;
-    let challenge = read_challenge(stream).await?;
+    let key = &credentials.key;
+    key.check_linkgate1_length()?;
+    let challenge = within(
+        deadline,
+        credentials,
+        Waiting::Challenge,
+        read_challenge(stream),
+    )
+    .await?;
     let server_nonce = protocol::decode_challenge(&challenge)
-        .ok_or_else(|| Error::NotLinkgate(describe_greeting(&challenge)))?;
+        .ok_or_else(|| Rejection::NotLinkgate(describe_greeting(&challenge)))?;
     let mut client_nonce = [0u8; protocol::NONCE_LEN];
     fill_random(&mut client_nonce)?;
+    let hello = ClientHello::new(
+        key,
+        key.id(),
+        credentials.mode,
+        &server_nonce,
+        client_nonce,
+        None,
+    )?;
+    let mut verdict = [0u8; protocol::ADMITTED_FS_LEN];
+    let exchange = async {
+        stream.write_all(&hello.response().encode()).await?;
+        stream.flush().await?;
+        read_verdict(stream, &mut verdict[..hello.admitted_verdict_len()]).await
+    };
+    let len = within(deadline, credentials, Waiting::Verdict, exchange).await?;
+    Ok(hello.finish(&verdict[..len])?.into_secrets())
+}
 
-    let key = &credentials.key;
-    let response = protocol::respond(key, key.id(), &server_nonce, &client_nonce);
-    stream.write_all(&response.encode()).await?;
-    stream.flush().await?;
-
-    let verdict = read_verdict(stream).await?;
-    let server_proof = &verdict[1..];
-    if protocol::verify_server_proof(key, key.id(), &server_nonce, &client_nonce, server_proof) {
-        Ok(())
-    } else {
-        Err(Error::ImpostorServer)
-    }
+/// Runs one step of the handshake before the deadline; past it, a timeout that says what the
+/// client was waiting for.
+async fn within<T>(
+    deadline: Instant,
+    credentials: &Credentials,
+    waiting: Waiting,
+    step: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout_at(deadline, step)
+        .await
+        .map_err(|_| Timeout::new(credentials.timeout, waiting))?
 }
 
 /// Reads the VERDICT, usually in one system call: a refusing server sends one byte and
-/// closes, an admitting one sends exactly 33 bytes before any application byte, so reading up
-/// to 33 bytes never takes application data.
-async fn read_verdict<S>(stream: &mut S) -> Result<[u8; protocol::ADMITTED_LEN]>
+/// closes, an admitting one sends exactly the admitted VERDICT before any application byte, so
+/// reading up to its length never takes application data. Returns how many bytes came.
+async fn read_verdict<S>(stream: &mut S, verdict: &mut [u8]) -> Result<usize>
 where
     S: AsyncRead + Unpin,
 {
-    let mut verdict = [0u8; protocol::ADMITTED_LEN];
     let mut filled = 0;
-    loop {
+    while filled < verdict.len() {
         let n = stream.read(&mut verdict[filled..]).await?;
         if n == 0 {
-            // An "admission" cut short of its proof is no better than a wrong one.
-            return Err(match (filled, verdict[0]) {
-                (0, _) => Error::ClosedEarly,
-                (_, protocol::VERDICT_ADMITTED) => Error::ImpostorServer,
-                _ => refusal(verdict[0]),
-            });
+            return if filled == 0 {
+                Err(Error::ClosedEarly)
+            } else {
+                // A refusal byte, or an admission cut short (judged by `finish`).
+                Ok(filled)
+            };
         }
         filled += n;
         if verdict[0] != protocol::VERDICT_ADMITTED {
-            return Err(refusal(verdict[0]));
-        }
-        if filled == protocol::ADMITTED_LEN {
-            return Ok(verdict);
+            return Ok(filled);
         }
     }
-}
-
-fn refusal(verdict: u8) -> Error {
-    match verdict {
-        protocol::VERDICT_DENIED => Error::Denied,
-        protocol::VERDICT_MALFORMED => Error::RefusedAsMalformed,
-        other => Error::MalformedVerdict(other),
-    }
+    Ok(filled)
 }
 
 /// The original recipe's client half: read 32 bytes, answer with their HMAC.
@@ -198,13 +286,13 @@ where
                 if filled == 0 || protocol::greeting_matches_so_far(&challenge[..filled]) {
                     Error::ClosedEarly
                 } else {
-                    Error::NotLinkgate(describe_greeting(&challenge[..filled]))
+                    Rejection::NotLinkgate(describe_greeting(&challenge[..filled])).into()
                 },
             );
         }
         filled += n;
         if !protocol::greeting_matches_so_far(&challenge[..filled]) {
-            return Err(Error::NotLinkgate(describe_greeting(&challenge[..filled])));
+            return Err(Rejection::NotLinkgate(describe_greeting(&challenge[..filled])).into());
         }
     }
     Ok(challenge)

@@ -1,14 +1,9 @@
-//! Keys, key ids, key files and the keyring.
-//!
-//! A key file holds one line of hex (16 to 64 bytes once decoded); its id is the file's stem, so
-//! `keys/alice.key` is the key of `alice`.
+//! Keys, key ids and the keyring. Reading and writing key files is in `key_file`.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::fs;
-use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use hmac::{Hmac, KeyInit};
 use rand::TryRng;
@@ -16,7 +11,8 @@ use rand::rngs::SysRng;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use crate::error::{Error, KeyFileProblem, Result};
+use crate::error::{Error, KeyError, Result};
+use crate::key_file::{self, KeyFileOptions};
 
 /// HMAC-SHA-256, the only MAC linkgate/1 uses.
 pub(crate) type HmacSha256 = Hmac<Sha256>;
@@ -28,13 +24,21 @@ pub const MAX_KEY_LEN: usize = 64;
 /// Longest key id, in bytes.
 pub const MAX_KEY_ID_LEN: usize = 64;
 /// Length of a key made by [`Key::generate`].
-pub const GENERATED_KEY_LEN: usize = 32;
-/// A key file larger than this is refused before it is read (a 64-byte key is 128 hex digits).
-const MAX_KEY_FILE_LEN: u64 = 4096;
+pub(crate) const GENERATED_KEY_LEN: usize = 32;
 
 /// A validated key id: 1 to 64 ASCII letters, digits, `.`, `_` or `-`.
 ///
-/// Its `Display` is the id itself; being validated, it is safe to print in logs.
+/// Its `Display` is the id itself; being validated, it is safe to print in logs. It is still
+/// chosen by whoever holds the key (or claims to): never use it as a metrics label before the
+/// client has proved it.
+///
+/// ```
+/// use linkgate::KeyId;
+/// let id: KeyId = "alice".parse()?;
+/// assert_eq!(id.as_str(), "alice");
+/// assert!(KeyId::new("al/ice").is_err());
+/// # Ok::<_, linkgate::Error>(())
+/// ```
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyId(String);
 
@@ -43,9 +47,9 @@ impl KeyId {
     pub fn new(id: impl Into<String>) -> Result<Self> {
         let id = id.into();
         if is_valid_key_id(id.as_bytes()) {
-            Ok(KeyId(id))
+            Ok(Self(id))
         } else {
-            Err(Error::InvalidKeyId(id))
+            Err(KeyError::InvalidId(id).into())
         }
     }
 
@@ -54,7 +58,7 @@ impl KeyId {
         &self.0
     }
 
-    /// The id's length and bytes, as they go on the wire.
+    /// The id's bytes, as they go on the wire.
     pub(crate) fn as_bytes(&self) -> &[u8] {
         self.0.as_bytes()
     }
@@ -95,42 +99,20 @@ impl AsRef<str> for KeyId {
 impl std::str::FromStr for KeyId {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        KeyId::new(s)
-    }
-}
-
-/// How strictly key files are checked when loaded.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct KeyFileOptions {
-    allow_open_permissions: bool,
-    allow_short_keys: bool,
-}
-
-impl KeyFileOptions {
-    /// The default: on Unix, refuse a key file that group or others can access (as ssh does).
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Opt out of the permission check, e.g. for keys mounted read-only by an orchestrator with
-    /// wider modes. Prefer fixing the file's mode: anyone who can read the key can get in.
-    pub fn allow_open_permissions(mut self, allow: bool) -> Self {
-        self.allow_open_permissions = allow;
-        self
-    }
-
-    /// Accept keys shorter than 16 bytes (down to 1 byte). Only the `seed` protocol, kept for
-    /// existing deployments of the original recipe with short text keys, can use them: a
-    /// [`crate::Gate`] or client in linkgate/1 mode refuses such a key.
-    pub fn allow_short_keys(mut self, allow: bool) -> Self {
-        self.allow_short_keys = allow;
-        self
+        Self::new(s)
     }
 }
 
 /// A shared secret key with its id.
 ///
 /// The key bytes live only in zeroized-on-drop memory; `Debug` shows the id and nothing else.
+///
+/// ```
+/// use linkgate::{Key, KeyId};
+/// let key = Key::generate(KeyId::new("alice")?)?;
+/// assert_eq!(format!("{key:?}"), r#"Key { id: "alice", .. }"#);
+/// # Ok::<_, linkgate::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Key {
     id: KeyId,
@@ -152,7 +134,7 @@ impl Key {
     /// A key from bytes given in code; 16 to 64 bytes.
     pub fn new(id: KeyId, secret: &[u8]) -> Result<Self> {
         if !(MIN_KEY_LEN..=MAX_KEY_LEN).contains(&secret.len()) {
-            return Err(Error::KeyLength(secret.len()));
+            return Err(KeyError::Length(secret.len()).into());
         }
         Ok(Self::from_checked(id, Zeroizing::new(secret.to_vec())))
     }
@@ -161,7 +143,7 @@ impl Key {
     /// recipe deployments (`b"secret"`) work. linkgate/1 refuses keys under 16 bytes.
     pub fn new_short(id: KeyId, secret: &[u8]) -> Result<Self> {
         if !(1..=MAX_KEY_LEN).contains(&secret.len()) {
-            return Err(Error::KeyLength(secret.len()));
+            return Err(KeyError::Length(secret.len()).into());
         }
         Ok(Self::from_checked(id, Zeroizing::new(secret.to_vec())))
     }
@@ -179,16 +161,16 @@ impl Key {
     /// Refuses a short key where linkgate/1 is spoken.
     pub(crate) fn check_linkgate1_length(&self) -> Result<()> {
         if self.is_short() {
-            Err(Error::KeyLength(self.secret.len()))
+            Err(KeyError::Length(self.secret.len()).into())
         } else {
             Ok(())
         }
     }
 
-    fn from_checked(id: KeyId, secret: Zeroizing<Vec<u8>>) -> Self {
+    pub(crate) fn from_checked(id: KeyId, secret: Zeroizing<Vec<u8>>) -> Self {
         // HMAC accepts keys of any length, so this cannot fail.
         let keyed_mac = HmacSha256::new_from_slice(&secret).unwrap_or_else(|_| unreachable!());
-        Key {
+        Self {
             id,
             secret,
             keyed_mac,
@@ -203,22 +185,36 @@ impl Key {
     }
 
     /// Loads a key file with the default, strict checks; the id is the file's stem.
+    ///
+    /// A key file holds one line of hex (what `linkgate keygen` writes), one line of base64, or
+    /// 32 to 64 raw bytes that are not text (spiped's format); see `keys/README.md`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        Self::from_file_with(path, KeyFileOptions::default())
+        Self::from_file_with(path, &KeyFileOptions::default())
     }
 
     /// Loads a key file with the given checks; the id is the file's stem.
-    pub fn from_file_with(path: impl AsRef<Path>, options: KeyFileOptions) -> Result<Self> {
-        let path = path.as_ref();
-        let id = id_from_path(path)?;
-        let secret = read_key_file(path, options)?;
-        let min = if options.allow_short_keys {
-            1
-        } else {
-            MIN_KEY_LEN
-        };
+    pub fn from_file_with(path: impl AsRef<Path>, options: &KeyFileOptions) -> Result<Self> {
+        key_file::load(path.as_ref(), options)
+    }
+
+    /// A key from the contents of a key file that came from elsewhere (standard input, an
+    /// environment variable, a secret store), under `id`. Same formats and length rules as
+    /// [`Key::from_file`]; `allow_short` admits 1..16-byte keys for the seed protocol.
+    ///
+    /// ```
+    /// use linkgate::{Key, KeyId};
+    /// let key = Key::decode(KeyId::new("alice")?, b"000102030405060708090a0b0c0d0e0f\n", false)?;
+    /// assert_eq!(key.byte_len(), 16);
+    /// # Ok::<_, linkgate::Error>(())
+    /// ```
+    pub fn decode(id: KeyId, contents: &[u8], allow_short: bool) -> Result<Self> {
+        let secret = key_file::decode(contents).map_err(|problem| KeyError::File {
+            path: format!("<{id}>").into(),
+            problem,
+        })?;
+        let min = if allow_short { 1 } else { MIN_KEY_LEN };
         if !(min..=MAX_KEY_LEN).contains(&secret.len()) {
-            return Err(key_file_error(path, KeyFileProblem::Length(secret.len())));
+            return Err(KeyError::Length(secret.len()).into());
         }
         Ok(Self::from_checked(id, secret))
     }
@@ -238,44 +234,13 @@ impl Key {
     /// Writes the key as one line of hex to a new file created with mode 0600; refuses to
     /// replace an existing file.
     pub fn write_new_file(&self, path: impl AsRef<Path>) -> Result<()> {
-        self.write_file(path.as_ref(), false)
+        key_file::write(self, path.as_ref(), false)
     }
 
     /// Writes the key as one line of hex, replacing any existing file; the file ends with mode
     /// 0600 whatever it had before.
     pub fn write_file_replacing(&self, path: impl AsRef<Path>) -> Result<()> {
-        self.write_file(path.as_ref(), true)
-    }
-
-    fn write_file(&self, path: &Path, replace: bool) -> Result<()> {
-        let mut options = fs::OpenOptions::new();
-        options.write(true);
-        if replace {
-            options.create(true).truncate(true);
-        } else {
-            options.create_new(true);
-        }
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(path).map_err(|err| {
-            let problem = if err.kind() == io::ErrorKind::AlreadyExists {
-                KeyFileProblem::AlreadyExists
-            } else {
-                KeyFileProblem::Unwritable(err)
-            };
-            key_file_error(path, problem)
-        })?;
-        let unwritable = |err| key_file_error(path, KeyFileProblem::Unwritable(err));
-        // `mode` only applies to files it creates; a replaced file keeps its old mode otherwise.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            file.set_permissions(fs::Permissions::from_mode(0o600))
-                .map_err(unwritable)?;
-        }
-        file.write_all(self.to_hex_line().as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(unwritable)
+        key_file::write(self, path.as_ref(), true)
     }
 
     /// The key as one line of lowercase hex with a trailing newline, as in a key file.
@@ -295,74 +260,28 @@ impl Key {
     pub(crate) fn mac(&self) -> HmacSha256 {
         self.keyed_mac.clone()
     }
+
+    /// The key bytes, for the key schedule.
+    pub(crate) fn secret(&self) -> &[u8] {
+        &self.secret
+    }
 }
 
 /// Fills `buf` from the operating system's CSPRNG.
 pub(crate) fn fill_random(buf: &mut [u8]) -> Result<()> {
-    SysRng
-        .try_fill_bytes(buf)
-        .map_err(|err| Error::Random(err.to_string()))
-}
-
-fn key_file_error(path: &Path, problem: KeyFileProblem) -> Error {
-    Error::KeyFile {
-        path: path.to_path_buf(),
-        problem,
-    }
-}
-
-fn id_from_path(path: &Path) -> Result<KeyId> {
-    path.file_stem()
-        .and_then(|stem| stem.to_str())
-        .and_then(|stem| KeyId::new(stem).ok())
-        .ok_or_else(|| key_file_error(path, KeyFileProblem::BadStem))
-}
-
-/// Reads and decodes a key file, without judging the key's length.
-pub(crate) fn read_key_file(path: &Path, options: KeyFileOptions) -> Result<Zeroizing<Vec<u8>>> {
-    let unreadable = |err| key_file_error(path, KeyFileProblem::Unreadable(err));
-    let file = fs::File::open(path).map_err(unreadable)?;
-    let metadata = file.metadata().map_err(unreadable)?;
-    if !metadata.is_file() {
-        return Err(unreadable(io::Error::other("not a regular file")));
-    }
-    #[cfg(unix)]
-    if !options.allow_open_permissions {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = metadata.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(key_file_error(path, KeyFileProblem::Permissions(mode)));
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = options;
-
-    // Room for the largest accepted file up front, so reading never reallocates and leaves
-    // copies of the key in freed memory.
-    let mut text = Zeroizing::new(String::with_capacity(MAX_KEY_FILE_LEN as usize + 64));
-    file.take(MAX_KEY_FILE_LEN + 1)
-        .read_to_string(&mut text)
-        .map_err(|err| {
-            if err.kind() == io::ErrorKind::InvalidData {
-                key_file_error(path, KeyFileProblem::NotHex)
-            } else {
-                unreadable(err)
-            }
-        })?;
-    if text.len() as u64 > MAX_KEY_FILE_LEN {
-        return Err(key_file_error(path, KeyFileProblem::TooLarge));
-    }
-    let hex_digits = text.trim();
-    if hex_digits.is_empty() || hex_digits.contains(char::is_whitespace) {
-        return Err(key_file_error(path, KeyFileProblem::NotHex));
-    }
-    let mut secret = Zeroizing::new(vec![0u8; hex_digits.len() / 2]);
-    hex::decode_to_slice(hex_digits, &mut secret)
-        .map_err(|_| key_file_error(path, KeyFileProblem::NotHex))?;
-    Ok(secret)
+    SysRng.try_fill_bytes(buf).map_err(Error::Random)
 }
 
 /// The keys a server accepts, by id.
+///
+/// ```
+/// use linkgate::{Key, KeyId, Keyring};
+/// let mut keyring = Keyring::new();
+/// keyring.insert(Key::generate(KeyId::new("alice")?)?);
+/// keyring.insert(Key::generate(KeyId::new("bob")?)?);
+/// assert_eq!(format!("{keyring:?}"), r#"{"alice", "bob"}"#);
+/// # Ok::<_, linkgate::Error>(())
+/// ```
 #[derive(Clone, Default)]
 pub struct Keyring {
     keys: HashMap<KeyId, Key>,
@@ -383,6 +302,11 @@ impl Keyring {
     /// Adds a key under its id, returning the key it replaces, if any.
     pub fn insert(&mut self, key: Key) -> Option<Key> {
         self.keys.insert(key.id.clone(), key)
+    }
+
+    /// Removes the key of `id`, returning it.
+    pub fn remove(&mut self, id: &str) -> Option<Key> {
+        self.keys.remove(id)
     }
 
     /// The key registered for `id`.
@@ -412,44 +336,79 @@ impl Keyring {
         ids
     }
 
+    /// What changes from `self` to `next`: ids added, ids removed, ids whose key changed.
+    pub fn diff(&self, next: &Self) -> KeyringDiff {
+        let before: BTreeSet<&KeyId> = self.keys.keys().collect();
+        let after: BTreeSet<&KeyId> = next.keys.keys().collect();
+        let changed = before
+            .intersection(&after)
+            .filter(|id| {
+                let (old, new) = (&self.keys[id.as_str()], &next.keys[id.as_str()]);
+                // Compared only to report a rotation; not a secret-dependent branch an attacker
+                // can observe.
+                old.secret != new.secret
+            })
+            .map(|id| (*id).clone())
+            .collect();
+        KeyringDiff {
+            added: after.difference(&before).map(|id| (*id).clone()).collect(),
+            removed: before.difference(&after).map(|id| (*id).clone()).collect(),
+            changed,
+        }
+    }
+
     /// A keyring holding one key file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
-        Self::from_file_with(path, KeyFileOptions::default())
+        Self::from_file_with(path, &KeyFileOptions::default())
     }
 
     /// A keyring holding one key file, checked with `options`.
-    pub fn from_file_with(path: impl AsRef<Path>, options: KeyFileOptions) -> Result<Self> {
-        let mut ring = Keyring::new();
+    pub fn from_file_with(path: impl AsRef<Path>, options: &KeyFileOptions) -> Result<Self> {
+        let mut ring = Self::new();
         ring.insert(Key::from_file_with(path, options)?);
         Ok(ring)
     }
 
-    /// Every `*.key` file in a directory (not recursive; other files are ignored). Fails on the
-    /// first bad key file, naming it, and if the directory holds no key at all.
+    /// Every `*.key` file in a directory (not recursive; other files are ignored, and so are
+    /// hidden files, with a warning). Every bad key file is reported at once, each named; a
+    /// directory with no key at all is refused too.
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
-        Self::from_dir_with(dir, KeyFileOptions::default())
+        Self::from_dir_with(dir, &KeyFileOptions::default())
     }
 
     /// Every `*.key` file in a directory, checked with `options`.
-    pub fn from_dir_with(dir: impl AsRef<Path>, options: KeyFileOptions) -> Result<Self> {
+    pub fn from_dir_with(dir: impl AsRef<Path>, options: &KeyFileOptions) -> Result<Self> {
         let dir = dir.as_ref();
-        let mut ring = Keyring::new();
-        for path in key_files_in(dir)? {
-            ring.insert(Key::from_file_with(&path, options)?);
+        let mut ring = Self::new();
+        let mut problems = Vec::new();
+        for path in key_file::key_files_in(dir, options)? {
+            match Key::from_file_with(&path, options) {
+                Ok(key) => {
+                    ring.insert(key);
+                }
+                Err(Error::Key(problem)) => problems.push(problem),
+                Err(other) => return Err(other),
+            }
         }
-        if ring.is_empty() {
-            return Err(Error::NoKeys(dir.to_path_buf()));
+        match problems.len() {
+            0 if ring.is_empty() => Err(KeyError::NoKeys(dir.to_path_buf()).into()),
+            0 => Ok(ring),
+            1 => Err(problems.remove(0).into()),
+            _ => Err(KeyError::Files {
+                dir: dir.to_path_buf(),
+                problems,
+            }
+            .into()),
         }
-        Ok(ring)
     }
 
     /// A key file or a directory of `*.key` files, whichever `path` is.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        Self::load_with(path, KeyFileOptions::default())
+        Self::load_with(path, &KeyFileOptions::default())
     }
 
     /// A key file or a directory of `*.key` files, checked with `options`.
-    pub fn load_with(path: impl AsRef<Path>, options: KeyFileOptions) -> Result<Self> {
+    pub fn load_with(path: impl AsRef<Path>, options: &KeyFileOptions) -> Result<Self> {
         let path = path.as_ref();
         if path.is_dir() {
             Self::from_dir_with(path, options)
@@ -459,18 +418,23 @@ impl Keyring {
     }
 }
 
-/// The `*.key` files directly inside `dir`, sorted so loading order (and errors) are stable.
-pub fn key_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
-    let unreadable = |err| key_file_error(dir, KeyFileProblem::Unreadable(err));
-    let mut paths = Vec::new();
-    for entry in fs::read_dir(dir).map_err(unreadable)? {
-        let path = entry.map_err(unreadable)?.path();
-        if path.extension().is_some_and(|ext| ext == "key") {
-            paths.push(path);
-        }
+/// What changed between two keyrings (see [`Keyring::diff`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyringDiff {
+    /// Ids only in the new keyring.
+    pub added: Vec<KeyId>,
+    /// Ids only in the old keyring.
+    pub removed: Vec<KeyId>,
+    /// Ids in both, with a different key.
+    pub changed: Vec<KeyId>,
+}
+
+impl KeyringDiff {
+    /// True if nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
     }
-    paths.sort();
-    Ok(paths)
 }
 
 #[cfg(test)]
@@ -484,7 +448,7 @@ mod tests {
         }
         for bad in ["", "al ice", "al/ice", "é", "a\0", &"x".repeat(65)] {
             assert!(
-                matches!(KeyId::new(bad), Err(Error::InvalidKeyId(_))),
+                matches!(KeyId::new(bad), Err(Error::Key(KeyError::InvalidId(_)))),
                 "{bad:?}"
             );
         }
@@ -495,11 +459,14 @@ mod tests {
         let id = KeyId::new("k").unwrap();
         assert!(matches!(
             Key::new(id.clone(), &[0; 15]),
-            Err(Error::KeyLength(15))
+            Err(Error::Key(KeyError::Length(15)))
         ));
         assert!(Key::new(id.clone(), &[0; 16]).is_ok());
         assert!(Key::new(id.clone(), &[0; 64]).is_ok());
-        assert!(matches!(Key::new(id, &[0; 65]), Err(Error::KeyLength(65))));
+        assert!(matches!(
+            Key::new(id, &[0; 65]),
+            Err(Error::Key(KeyError::Length(65)))
+        ));
     }
 
     #[test]
@@ -509,5 +476,24 @@ mod tests {
         let b = Key::generate(id).unwrap();
         assert_eq!(a.secret.len(), GENERATED_KEY_LEN);
         assert_ne!(*a.secret, *b.secret);
+    }
+
+    #[test]
+    fn diff_names_added_removed_and_rotated_ids() {
+        let key = |id: &str, byte: u8| Key::new(KeyId::new(id).unwrap(), &[byte; 32]).unwrap();
+        let mut old = Keyring::new();
+        old.insert(key("alice", 1));
+        old.insert(key("bob", 2));
+        let mut new = Keyring::new();
+        new.insert(key("bob", 3));
+        new.insert(key("carol", 4));
+        let diff = old.diff(&new);
+        fn names(ids: &[KeyId]) -> Vec<&str> {
+            ids.iter().map(KeyId::as_str).collect()
+        }
+        assert_eq!(names(&diff.added), ["carol"]);
+        assert_eq!(names(&diff.removed), ["alice"]);
+        assert_eq!(names(&diff.changed), ["bob"]);
+        assert!(old.diff(&old.clone()).is_empty());
     }
 }

@@ -1,157 +1,299 @@
-//! [`GatedListener`]: a TCP listener that yields only admitted connections.
+//! [`GatedListener`]: a listener that yields only admitted connections.
 
-use std::collections::HashMap;
+mod bounds;
+
+use std::future::{Future, poll_fn};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use futures_core::Stream;
+use tokio::net::{TcpListener, ToSocketAddrs, UnixListener};
 use tokio::task::JoinSet;
+use tokio::time::{Instant, Sleep};
 
-use crate::keys::KeyId;
-use crate::server::Gate;
+use crate::admitted::{Admitted, ConnectionId, Peer};
+use crate::gate::Gate;
+use crate::net::Listen;
 
-/// Who was admitted: the peer's address and the key id it proved.
+pub use bounds::SourcePrefix;
+use bounds::{Bounds, HandshakeSlot};
+
+/// An admitted connection and its address as the listener reported it.
+type AdmittedWithAddr<L> = (Admitted<<L as Listen>::Io>, <L as Listen>::Addr);
+
+/// Settings of a [`GatedListener`]: how many handshakes may run at once.
 ///
-/// Handed out with every connection by [`GatedListener::accept`] and [`crate::serve_with`]; with
-/// the `axum` feature, handlers extract it as `ConnectInfo<Admission>`.
-///
-/// ```no_run
-/// # async fn run(mut listener: linkgate::GatedListener) {
-/// let (stream, who) = listener.accept().await;
-/// if who.key_id.as_str() != "admin" {
-///     println!("{} from {} may only read", who.key_id, who.peer);
-/// }
-/// # drop(stream);
-/// # }
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Admission {
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// The key id the client proved.
-    pub key_id: KeyId,
+/// let config = linkgate::ListenerConfig::new()
+///     .with_max_handshakes(4096)
+///     .with_max_handshakes_per_source(16);
+/// assert_eq!(config.max_handshakes_per_source(), 16);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ListenerConfig {
+    max_handshakes: usize,
+    max_handshakes_per_source: usize,
+    source_prefix: SourcePrefix,
 }
 
-/// Wraps a [`TcpListener`]: [`accept`](Self::accept) yields only connections that completed the
-/// linkgate/1 handshake.
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        Self {
+            max_handshakes: 1024,
+            max_handshakes_per_source: 64,
+            source_prefix: SourcePrefix::default(),
+        }
+    }
+}
+
+impl ListenerConfig {
+    /// The defaults: 1024 handshakes in progress, 64 per source; sources are IPv4 addresses and
+    /// IPv6 /64 prefixes (and users, on Unix sockets).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// At most this many handshakes in progress at once (at least 1); past it, new connections
+    /// are closed at once.
+    pub fn with_max_handshakes(mut self, max: usize) -> Self {
+        self.max_handshakes = max.max(1);
+        self
+    }
+
+    /// The bound on handshakes in progress.
+    pub fn max_handshakes(&self) -> usize {
+        self.max_handshakes
+    }
+
+    /// At most this many handshakes in progress from one source (at least 1). The default, 64,
+    /// leaves room for a client-side forwarder that puts many honest clients behind one address.
+    pub fn with_max_handshakes_per_source(mut self, max: usize) -> Self {
+        self.max_handshakes_per_source = max.max(1);
+        self
+    }
+
+    /// The bound per source.
+    pub fn max_handshakes_per_source(&self) -> usize {
+        self.max_handshakes_per_source
+    }
+
+    /// How addresses are grouped into sources for the per-source bound (default: IPv4 /32,
+    /// IPv6 /64, since one host usually holds a whole IPv6 /64).
+    pub fn with_source_prefix(mut self, prefix: SourcePrefix) -> Self {
+        self.source_prefix = prefix;
+        self
+    }
+
+    /// How addresses are grouped into sources.
+    pub fn source_prefix(&self) -> SourcePrefix {
+        self.source_prefix
+    }
+}
+
+/// Wraps a listener: [`accept`](Self::accept) yields only connections that completed the
+/// handshake, as [`Admitted`] streams that say who connected.
 ///
 /// Each handshake runs in its own task, so a client that connects and says nothing delays no one
 /// else; it is closed after the gate's handshake timeout. At most `max_handshakes` run at once,
-/// and at most `max_handshakes_per_ip` from one source IP: past either bound a new connection is
-/// closed at once. Every refusal is logged through `tracing` with the peer and the reason.
+/// and at most `max_handshakes_per_source` from one source: past either bound a new connection
+/// is closed at once. Every refusal is logged through `tracing` with the peer and the reason.
 ///
-/// Handshakes progress in the background whether or not `accept` is being awaited, and
-/// dropping the listener aborts those still in progress.
+/// Handshakes progress in the background whether or not `accept` is being awaited, and dropping
+/// the listener aborts those still in progress. It is also a [`Stream`] of admitted
+/// connections; [`GatedListener::into_incoming`] gives the `Result` items tonic and hyper-util
+/// expect.
 ///
 /// ```no_run
-/// use linkgate::{Config, Gate, GatedListener, Keyring};
-/// use std::time::Duration;
+/// use linkgate::{Gate, GatedListener, Keyring};
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// let config = Config::new()
-///     .handshake_timeout(Duration::from_secs(3))
-///     .max_handshakes_per_ip(16);
-/// let gate = Gate::with_config(Keyring::load("keys/")?, config)?;
+/// let gate = Gate::new(Keyring::load("keys/")?)?;
 /// let mut listener = GatedListener::bind("0.0.0.0:7000", gate).await?;
 /// loop {
-///     let (stream, who) = listener.accept().await; // only admitted connections
+///     let stream = listener.accept().await; // only admitted connections
 ///     tokio::spawn(async move {
-///         println!("{} connected from {}", who.key_id, who.peer);
+///         println!("{} connected from {:?}", stream.key_id(), stream.peer());
 ///         drop(stream); // serve it here
 ///     });
 /// }
 /// # }
 /// ```
-#[derive(Debug)]
-pub struct GatedListener {
-    listener: TcpListener,
+pub struct GatedListener<L: Listen = TcpListener> {
+    listener: L,
     gate: Gate,
-    handshakes: JoinSet<Option<(TcpStream, Admission)>>,
-    bounds: Arc<Bounds>,
+    config: ListenerConfig,
+    handshakes: JoinSet<Option<AdmittedWithAddr<L>>>,
+    bounds: Bounds,
+    /// After an accept error that is not about one connection (e.g. out of descriptors), wait a
+    /// little before accepting again, as axum and hyper do.
+    backoff: Option<Pin<Box<Sleep>>>,
 }
 
-impl GatedListener {
-    /// Puts `gate` in front of an existing listener.
-    pub fn new(listener: TcpListener, gate: Gate) -> Self {
-        let config = gate.config();
-        let bounds = Arc::new(Bounds {
-            max_total: config.max_handshakes,
-            max_per_ip: config.max_handshakes_per_ip,
-            in_progress: Mutex::new(InProgress::default()),
-        });
-        GatedListener {
-            listener,
-            gate,
-            handshakes: JoinSet::new(),
-            bounds,
-        }
+impl<L: Listen> std::fmt::Debug for GatedListener<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatedListener")
+            .field("local_addr", &self.listener.local_addr().ok())
+            .field("gate", &self.gate)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
+}
 
+impl GatedListener<TcpListener> {
     /// Binds a TCP listener and puts `gate` in front of it.
     pub async fn bind(addr: impl ToSocketAddrs, gate: Gate) -> io::Result<Self> {
         Ok(Self::new(TcpListener::bind(addr).await?, gate))
     }
 
+    /// Takes a TCP listener that is already bound, such as one passed by systemd.
+    pub fn from_std(listener: std::net::TcpListener, gate: Gate) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Ok(Self::new(TcpListener::from_std(listener)?, gate))
+    }
+}
+
+impl GatedListener<UnixListener> {
+    /// Binds a Unix domain socket at `path` and puts `gate` in front of it. Per-source bounds
+    /// count the peer's user id. The socket file is left behind when the listener is dropped.
+    pub fn bind_unix(path: impl AsRef<Path>, gate: Gate) -> io::Result<Self> {
+        Ok(Self::new(UnixListener::bind(path)?, gate))
+    }
+
+    /// Takes a Unix domain socket listener that is already bound, such as one passed by systemd.
+    pub fn from_std_unix(
+        listener: std::os::unix::net::UnixListener,
+        gate: Gate,
+    ) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Ok(Self::new(UnixListener::from_std(listener)?, gate))
+    }
+}
+
+impl<L: Listen> GatedListener<L> {
+    /// Puts `gate` in front of an existing listener, with the default [`ListenerConfig`].
+    pub fn new(listener: L, gate: Gate) -> Self {
+        Self::with_config(listener, gate, ListenerConfig::default())
+    }
+
+    /// Puts `gate` in front of an existing listener.
+    pub fn with_config(listener: L, gate: Gate, config: ListenerConfig) -> Self {
+        let bounds = Bounds::new(&config);
+        Self {
+            listener,
+            gate,
+            config,
+            handshakes: JoinSet::new(),
+            bounds,
+            backoff: None,
+        }
+    }
+
+    /// The gate (clone it to replace its keyring while this listener serves).
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &ListenerConfig {
+        &self.config
+    }
+
     /// The local address (useful after binding port 0).
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+    pub fn local_addr(&self) -> io::Result<L::Addr> {
         self.listener.local_addr()
     }
 
     /// Handshakes in progress right now.
     pub fn handshakes_in_progress(&self) -> usize {
-        self.bounds.lock().total
+        self.bounds.in_progress()
     }
 
-    /// The next admitted connection and who it is.
+    /// The next admitted connection.
     ///
     /// Cancel-safe: a connection admitted while a cancelled `accept` was pending is kept for the
     /// next call. Errors from the OS's `accept` (e.g. out of file descriptors) are logged and
-    /// retried after a short pause, as axum and hyper do, so this never fails.
-    pub async fn accept(&mut self) -> (TcpStream, Admission) {
+    /// retried after a short pause, so this never fails.
+    pub async fn accept(&mut self) -> Admitted<L::Io> {
+        poll_fn(|cx| self.poll_accept(cx)).await
+    }
+
+    /// Polls for the next admitted connection (see [`GatedListener::accept`]).
+    pub fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<Admitted<L::Io>> {
+        self.poll_accept_with_addr(cx).map(|(admitted, _)| admitted)
+    }
+
+    /// The next admitted connection with its address as the listener reported it.
+    pub(crate) fn poll_accept_with_addr(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<(Admitted<L::Io>, L::Addr)> {
         loop {
-            tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => self.start_handshake(stream, peer),
-                    Err(err) => {
-                        tracing::warn!(error = %err, "accept failed; retrying");
-                        if !is_connection_error(&err) {
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
-                },
-                Some(joined) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
-                    if let Ok(Some(admitted)) = joined {
-                        return admitted;
+            match self.handshakes.poll_join_next(cx) {
+                Poll::Ready(Some(Ok(Some(admitted)))) => return Poll::Ready(admitted),
+                // A refused handshake (already logged), or a task that panicked or was aborted.
+                Poll::Ready(Some(_)) => continue,
+                Poll::Ready(None) | Poll::Pending => {}
+            }
+            if let Some(backoff) = &mut self.backoff {
+                if backoff.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.backoff = None;
+            }
+            match self.listener.poll_accept(cx) {
+                Poll::Ready(Ok((stream, addr, peer))) => self.start_handshake(stream, addr, peer),
+                Poll::Ready(Err(err)) => {
+                    tracing::warn!(error = %err, "accept failed; retrying");
+                    if !is_connection_error(&err) {
+                        self.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)));
                     }
                 }
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
 
-    fn start_handshake(&mut self, stream: TcpStream, peer: SocketAddr) {
-        let Some(slot) = HandshakeSlot::take(&self.bounds, peer.ip()) else {
-            tracing::warn!(%peer, "connection refused: too many handshakes in progress");
+    /// A [`Stream`] of `io::Result<Admitted>` (never an error, never ending) for APIs that
+    /// expect one, such as tonic's `serve_with_incoming` and hyper-util's accept loops.
+    pub fn into_incoming(self) -> Incoming<L> {
+        Incoming { listener: self }
+    }
+
+    fn start_handshake(&mut self, mut stream: L::Io, addr: L::Addr, peer: Peer) {
+        let id = ConnectionId::next();
+        let Some(slot) = HandshakeSlot::take(&self.bounds, &peer) else {
+            tracing::warn!(conn = %id, %peer, "connection refused: too many handshakes in progress");
             // Dropping the stream closes it at once.
             return;
         };
         let gate = self.gate.clone();
         self.handshakes.spawn(async move {
             let _slot = slot;
-            match gate.admit(stream).await {
-                Ok((stream, key_id)) => {
-                    tracing::debug!(%peer, %key_id, "handshake admitted");
-                    Some((stream, Admission { peer, key_id }))
+            let deadline = Instant::now() + gate.config().handshake_timeout();
+            match gate.handshake_until(&mut stream, deadline).await {
+                Ok(session) => {
+                    let mut admitted = session.into_admitted(stream, gate.config(), id);
+                    let admission = admitted.admission_mut();
+                    *admission = admission.clone().with_peers(Some(peer), None);
+                    tracing::debug!(conn = %id, peer = %admitted.admission().peer().map(ToString::to_string).unwrap_or_default(),
+                        key_id = %admitted.key_id(), mode = %admitted.mode(), "handshake admitted");
+                    Some((admitted, addr))
                 }
                 Err(reason) => {
-                    tracing::info!(%peer, %reason, "connection rejected");
+                    tracing::info!(conn = %id, %peer, %reason, "connection rejected");
                     None
                 }
             }
         });
     }
 }
+
+/// How long to wait after an accept error that is not about one connection.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Errors that concern one incoming connection, not the listener: retry at once.
 fn is_connection_error(err: &io::Error) -> bool {
@@ -163,60 +305,45 @@ fn is_connection_error(err: &io::Error) -> bool {
     )
 }
 
+impl<L: Listen> Stream for GatedListener<L> {
+    type Item = Admitted<L::Io>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_accept(cx).map(Some)
+    }
+}
+
+/// A [`GatedListener`] as a stream of `io::Result<Admitted>`, from
+/// [`GatedListener::into_incoming`].
+///
+/// With the `tonic` feature, serve a tonic server to admitted clients only:
+///
+/// ```ignore
+/// tonic::transport::Server::builder()
+///     .add_service(MyServer::new(service))
+///     .serve_with_incoming(listener.into_incoming())
+///     .await?;
+/// // in a handler: request.extensions().get::<linkgate::Admission>()
+/// ```
 #[derive(Debug)]
-struct Bounds {
-    max_total: usize,
-    max_per_ip: usize,
-    in_progress: Mutex<InProgress>,
+pub struct Incoming<L: Listen = TcpListener> {
+    listener: GatedListener<L>,
 }
 
-#[derive(Debug, Default)]
-struct InProgress {
-    total: usize,
-    per_ip: HashMap<IpAddr, usize>,
-}
-
-impl Bounds {
-    fn lock(&self) -> std::sync::MutexGuard<'_, InProgress> {
-        // The counters stay consistent even if a holder panicked: each update is one step.
-        self.in_progress
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+impl<L: Listen> Incoming<L> {
+    /// The listener back.
+    pub fn into_inner(self) -> GatedListener<L> {
+        self.listener
     }
 }
 
-/// One handshake's place within the bounds; released when dropped, however the task ends.
-struct HandshakeSlot {
-    bounds: Arc<Bounds>,
-    ip: IpAddr,
-}
+impl<L: Listen> Stream for Incoming<L> {
+    type Item = io::Result<Admitted<L::Io>>;
 
-impl HandshakeSlot {
-    fn take(bounds: &Arc<Bounds>, ip: IpAddr) -> Option<Self> {
-        let ip = ip.to_canonical();
-        let mut counts = bounds.lock();
-        let from_ip = counts.per_ip.get(&ip).copied().unwrap_or(0);
-        if counts.total >= bounds.max_total || from_ip >= bounds.max_per_ip {
-            return None;
-        }
-        counts.total += 1;
-        counts.per_ip.insert(ip, from_ip + 1);
-        Some(HandshakeSlot {
-            bounds: Arc::clone(bounds),
-            ip,
-        })
-    }
-}
-
-impl Drop for HandshakeSlot {
-    fn drop(&mut self) {
-        let mut counts = self.bounds.lock();
-        counts.total -= 1;
-        if let Some(n) = counts.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                counts.per_ip.remove(&self.ip);
-            }
-        }
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut()
+            .listener
+            .poll_accept(cx)
+            .map(|admitted| Some(Ok(admitted)))
     }
 }

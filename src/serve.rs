@@ -1,20 +1,26 @@
-//! Serving admitted connections: one task each, a bound on how many are open, graceful drain.
+//! Serving connections: one task each, a bound on how many are open, graceful drain.
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::net::SocketAddr;
-
-use tokio::net::{TcpListener, TcpStream};
+use futures_core::Stream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::listener::{Admission, GatedListener};
-
 /// Limits for [`serve_with_shutdown`].
+///
+/// ```
+/// use std::time::Duration;
+/// let options = linkgate::ServeOptions::new()
+///     .with_max_connections(500)
+///     .with_drain_timeout(Duration::from_secs(10));
+/// assert_eq!(options.max_connections(), 500);
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ServeOptions {
     max_connections: usize,
     drain_timeout: Duration,
@@ -22,7 +28,7 @@ pub struct ServeOptions {
 
 impl Default for ServeOptions {
     fn default() -> Self {
-        ServeOptions {
+        Self {
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(30),
         }
@@ -30,43 +36,56 @@ impl Default for ServeOptions {
 }
 
 impl ServeOptions {
-    /// Defaults: 10 000 admitted connections at once, 30 s to drain on shutdown.
+    /// Defaults: 10 000 connections at once, 30 s to drain on shutdown.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// At most this many admitted connections are handled at once; at the bound no new
-    /// connection is accepted until one ends (they wait in the OS's backlog). Clamped to
+    /// At most this many connections are handled at once; at the bound no new connection is
+    /// taken until one ends (they wait in the OS's backlog). Clamped to
     /// 1..=[`Semaphore::MAX_PERMITS`].
-    pub fn max_connections(mut self, max: usize) -> Self {
+    pub fn with_max_connections(mut self, max: usize) -> Self {
         self.max_connections = max.clamp(1, Semaphore::MAX_PERMITS);
         self
     }
 
+    /// The bound on open connections.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
     /// After shutdown is signalled, how long open connections may take to finish.
-    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+    pub fn with_drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
         self
+    }
+
+    /// The drain timeout.
+    pub fn drain_timeout(&self) -> Duration {
+        self.drain_timeout
     }
 }
 
 /// How a [`serve_with_shutdown`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Drained {
-    /// Connections still open when the drain timeout ran out; they were closed.
+    /// Connections still open when the drain ended; they were cut off.
     pub aborted: usize,
 }
 
-/// Serves every admitted connection with `handler`, each in its own task, forever.
+/// Serves every connection with `handler`, each in its own task, forever.
 ///
-/// Wrapping an existing `async fn handle(stream)` server is one call; the handler also learns
-/// who connected:
+/// Wrapping an existing tokio server is one call: `connections` is a [`crate::GatedListener`]
+/// (a stream of admitted connections), and the handler learns who connected. The handler gets an
+/// [`crate::Admitted`] stream: take `impl AsyncRead + AsyncWrite` in your own `handle`, so it
+/// works in every mode.
 ///
 /// ```no_run
 /// # async fn run(gate: linkgate::Gate) -> std::io::Result<()> {
 /// let listener = linkgate::GatedListener::bind("127.0.0.1:7000", gate).await?;
-/// linkgate::serve_with(listener, |stream, who| async move {
-///     println!("{} connected from {}", who.key_id, who.peer);
+/// linkgate::serve_with(listener, |stream| async move {
+///     println!("{} connected", stream.key_id());
 ///     // ... the server's own handle(stream).await ...
 ///     drop(stream);
 /// })
@@ -74,13 +93,14 @@ pub struct Drained {
 /// # Ok(())
 /// # }
 /// ```
-pub async fn serve_with<H, Fut>(listener: GatedListener, handler: H)
+pub async fn serve_with<S, H, Fut>(connections: S, handler: H)
 where
-    H: Fn(TcpStream, Admission) -> Fut,
+    S: Stream + Unpin,
+    H: Fn(S::Item) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     serve_with_shutdown(
-        listener,
+        connections,
         ServeOptions::default(),
         std::future::pending(),
         handler,
@@ -89,70 +109,52 @@ where
 }
 
 /// Like [`serve_with`], with a bound on open connections and a graceful shutdown: once
-/// `shutdown` completes, stop accepting (the listener is closed), let open connections finish
-/// for up to the drain timeout, then abort the rest.
-pub async fn serve_with_shutdown<H, Fut, S>(
-    listener: GatedListener,
+/// `shutdown` completes, stop taking connections (the stream is dropped, closing the listener),
+/// let open connections finish for up to the drain timeout, then cut off the rest. If
+/// `cut_off` completes during the drain (a second signal, say), the rest are cut off at once.
+///
+/// `connections` can be any stream, e.g. a [`crate::GatedListener`] or, for a proxy's plain
+/// side, `tokio_stream::wrappers::TcpListenerStream`.
+pub async fn serve_with_shutdown<S, H, Fut, F>(
+    connections: S,
     options: ServeOptions,
-    shutdown: S,
+    shutdown: F,
     handler: H,
 ) -> Drained
 where
-    H: Fn(TcpStream, Admission) -> Fut,
+    S: Stream + Unpin,
+    H: Fn(S::Item) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
-    S: Future<Output = ()>,
+    F: Future<Output = ()>,
 {
-    run(listener, options, shutdown, |(stream, admission)| {
-        handler(stream, admission)
-    })
+    serve_until(
+        connections,
+        options,
+        shutdown,
+        std::future::pending(),
+        handler,
+    )
     .await
 }
 
-/// A source of connections for [`run`].
-pub(crate) trait Accept {
-    type Connection;
-    /// The next connection; errors are handled (logged, retried) inside.
-    async fn next(&mut self) -> Self::Connection;
-}
-
-impl Accept for GatedListener {
-    type Connection = (TcpStream, Admission);
-    async fn next(&mut self) -> Self::Connection {
-        self.accept().await
-    }
-}
-
-impl Accept for TcpListener {
-    type Connection = (TcpStream, SocketAddr);
-    async fn next(&mut self) -> Self::Connection {
-        loop {
-            match self.accept().await {
-                Ok(accepted) => return accepted,
-                Err(err) => {
-                    tracing::warn!(error = %err, "accept failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-}
-
-/// The serving loop shared by [`serve_with_shutdown`] and the proxy's client side: one task per
-/// connection, at most `max_connections` at once, and a graceful drain once `shutdown` completes.
-pub(crate) async fn run<A, H, Fut, S>(
-    mut listener: A,
+/// [`serve_with_shutdown`] with a second future that, if it completes during the drain, cuts off
+/// the open connections at once (an operator's second SIGTERM).
+pub async fn serve_until<S, H, Fut, F, C>(
+    mut connections: S,
     options: ServeOptions,
-    shutdown: S,
+    shutdown: F,
+    cut_off: C,
     handler: H,
 ) -> Drained
 where
-    A: Accept,
-    H: Fn(A::Connection) -> Fut,
+    S: Stream + Unpin,
+    H: Fn(S::Item) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
-    S: Future<Output = ()>,
+    F: Future<Output = ()>,
+    C: Future<Output = ()>,
 {
     let permits = Arc::new(Semaphore::new(options.max_connections));
-    let connections = Connections::new();
+    let open = Connections::new();
     tokio::pin!(shutdown);
     loop {
         // Take a connection slot before accepting, so at the bound nothing new is accepted.
@@ -163,14 +165,18 @@ where
             },
             () = &mut shutdown => break,
         };
+        let next = poll_fn(|cx| Pin::new(&mut connections).poll_next(cx));
         let connection = tokio::select! {
-            connection = listener.next() => connection,
+            connection = next => match connection {
+                Some(connection) => connection,
+                None => break,
+            },
             () = &mut shutdown => break,
         };
-        connections.spawn(handler(connection), permit);
+        open.spawn(handler(connection), permit);
     }
-    drop(listener);
-    connections.drain(options.drain_timeout).await
+    drop(connections);
+    open.drain(options.drain_timeout, cut_off).await
 }
 
 /// Open connection tasks, tracked so shutdown can wait for them and then cut them off.
@@ -181,7 +187,7 @@ struct Connections {
 
 impl Connections {
     fn new() -> Self {
-        Connections {
+        Self {
             tracker: TaskTracker::new(),
             cut_off: CancellationToken::new(),
         }
@@ -202,8 +208,9 @@ impl Connections {
         });
     }
 
-    /// Waits up to `timeout` for open connections to finish, then cuts off the rest.
-    async fn drain(self, timeout: Duration) -> Drained {
+    /// Waits up to `timeout` (or until `cut_off` completes) for open connections to finish, then
+    /// cuts off the rest.
+    async fn drain(self, timeout: Duration, cut_off: impl Future<Output = ()>) -> Drained {
         self.tracker.close();
         if !self.tracker.is_empty() {
             tracing::info!(
@@ -211,18 +218,17 @@ impl Connections {
                 "shutting down: waiting for open connections"
             );
         }
-        if tokio::time::timeout(timeout, self.tracker.wait())
-            .await
-            .is_ok()
-        {
+        let finished = tokio::select! {
+            finished = tokio::time::timeout(timeout, self.tracker.wait()) => finished.is_ok(),
+            () = cut_off => false,
+        };
+        if finished {
             return Drained { aborted: 0 };
         }
         let aborted = self.tracker.len();
-        tracing::warn!(
-            aborted,
-            ?timeout,
-            "drain timeout reached: closing open connections"
-        );
+        if aborted > 0 {
+            tracing::warn!(aborted, "closing the connections still open");
+        }
         self.cut_off.cancel();
         self.tracker.wait().await;
         Drained { aborted }

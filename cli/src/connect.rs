@@ -1,0 +1,166 @@
+//! `linkgate connect` (beside an unmodified client) and `linkgate check` (one attempt).
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
+use linkgate::record::RecordLimits;
+use linkgate::{Credentials, Error, Protocol, Rejection};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::args::{CheckArgs, ConnectArgs, LogFormat};
+use crate::keys;
+use crate::proxy::{self, ConnectContext};
+use crate::serve::{bind, serve_options};
+use crate::signals::Shutdown;
+
+pub(crate) async fn run(args: ConnectArgs) -> Result<()> {
+    let shutdown = Shutdown::install()?;
+    let mut credentials = keys::credentials(&args.client)?;
+    if let Some(records) = args.testing.key_update_after_records {
+        credentials =
+            credentials.with_record_limits(RecordLimits::new().with_key_update_interval(records));
+    }
+    keys::warn_if_seed(args.client.protocol);
+    let listener = bind(&args.listen).await?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        server = %args.client.server,
+        key_id = %credentials.key_id(),
+        mode = %credentials.mode(),
+        "linkgate connect: listening"
+    );
+    let context = Arc::new(ConnectContext {
+        server: args.client.server.clone(),
+        credentials,
+    });
+    let connections = Accepted(TcpListenerStream::new(listener));
+    let drained = linkgate::serve_until(
+        connections,
+        serve_options(&args.service),
+        shutdown.requested(),
+        shutdown.forced(),
+        move |(stream, peer)| proxy::connect_one(stream, peer, Arc::clone(&context)),
+    )
+    .await;
+    tracing::info!(
+        closed_at_drain = drained.aborted,
+        "linkgate connect: stopped"
+    );
+    Ok(())
+}
+
+/// Accepted local connections; accept errors are logged and skipped (after a pause when the
+/// error is about the listener, e.g. out of descriptors).
+struct Accepted(TcpListenerStream);
+
+impl futures_core::Stream for Accepted {
+    type Item = (tokio::net::TcpStream, std::net::SocketAddr);
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        loop {
+            match std::pin::Pin::new(&mut self.0).poll_next(cx) {
+                Poll::Ready(Some(Ok(stream))) => match stream.peer_addr() {
+                    Ok(peer) => return Poll::Ready(Some((stream, peer))),
+                    Err(_) => continue,
+                },
+                Poll::Ready(Some(Err(err))) => {
+                    tracing::warn!(error = %err, "accept failed; retrying");
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// How long `check` waits, after admission, for the gate to show how its upstream answered.
+const UPSTREAM_VERDICT_WAIT: Duration = Duration::from_secs(2);
+/// How long `check --protocol seed` waits for a refusing server to close.
+const SEED_VERDICT_WAIT: Duration = Duration::from_millis(500);
+
+pub(crate) async fn check(args: CheckArgs, format: LogFormat) -> Result<()> {
+    let credentials = keys::credentials(&args.client)?;
+    let server = &args.client.server;
+    let mut stream = match linkgate::connect(server.as_str(), &credentials).await {
+        Ok(stream) => stream,
+        Err(err) => bail!(explain_failure(server, &credentials, &err)),
+    };
+    let id = credentials.key_id();
+    if credentials.protocol() == Protocol::Seed {
+        let mut byte = [0u8; 1];
+        return match tokio::time::timeout(SEED_VERDICT_WAIT, stream.read(&mut byte)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => bail!(
+                "not admitted by {server}: it closed the connection after our answer (wrong key?)"
+            ),
+            Ok(Ok(_)) | Err(_) => {
+                report(
+                    format,
+                    id.as_str(),
+                    "seed",
+                    "unknown (seed protocol: the server cannot prove it holds the key)",
+                );
+                Ok(())
+            }
+        };
+    }
+    // Admitted. End our side: a gate whose upstream answers passes the end on and closes
+    // cleanly; one that cannot reach its upstream resets the connection.
+    let mode = stream.mode();
+    let _ = stream.shutdown().await;
+    let mut sink = Vec::new();
+    let upstream = match tokio::time::timeout(UPSTREAM_VERDICT_WAIT, stream.read_to_end(&mut sink))
+        .await
+    {
+        Ok(Ok(_)) => "reachable",
+        Ok(Err(err)) if err.kind() == io::ErrorKind::ConnectionReset => {
+            return Err(anyhow!(
+                "admitted as {id} by {server}, but the gate reset the connection: it could not reach its upstream server"
+            ));
+        }
+        Ok(Err(err)) => {
+            return Err(anyhow!(
+                "admitted as {id} by {server}, but the connection then failed: {err}"
+            ));
+        }
+        Err(_) => "connected (still open after 2s)",
+    };
+    report(format, id.as_str(), mode.as_str(), upstream);
+    Ok(())
+}
+
+fn report(format: LogFormat, id: &str, mode: &str, upstream: &str) {
+    match format {
+        LogFormat::Text => println!("admitted as {id} (mode {mode}, upstream {upstream})"),
+        LogFormat::Json => println!(
+            "{}",
+            serde_json::json!({"admitted": true, "key_id": id, "mode": mode, "upstream": upstream})
+        ),
+    }
+}
+
+/// One line that names what failed and what to try next.
+fn explain_failure(server: &str, credentials: &Credentials, err: &Error) -> String {
+    let id = credentials.key_id();
+    match err {
+        Error::Rejected(Rejection::Denied) => format!(
+            "not admitted by {server}: denied for key id {id} (the gate does not know {id}, or holds another key for it)"
+        ),
+        Error::Rejected(Rejection::RefusedAsMalformed(mode)) => format!(
+            "not admitted by {server}: the gate refused mode {mode} (try --mode sealed-fs, or ask for --allow-plain on the gate)"
+        ),
+        Error::Io(io) => match io.kind() {
+            io::ErrorKind::ConnectionRefused => format!(
+                "cannot connect to {server}: connection refused (is the gate running and listening there?)"
+            ),
+            _ => format!("cannot connect to {server}: {io}"),
+        },
+        other => format!("not admitted by {server} as {id}: {other}"),
+    }
+}

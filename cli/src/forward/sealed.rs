@@ -1,0 +1,255 @@
+//! Forwarding between a sealed connection and a plain one, driving the record layer directly.
+//!
+//! Sealing: plaintext is read straight into record-sized slots (one vectored read fills up to 16
+//! of them), sealed in place, and written in one call. Opening: ciphertext is read in bursts of
+//! up to 256 KiB, each record opened in place, and the plaintext pieces written with one vectored
+//! call. Buffers and AEAD key objects exist only during a burst; a waiting direction holds
+//! neither.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::ops::Range;
+
+use linkgate::record::{MAX_DATA_LEN, MAX_RECORD_LEN, Opened, Opener, Sealer};
+use linkgate::{RecordError, SealedParts};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+
+/// Records sealed per read, at most.
+const SLOTS: usize = 16;
+/// Ciphertext read per system call, at most.
+const OPEN_BURST: usize = 16 * MAX_RECORD_LEN;
+
+/// Bytes of plaintext moved each way by [`forward`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SealedTransfer {
+    /// Opened from the sealed side and written to the plain side.
+    pub(crate) opened: u64,
+    /// Read from the plain side and sealed to the sealed side.
+    pub(crate) sealed: u64,
+}
+
+/// Forwards until both directions have ended: records from `sealed` are opened and their data
+/// written to `plain`; what `plain` sends is sealed to `sealed`.
+///
+/// Half-close passes through both ways (close_notify ⇄ shutting down a write half). Any record
+/// failure, truncation (EOF without close_notify) or bytes after close_notify stop both
+/// directions with an error, after nothing of the failed record was written; the caller resets
+/// both connections.
+pub(crate) async fn forward(
+    sealed: &mut TcpStream,
+    parts: SealedParts,
+    plain: &mut TcpStream,
+) -> io::Result<SealedTransfer> {
+    let SealedParts {
+        mut sealer,
+        mut opener,
+        unread_plaintext,
+        unread_ciphertext,
+        unsent_ciphertext,
+        ..
+    } = parts;
+    let (sealed_read, mut sealed_write) = sealed.split();
+    let (plain_read, mut plain_write) = plain.split();
+    let opening = async {
+        plain_write.write_all(&unread_plaintext).await?;
+        let opened = open_pump(
+            &sealed_read,
+            &mut plain_write,
+            &mut opener,
+            unread_ciphertext,
+        )
+        .await?;
+        Ok::<_, io::Error>(opened + unread_plaintext.len() as u64)
+    };
+    let sealing = async {
+        sealed_write.write_all(&unsent_ciphertext).await?;
+        seal_pump(&plain_read, &mut sealed_write, &mut sealer).await
+    };
+    let (opened, sealed) = tokio::try_join!(opening, sealing)?;
+    Ok(SealedTransfer { opened, sealed })
+}
+
+fn record_error(err: RecordError) -> io::Error {
+    linkgate::Error::from(err).into()
+}
+
+/// Opens records from `from` and writes their data to `to` until close_notify, then shuts down
+/// `to`'s write half and makes sure nothing follows.
+async fn open_pump(
+    from: &ReadHalf<'_>,
+    to: &mut WriteHalf<'_>,
+    opener: &mut Opener,
+    already_read: Vec<u8>,
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    let mut buf = already_read;
+    let mut filled = buf.len();
+    let mut pieces: Vec<Range<usize>> = Vec::with_capacity(16);
+    loop {
+        if filled == 0 {
+            // Idle: hold neither a buffer nor the AEAD key object while waiting.
+            buf = Vec::new();
+            opener.release_key();
+            from.readable().await?;
+        }
+        if buf.len() < OPEN_BURST {
+            buf.resize(OPEN_BURST, 0);
+        }
+        tokio::task::consume_budget().await;
+        let n = match from.try_read(&mut buf[filled..]) {
+            Ok(0) => return Err(record_error(RecordError::Truncated)),
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                if filled > 0 {
+                    // Part of a record is here; wait for the rest.
+                    from.readable().await?;
+                }
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
+        filled += n;
+
+        let mut start = 0;
+        let mut closed = false;
+        pieces.clear();
+        while let Some(len) = Opener::record_len(&buf[start..filled]).map_err(record_error)? {
+            if filled - start < len {
+                break;
+            }
+            match opener
+                .open_in_place(&mut buf[start..start + len])
+                .map_err(record_error)?
+            {
+                Opened::Data(range) => pieces.push(start + range.start..start + range.end),
+                Opened::KeyUpdate => {}
+                Opened::CloseNotify => closed = true,
+            }
+            start += len;
+            if closed {
+                if start != filled {
+                    return Err(record_error(RecordError::DataAfterClose));
+                }
+                break;
+            }
+        }
+        total += write_pieces(to, &buf, &mut pieces).await?;
+        if closed {
+            to.shutdown().await?;
+            expect_end(from).await?;
+            return Ok(total);
+        }
+        buf.copy_within(start..filled, 0);
+        filled -= start;
+    }
+}
+
+/// After close_notify the peer shuts down its write half: anything but EOF is an error.
+async fn expect_end(from: &ReadHalf<'_>) -> io::Result<()> {
+    let mut byte = [0u8; 1];
+    loop {
+        from.readable().await?;
+        match from.try_read(&mut byte) {
+            Ok(0) => return Ok(()),
+            Ok(_) => return Err(record_error(RecordError::DataAfterClose)),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// Writes the plaintext pieces of `buf` in order, with vectored writes.
+async fn write_pieces(
+    to: &mut WriteHalf<'_>,
+    buf: &[u8],
+    pieces: &mut [Range<usize>],
+) -> io::Result<u64> {
+    let total: usize = pieces.iter().map(|piece| piece.len()).sum();
+    let mut slices: Vec<IoSlice<'_>> = pieces
+        .iter()
+        .map(|piece| IoSlice::new(&buf[piece.clone()]))
+        .collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = to.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(total as u64)
+}
+
+/// Reads plaintext from `from` into record slots, seals them in place and writes them to `to`;
+/// at EOF sends close_notify and shuts down `to`'s write half.
+async fn seal_pump(
+    from: &ReadHalf<'_>,
+    to: &mut WriteHalf<'_>,
+    sealer: &mut Sealer,
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        // Idle: no buffer, no AEAD key object.
+        sealer.release_key();
+        from.readable().await?;
+        let mut buf = vec![0u8; SLOTS * MAX_RECORD_LEN];
+        loop {
+            tokio::task::consume_budget().await;
+            let read = {
+                let mut slots: Vec<IoSliceMut<'_>> = buf
+                    .chunks_mut(MAX_RECORD_LEN)
+                    .map(|slot| IoSliceMut::new(&mut slot[5..5 + MAX_DATA_LEN]))
+                    .collect();
+                from.try_read_vectored(&mut slots)
+            };
+            let n = match read {
+                Ok(0) => {
+                    let mut close = Vec::new();
+                    sealer.seal_close_notify(&mut close).map_err(record_error)?;
+                    to.write_all(&close).await?;
+                    to.shutdown().await?;
+                    return Ok(total);
+                }
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) => return Err(err),
+            };
+            seal_slots(to, sealer, &mut buf, n).await?;
+            total += n as u64;
+        }
+    }
+}
+
+/// Seals the `n` bytes read into the slots of `buf` and writes the records, with a KeyUpdate
+/// wherever one is due.
+async fn seal_slots(
+    to: &mut WriteHalf<'_>,
+    sealer: &mut Sealer,
+    buf: &mut [u8],
+    n: usize,
+) -> io::Result<()> {
+    let mut written = 0;
+    let mut end = 0;
+    let mut left = n;
+    for slot_start in (0..buf.len()).step_by(MAX_RECORD_LEN) {
+        if left == 0 {
+            break;
+        }
+        let len = left.min(MAX_DATA_LEN);
+        if sealer.needs_key_update() {
+            // Every slot before this one holds a full record, so the output so far ends here.
+            to.write_all(&buf[written..slot_start]).await?;
+            let mut update = Vec::new();
+            sealer.seal_key_update(&mut update).map_err(record_error)?;
+            to.write_all(&update).await?;
+            written = slot_start;
+        }
+        let record = sealer
+            .seal_in_place(&mut buf[slot_start..], len)
+            .map_err(record_error)?;
+        end = slot_start + record;
+        left -= len;
+    }
+    to.write_all(&buf[written..end]).await
+}

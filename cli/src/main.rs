@@ -1,0 +1,64 @@
+//! `linkgate`: front an unmodified server with the linkgate gate, and let unmodified clients
+//! through it. A thin shell over the library: arguments, logging, signals, forwarding, exit codes.
+
+mod addr;
+mod args;
+mod connect;
+mod demo;
+mod forward;
+mod keygen;
+mod keys;
+mod logging;
+mod proxy;
+mod serve;
+mod signals;
+mod upstream;
+mod usage;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use args::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage::report(&err),
+    };
+    let format = cli.log.log_format;
+    cli.log.init(matches!(cli.command, Command::Demo(_)));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            return fail(
+                format,
+                &anyhow::Error::new(err).context("cannot start the runtime"),
+            );
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(*args).await,
+            Command::Connect(args) => connect::run(args).await,
+            Command::Check(args) => connect::check(args, format).await,
+            Command::Keygen(args) => keygen::run(&args.out, args.force),
+            Command::Demo(args) => demo::run(args).await,
+        }
+    });
+    // Connections cut at the drain deadline must not hold the process up.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(format, &err),
+    }
+}
+
+/// One readable line on stderr (a JSON object with --log-format json) and exit status 1.
+fn fail(format: args::LogFormat, err: &anyhow::Error) -> ExitCode {
+    logging::print_error(format, &format!("{err:#}"));
+    ExitCode::FAILURE
+}

@@ -1,0 +1,8 @@
+//! The `linkgate` command's integration tests, one binary: the real binary on loopback, real
+//! python3, real peers.
+
+mod support;
+
+mod cli;
+mod python;
+mod sealed;

@@ -1,0 +1,284 @@
+//! The sealed stream: [`crate::record`] driven over any `AsyncRead + AsyncWrite`.
+//!
+//! Reads take ciphertext in chunks of several records and open them in place; writes seal into a
+//! buffer that is written out before more is accepted. Both buffers exist only while data moves:
+//! a drained buffer is freed, so an idle connection holds no buffer at all.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::error::RecordError;
+use crate::protocol::SessionSecrets;
+use crate::record::{MAX_DATA_LEN, MAX_RECORD_LEN, Opened, Opener, RecordLimits, Sealer};
+
+/// Ciphertext read per system call, at most: four full records.
+const READ_BUF_LEN: usize = 4 * MAX_RECORD_LEN;
+/// Plaintext accepted per `poll_write`, at most: four full records.
+const WRITE_CHUNK: usize = 4 * MAX_DATA_LEN;
+
+/// Which side of the handshake this stream is on: it decides which secret seals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Client,
+    Server,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadState {
+    Open,
+    /// close_notify received: the peer's direction ended cleanly.
+    Closed,
+    Failed(RecordError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteState {
+    Open,
+    /// close_notify is sealed into the buffer; the write half shuts down once it is out.
+    Closing,
+    Closed,
+    Failed(RecordError),
+}
+
+/// The record state of one sealed connection.
+#[derive(Debug)]
+pub(crate) struct SealedState {
+    sealer: Sealer,
+    opener: Opener,
+    /// Ciphertext read but not yet opened is `rbuf[rstart..rend]`; opened plaintext not yet
+    /// handed out is `rbuf[plain.0..plain.1]`.
+    rbuf: Vec<u8>,
+    rstart: usize,
+    rend: usize,
+    plain: (usize, usize),
+    read: ReadState,
+    /// Sealed bytes not yet written are `wbuf[wpos..]`.
+    wbuf: Vec<u8>,
+    wpos: usize,
+    write: WriteState,
+}
+
+impl SealedState {
+    pub(crate) fn new(secrets: &SessionSecrets, side: Side, limits: RecordLimits) -> Self {
+        let (seal, open) = match side {
+            Side::Client => (secrets.client_to_server(), secrets.server_to_client()),
+            Side::Server => (secrets.server_to_client(), secrets.client_to_server()),
+        };
+        Self {
+            sealer: Sealer::with_limits(seal, limits),
+            opener: Opener::with_limits(open, limits),
+            rbuf: Vec::new(),
+            rstart: 0,
+            rend: 0,
+            plain: (0, 0),
+            read: ReadState::Open,
+            wbuf: Vec::new(),
+            wpos: 0,
+            write: WriteState::Open,
+        }
+    }
+
+    /// The record halves and any ciphertext already read but not opened (see
+    /// [`crate::Admitted::into_parts`]).
+    pub(crate) fn into_parts(mut self) -> crate::SealedParts {
+        let unread_plaintext = self.rbuf[self.plain.0..self.plain.1].to_vec();
+        let unread = self.rbuf[self.rstart..self.rend].to_vec();
+        let unsent = self.wbuf.split_off(self.wpos);
+        crate::SealedParts {
+            sealer: self.sealer,
+            opener: self.opener,
+            unread_plaintext,
+            unread_ciphertext: unread,
+            unsent_ciphertext: unsent,
+        }
+    }
+
+    fn fail_read(&mut self, err: RecordError) -> io::Error {
+        self.read = ReadState::Failed(err);
+        self.rbuf = Vec::new();
+        (self.rstart, self.rend, self.plain) = (0, 0, (0, 0));
+        crate::Error::from(err).into()
+    }
+
+    pub(crate) fn poll_read<IO: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if let ReadState::Failed(err) = self.read {
+                return Poll::Ready(Err(crate::Error::from(err).into()));
+            }
+            let (start, end) = self.plain;
+            if start < end {
+                let n = out.remaining().min(end - start);
+                out.put_slice(&self.rbuf[start..start + n]);
+                self.plain.0 += n;
+                return Poll::Ready(Ok(()));
+            }
+            if out.remaining() == 0 || self.read == ReadState::Closed {
+                // After close_notify: end of stream.
+                return Poll::Ready(Ok(()));
+            }
+            match self.open_next() {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(err) => return Poll::Ready(Err(self.fail_read(err))),
+            }
+            // Need more ciphertext.
+            self.make_room();
+            let mut buf = ReadBuf::new(&mut self.rbuf[self.rend..]);
+            match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+                Poll::Pending => {
+                    if self.rstart == self.rend {
+                        // Idle: hold no buffer while waiting.
+                        self.rbuf = Vec::new();
+                        (self.rstart, self.rend) = (0, 0);
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Ready(Ok(())) => {
+                    let n = buf.filled().len();
+                    if n == 0 {
+                        // TCP EOF without close_notify: truncation, never a clean end.
+                        return Poll::Ready(Err(self.fail_read(RecordError::Truncated)));
+                    }
+                    self.rend += n;
+                }
+            }
+        }
+    }
+
+    /// Opens the next whole record in the buffer, if there is one. `Ok(true)` if a record was
+    /// consumed (data may now be waiting in `plain`).
+    fn open_next(&mut self) -> Result<bool, RecordError> {
+        let buffered = &self.rbuf[self.rstart..self.rend];
+        let Some(len) = crate::record::Opener::record_len(buffered)? else {
+            return Ok(false);
+        };
+        if buffered.len() < len {
+            return Ok(false);
+        }
+        let start = self.rstart;
+        let opened = self
+            .opener
+            .open_in_place(&mut self.rbuf[start..start + len])?;
+        self.rstart += len;
+        match opened {
+            Opened::Data(range) => self.plain = (start + range.start, start + range.end),
+            Opened::KeyUpdate => {}
+            Opened::CloseNotify => {
+                if self.rstart != self.rend {
+                    return Err(RecordError::DataAfterClose);
+                }
+                self.read = ReadState::Closed;
+                self.rbuf = Vec::new();
+                (self.rstart, self.rend) = (0, 0);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Makes sure there is room after `rend` for at least one whole record.
+    fn make_room(&mut self) {
+        if self.rbuf.len() < READ_BUF_LEN {
+            self.rbuf.resize(READ_BUF_LEN, 0);
+        }
+        if self.rbuf.len() - self.rend < MAX_RECORD_LEN {
+            self.rbuf.copy_within(self.rstart..self.rend, 0);
+            self.rend -= self.rstart;
+            self.rstart = 0;
+            self.plain = (0, 0);
+        }
+    }
+
+    /// Writes out what is buffered; `Ready(Ok)` once the buffer is empty (and freed).
+    fn poll_drain<IO: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.wpos < self.wbuf.len() {
+            match ready!(Pin::new(&mut *io).poll_write(cx, &self.wbuf[self.wpos..])) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.wpos += n,
+                Err(err) => return Poll::Ready(Err(err)),
+            }
+        }
+        self.wbuf = Vec::new();
+        self.wpos = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    fn check_writable(&self) -> io::Result<()> {
+        match self.write {
+            WriteState::Open => Ok(()),
+            WriteState::Failed(err) => Err(crate::Error::from(err).into()),
+            WriteState::Closing | WriteState::Closed => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after shutdown (close_notify already sent)",
+            )),
+        }
+    }
+
+    pub(crate) fn poll_write<IO: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.check_writable()?;
+        ready!(self.poll_drain(io, cx))?;
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let take = data.len().min(WRITE_CHUNK);
+        if let Err(err) = self.sealer.seal(&data[..take], &mut self.wbuf) {
+            self.write = WriteState::Failed(err);
+            return Poll::Ready(Err(crate::Error::from(err).into()));
+        }
+        // Start writing now; what the socket does not take yet goes out on the next write or
+        // flush.
+        if let Poll::Ready(Err(err)) = self.poll_drain(io, cx) {
+            return Poll::Ready(Err(err));
+        }
+        Poll::Ready(Ok(take))
+    }
+
+    pub(crate) fn poll_flush<IO: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(io, cx))?;
+        Pin::new(io).poll_flush(cx)
+    }
+
+    pub(crate) fn poll_shutdown<IO: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.write {
+            WriteState::Open => {
+                ready!(self.poll_drain(io, cx))?;
+                if let Err(err) = self.sealer.seal_close_notify(&mut self.wbuf) {
+                    self.write = WriteState::Failed(err);
+                    return Poll::Ready(Err(crate::Error::from(err).into()));
+                }
+                self.write = WriteState::Closing;
+            }
+            WriteState::Failed(err) => return Poll::Ready(Err(crate::Error::from(err).into())),
+            WriteState::Closing | WriteState::Closed => {}
+        }
+        ready!(self.poll_drain(io, cx))?;
+        ready!(Pin::new(io).poll_shutdown(cx))?;
+        self.write = WriteState::Closed;
+        Poll::Ready(Ok(()))
+    }
+}

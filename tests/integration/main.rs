@@ -1,0 +1,15 @@
+//! The library's integration tests, one binary: real sockets on loopback, in-memory streams
+//! for partial reads, the shared protocol vectors.
+
+mod support;
+
+#[cfg(feature = "axum")]
+mod axum;
+mod handshake;
+mod keys;
+mod listener;
+mod proptest;
+mod sealed;
+#[cfg(feature = "tonic")]
+mod tonic;
+mod unix;
