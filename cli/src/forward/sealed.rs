@@ -15,10 +15,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
-/// Records sealed per read, at most.
-const SLOTS: usize = 16;
-/// Ciphertext read per system call, at most.
-const OPEN_BURST: usize = 16 * MAX_RECORD_LEN;
+use super::pool::{BURST_LEN, Burst};
+
+/// Records sealed per read, at most: one burst buffer of record-sized slots.
+const SLOTS: usize = BURST_LEN / MAX_RECORD_LEN;
 
 /// Bytes of plaintext moved each way by [`forward`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -83,27 +83,36 @@ async fn open_pump(
     already_read: Vec<u8>,
 ) -> io::Result<u64> {
     let mut total = 0u64;
-    let mut buf = already_read;
-    let mut filled = buf.len();
-    let mut pieces: Vec<Range<usize>> = Vec::with_capacity(16);
+    let mut pieces: Vec<Range<usize>> = Vec::with_capacity(SLOTS);
+    // Ciphertext read but not yet opened is `buf[..filled]`.
+    let mut buf: Option<Burst> = None;
+    let mut filled = 0;
+    if !already_read.is_empty() {
+        let mut burst = Burst::take();
+        burst[..already_read.len()].copy_from_slice(&already_read);
+        filled = already_read.len();
+        buf = Some(burst);
+    }
     loop {
-        if filled == 0 {
-            // Idle: hold neither a buffer nor the AEAD key object while waiting.
-            buf = Vec::new();
-            opener.release_key();
-            from.readable().await?;
-        }
-        if buf.len() < OPEN_BURST {
-            buf.resize(OPEN_BURST, 0);
-        }
+        let burst = match &mut buf {
+            Some(burst) => burst,
+            None => {
+                // Idle: hold neither a buffer nor the AEAD key object while waiting.
+                opener.release_key();
+                from.readable().await?;
+                buf.insert(Burst::take())
+            }
+        };
         tokio::task::consume_budget().await;
-        let n = match from.try_read(&mut buf[filled..]) {
+        let n = match from.try_read(&mut burst[filled..]) {
             Ok(0) => return Err(record_error(RecordError::Truncated)),
             Ok(n) => n,
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                 if filled > 0 {
-                    // Part of a record is here; wait for the rest.
+                    // Part of a record is here; wait for the rest, keeping it.
                     from.readable().await?;
+                } else {
+                    buf = None;
                 }
                 continue;
             }
@@ -114,12 +123,12 @@ async fn open_pump(
         let mut start = 0;
         let mut closed = false;
         pieces.clear();
-        while let Some(len) = Opener::record_len(&buf[start..filled]).map_err(record_error)? {
+        while let Some(len) = Opener::record_len(&burst[start..filled]).map_err(record_error)? {
             if filled - start < len {
                 break;
             }
             match opener
-                .open_in_place(&mut buf[start..start + len])
+                .open_in_place(&mut burst[start..start + len])
                 .map_err(record_error)?
             {
                 Opened::Data(range) => pieces.push(start + range.start..start + range.end),
@@ -134,13 +143,13 @@ async fn open_pump(
                 break;
             }
         }
-        total += write_pieces(to, &buf, &mut pieces).await?;
+        total += write_pieces(to, burst, &mut pieces).await?;
         if closed {
             to.shutdown().await?;
             expect_end(from).await?;
             return Ok(total);
         }
-        buf.copy_within(start..filled, 0);
+        burst.copy_within(start..filled, 0);
         filled -= start;
     }
 }
@@ -193,7 +202,7 @@ async fn seal_pump(
         // Idle: no buffer, no AEAD key object.
         sealer.release_key();
         from.readable().await?;
-        let mut buf = vec![0u8; SLOTS * MAX_RECORD_LEN];
+        let mut buf = Burst::take();
         loop {
             tokio::task::consume_budget().await;
             let read = {
