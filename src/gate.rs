@@ -280,6 +280,16 @@ impl Gate {
             Ok(remaining) => remaining,
             Err(malformed) => {
                 send_refusal(stream, &[VERDICT_MALFORMED]).await;
+                // "PR" of "PROXY " or the start of the v2 signature: a PROXY protocol header
+                // from a source not trusted to send one. Named, so a misconfigured balancer
+                // (or a spoofing attempt) is obvious in the log.
+                if head == *b"PR" || head == *b"\r\n" {
+                    return Err(Refusal::ProxyHeader(
+                        "sent by a source that is not trusted to send one (see --accept-proxy-from)"
+                            .into(),
+                    )
+                    .into());
+                }
                 return Err(Refusal::Malformed(malformed).into());
             }
         };

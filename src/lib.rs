@@ -78,6 +78,7 @@ mod listener;
 mod mode;
 mod net;
 pub mod protocol;
+pub mod proxy_protocol;
 pub mod record;
 mod sealed;
 mod serve;
@@ -89,6 +90,7 @@ pub use error::{
     Waiting,
 };
 pub use gate::{Gate, GateConfig};
+pub use ipnet::IpNet;
 pub use key_file::{KeyFileOptions, key_files_in};
 pub use keys::{Key, KeyId, Keyring, KeyringDiff, MAX_KEY_ID_LEN, MAX_KEY_LEN, MIN_KEY_LEN};
 pub use listener::{GatedListener, Incoming, ListenerConfig, SourcePrefix};

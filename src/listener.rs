@@ -10,13 +10,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::Stream;
+use ipnet::IpNet;
 use tokio::net::{TcpListener, ToSocketAddrs, UnixListener};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 
 use crate::admitted::{Admitted, ConnectionId, Peer};
+use crate::error::{Error, Refusal, Timeout, Waiting};
 use crate::gate::Gate;
 use crate::net::Listen;
+use crate::proxy_protocol::{self, Received};
 
 pub use bounds::SourcePrefix;
 use bounds::{Bounds, HandshakeSlot};
@@ -38,6 +41,7 @@ pub struct ListenerConfig {
     max_handshakes: usize,
     max_handshakes_per_source: usize,
     source_prefix: SourcePrefix,
+    proxy_protocol_from: Vec<IpNet>,
 }
 
 impl Default for ListenerConfig {
@@ -46,6 +50,7 @@ impl Default for ListenerConfig {
             max_handshakes: 1024,
             max_handshakes_per_source: 64,
             source_prefix: SourcePrefix::default(),
+            proxy_protocol_from: Vec::new(),
         }
     }
 }
@@ -91,6 +96,36 @@ impl ListenerConfig {
     /// How addresses are grouped into sources.
     pub fn source_prefix(&self) -> SourcePrefix {
         self.source_prefix
+    }
+
+    /// Load balancers that put a PROXY protocol header (v1 or v2) in front of each connection.
+    /// Connections from these networks must send one, and are then known by the client it
+    /// names (in logs, per-source bounds, [`crate::Admission::peer`], with the balancer as
+    /// [`crate::Admission::via`]); connections from anywhere else must not (a header from them
+    /// is refused: no one can claim another's address). A v2 LOCAL header (a health check) is
+    /// closed quietly. Never guessed: by default no source is trusted.
+    ///
+    /// ```
+    /// let config = linkgate::ListenerConfig::new()
+    ///     .with_proxy_protocol_from(["10.0.0.0/8".parse().unwrap()]);
+    /// assert_eq!(config.proxy_protocol_from().len(), 1);
+    /// ```
+    pub fn with_proxy_protocol_from(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
+        self.proxy_protocol_from = networks.into_iter().collect();
+        self
+    }
+
+    /// The networks trusted to send PROXY protocol headers.
+    pub fn proxy_protocol_from(&self) -> &[IpNet] {
+        &self.proxy_protocol_from
+    }
+
+    fn trusts_proxy_header_from(&self, peer: &Peer) -> bool {
+        let Some(addr) = peer.ip_addr() else {
+            return false;
+        };
+        let ip = addr.ip().to_canonical();
+        self.proxy_protocol_from.iter().any(|net| net.contains(&ip))
     }
 }
 
@@ -263,32 +298,105 @@ impl<L: Listen> GatedListener<L> {
         Incoming { listener: self }
     }
 
-    fn start_handshake(&mut self, mut stream: L::Io, addr: L::Addr, peer: Peer) {
+    fn start_handshake(&mut self, stream: L::Io, addr: L::Addr, peer: Peer) {
         let id = ConnectionId::next();
-        let Some(slot) = HandshakeSlot::take(&self.bounds, &peer) else {
+        // A trusted balancer's connection counts globally now and per source once its header
+        // names the real client; any other connection counts for its own source at once.
+        let from_balancer = self.config.trusts_proxy_header_from(&peer);
+        let slot = if from_balancer {
+            HandshakeSlot::take_global(&self.bounds)
+        } else {
+            HandshakeSlot::take(&self.bounds, &peer)
+        };
+        let Some(slot) = slot else {
             tracing::warn!(conn = %id, %peer, "connection refused: too many handshakes in progress");
             // Dropping the stream closes it at once.
             return;
         };
         let gate = self.gate.clone();
         self.handshakes.spawn(async move {
-            let _slot = slot;
-            let deadline = Instant::now() + gate.config().handshake_timeout();
-            match gate.handshake_until(&mut stream, deadline).await {
-                Ok(session) => {
-                    let mut admitted = session.into_admitted(stream, gate.config(), id);
-                    let admission = admitted.admission_mut();
-                    *admission = admission.clone().with_peers(Some(peer), None);
-                    tracing::debug!(conn = %id, peer = %admitted.admission().peer().map(ToString::to_string).unwrap_or_default(),
-                        key_id = %admitted.key_id(), mode = %admitted.mode(), "handshake admitted");
-                    Some((admitted, addr))
-                }
-                Err(reason) => {
-                    tracing::info!(conn = %id, %peer, %reason, "connection rejected");
-                    None
-                }
-            }
+            let who = Who {
+                id,
+                peer,
+                from_balancer,
+            };
+            let admitted = handshake(gate, stream, who, slot).await?;
+            Some((admitted, addr))
         });
+    }
+}
+
+/// A connection as the listener knows it before the handshake.
+struct Who {
+    id: ConnectionId,
+    peer: Peer,
+    from_balancer: bool,
+}
+
+/// One connection's way in: the PROXY protocol header (from trusted balancers), the per-source
+/// bound for the real client, then the handshake, all within the handshake timeout. Every
+/// refusal is logged here, once.
+async fn handshake<IO>(
+    gate: Gate,
+    mut stream: IO,
+    who: Who,
+    mut slot: HandshakeSlot,
+) -> Option<Admitted<IO>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let Who {
+        id,
+        peer: socket_peer,
+        from_balancer,
+    } = who;
+    let timeout = gate.config().handshake_timeout();
+    let deadline = Instant::now() + timeout;
+    let (peer, via) = if from_balancer {
+        let header = tokio::time::timeout_at(deadline, proxy_protocol::read_header(&mut stream));
+        let client = match header.await {
+            Ok(Ok(Received::Proxied { source, .. })) => Peer::Ip(source),
+            // The balancer did not know the client's address: the connection's own endpoints.
+            Ok(Ok(Received::Unknown)) => socket_peer.clone(),
+            Ok(Ok(Received::Local)) => {
+                tracing::debug!(conn = %id, via = %socket_peer,
+                    "PROXY protocol LOCAL header (a balancer's health check): closed");
+                return None;
+            }
+            Ok(Err(problem)) => {
+                let reason = Error::from(Refusal::ProxyHeader(problem.to_string()));
+                tracing::info!(conn = %id, via = %socket_peer, %reason, "connection rejected");
+                return None;
+            }
+            Err(_) => {
+                let reason = Error::from(Timeout::new(timeout, Waiting::ProxyHeader));
+                tracing::info!(conn = %id, via = %socket_peer, %reason, "connection rejected");
+                return None;
+            }
+        };
+        if !slot.add_source(&client) {
+            tracing::warn!(conn = %id, peer = %client, via = %socket_peer,
+                "connection refused: too many handshakes in progress");
+            return None;
+        }
+        (client, Some(socket_peer))
+    } else {
+        (socket_peer, None)
+    };
+    let via_field = via.as_ref().map(tracing::field::display);
+    match gate.handshake_until(&mut stream, deadline).await {
+        Ok(session) => {
+            let mut admitted = session.into_admitted(stream, gate.config(), id);
+            tracing::debug!(conn = %id, %peer, via = via_field, key_id = %admitted.key_id(),
+                mode = %admitted.mode(), "handshake admitted");
+            let admission = admitted.admission_mut();
+            *admission = admission.clone().with_peers(Some(peer), via);
+            Some(admitted)
+        }
+        Err(reason) => {
+            tracing::info!(conn = %id, %peer, via = via_field, %reason, "connection rejected");
+            None
+        }
     }
 }
 

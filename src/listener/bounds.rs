@@ -146,25 +146,47 @@ impl Bounds {
 }
 
 /// One handshake's place within the bounds; released when dropped, however the task ends.
+///
+/// It counts globally from the start; its per-source count is added once the source is known
+/// (at once for most connections, after the PROXY protocol header for those from a load
+/// balancer).
 pub(crate) struct HandshakeSlot {
     bounds: Bounds,
-    source: Source,
+    source: Option<Source>,
 }
 
 impl HandshakeSlot {
+    /// A slot counted globally and for `peer`'s source, if both have room.
     pub(crate) fn take(bounds: &Bounds, peer: &Peer) -> Option<Self> {
-        let source = bounds.inner.prefix.source_of(peer);
+        let mut slot = Self::take_global(bounds)?;
+        slot.add_source(peer).then_some(slot)
+    }
+
+    /// A slot counted globally only, if there is room.
+    pub(crate) fn take_global(bounds: &Bounds) -> Option<Self> {
         let mut counts = bounds.lock();
-        let from_source = counts.per_source.get(&source).copied().unwrap_or(0);
-        if counts.total >= bounds.inner.max_total || from_source >= bounds.inner.max_per_source {
+        if counts.total >= bounds.inner.max_total {
             return None;
         }
         counts.total += 1;
-        counts.per_source.insert(source, from_source + 1);
         Some(Self {
             bounds: bounds.clone(),
-            source,
+            source: None,
         })
+    }
+
+    /// Counts this handshake for `peer`'s source too; `false` if that source is at its bound.
+    pub(crate) fn add_source(&mut self, peer: &Peer) -> bool {
+        let source = self.bounds.inner.prefix.source_of(peer);
+        let mut counts = self.bounds.lock();
+        let from_source = counts.per_source.get(&source).copied().unwrap_or(0);
+        if from_source >= self.bounds.inner.max_per_source {
+            return false;
+        }
+        counts.per_source.insert(source, from_source + 1);
+        drop(counts);
+        self.source = Some(source);
+        true
     }
 }
 
@@ -172,10 +194,12 @@ impl Drop for HandshakeSlot {
     fn drop(&mut self) {
         let mut counts = self.bounds.lock();
         counts.total -= 1;
-        if let Some(n) = counts.per_source.get_mut(&self.source) {
+        if let Some(source) = self.source
+            && let Some(n) = counts.per_source.get_mut(&source)
+        {
             *n -= 1;
             if *n == 0 {
-                counts.per_source.remove(&self.source);
+                counts.per_source.remove(&source);
             }
         }
     }

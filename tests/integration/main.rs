@@ -9,6 +9,7 @@ mod handshake;
 mod keys;
 mod listener;
 mod proptest;
+mod proxy;
 mod sealed;
 #[cfg(feature = "tonic")]
 mod tonic;
