@@ -1,125 +1,51 @@
-"""Unit tests for linkgate.py (stdlib unittest): `python3 -m unittest discover -s python`.
-
-Both halves run over real connected socket pairs, one in a thread, and each refusal is checked
-on both sides.
-"""
+"""Both halves of the handshake over real TCP sockets on 127.0.0.1, one in a thread, in every
+mode; each refusal is checked on both sides."""
 
 import hmac
 import os
 import socket
-import stat
-import tempfile
-import threading
+import struct
 import unittest
-from pathlib import Path
 
 import linkgate
+from linkgate import protocol
 
-KEY = bytes(range(32))
-
-
-def run_in_thread(fn, *args):
-    """Runs fn(*args) in a thread; returns a function giving (result, exception)."""
-    box = {}
-
-    def target():
-        try:
-            box["result"] = fn(*args)
-        except BaseException as err:  # noqa: BLE001 - handed back to the test
-            box["error"] = err
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-
-    def join():
-        thread.join(10)
-        assert not thread.is_alive(), "thread did not finish"
-        return box.get("result"), box.get("error")
-
-    return join
-
-
-class Vector(unittest.TestCase):
-    def test_protocol_md_vector(self):
-        sn, cn = bytes(range(0xA0, 0xC0)), bytes(range(0xC0, 0xE0))
-        self.assertEqual(
-            linkgate.client_proof(KEY, sn, cn, "alice").hex(),
-            "bed3e3ecfa58491b058867989079da57f9746b3f285205156a73b27541d531fb")
-        self.assertEqual(
-            linkgate.server_proof(KEY, sn, cn, "alice").hex(),
-            "14cdae2966d718ebc280da829f85883ea98aaf6e9f0c06df11065f399d99a830")
-        response = linkgate.encode_response(KEY, "alice", sn, cn)
-        self.assertEqual(response[:7], b"\x00\x05alice")
-        self.assertEqual(len(response), 71)
-
-    def test_seed_answer_is_the_recipe_hmac(self):
-        nonce = os.urandom(32)
-        self.assertEqual(linkgate.seed_answer(b"secret", nonce),
-                         hmac.new(b"secret", nonce, "sha256").digest())
-
-
-class KeyFiles(unittest.TestCase):
-    def setUp(self):
-        self.dir = tempfile.TemporaryDirectory()
-        self.addCleanup(self.dir.cleanup)
-
-    def write(self, name, text, mode=0o600):
-        path = Path(self.dir.name) / name
-        path.write_text(text)
-        path.chmod(mode)
-        return path
-
-    def refused(self, path, fragment, loader=linkgate.load_key):
-        with self.assertRaises(linkgate.KeyFileError) as caught:
-            loader(path)
-        self.assertIn(str(path), str(caught.exception))
-        self.assertIn(fragment, str(caught.exception))
-        return caught.exception
-
-    def test_good_key(self):
-        self.assertEqual(linkgate.load_key(self.write("a.key", "  " + KEY.hex() + "\n")), KEY)
-
-    def test_refusals(self):
-        self.refused(Path(self.dir.name) / "missing.key", "cannot read")
-        err = self.refused(self.write("text.key", "my password"), "not a hex key")
-        self.assertNotIn("password", str(err))
-        self.refused(self.write("short.key", "ab" * 15), "15 bytes")
-        self.refused(self.write("long.key", "ab" * 65), "65 bytes")
-        if os.name == "posix":
-            self.refused(self.write("open.key", KEY.hex(), 0o644), "too open")
-            self.assertEqual(linkgate.load_key(self.write("o.key", KEY.hex(), 0o640),
-                                               check_permissions=False), KEY)
-
-    def test_seed_keys_may_be_short(self):
-        path = self.write("recipe.key", b"secret".hex())
-        self.refused(path, "6 bytes")
-        self.assertEqual(linkgate.load_seed_key(path), b"secret")
-
-    def test_keyring(self):
-        self.write("alice.key", KEY.hex())
-        self.write("bob.key", "cd" * 32)
-        self.write("README.md", "not a key")
-        self.assertEqual(sorted(linkgate.load_keyring(self.dir.name)), ["alice", "bob"])
+from _support import KEY, modes, requires_sealed, run_in_thread, tcp_pair
 
 
 class Handshake(unittest.TestCase):
     def setUp(self):
-        self.client, self.server = socket.socketpair()
+        self.client, self.server = tcp_pair()
         self.addCleanup(self.client.close)
         self.addCleanup(self.server.close)
         self.keyring = {"alice": KEY, "bob": os.urandom(32)}
 
-    def serve(self, timeout=5.0):
-        return run_in_thread(linkgate.admit, self.server, self.keyring, timeout)
+    def serve(self, timeout=5.0, **policy):
+        policy.setdefault("allow_plain", True)
+        return run_in_thread(linkgate.admit, self.server, self.keyring, timeout=timeout,
+                             **policy)
 
-    def test_admitted_and_bytes_right_after_stay(self):
-        join = self.serve()
-        linkgate.authenticate(self.client, "alice", KEY)
-        self.client.sendall(b"app bytes")
-        key_id, error = join()
-        self.assertIsNone(error)
-        self.assertEqual(key_id, "alice")
-        self.assertEqual(self.server.recv(100), b"app bytes")
+    def test_admitted_in_every_mode_with_data_both_ways(self):
+        for mode in modes():
+            with self.subTest(mode=mode):
+                self.setUp()
+                join = self.serve()
+                stream = linkgate.authenticate(self.client, "alice", KEY, mode=mode)
+                admission, error = join()
+                self.assertIsNone(error)
+                self.assertEqual(admission.key_id, "alice")
+                self.assertEqual(admission.mode, mode)
+                server_stream, key_id = admission
+                stream.sendall(b"ping")
+                self.assertEqual(server_stream.recv(100), b"ping")
+                server_stream.sendall(b"pong")
+                self.assertEqual(stream.recv(100), b"pong")
+                if mode == "plain":
+                    self.assertIs(stream, self.client)
+                    self.assertIs(server_stream, self.server)
+                else:
+                    self.assertIsInstance(stream, linkgate.SealedSocket)
+                    self.assertEqual((stream.key_id, stream.mode), ("alice", mode))
 
     def test_admit_reads_exactly_the_response(self):
         # RESPONSE and application bytes in a single write: admit must leave the latter.
@@ -129,79 +55,271 @@ class Handshake(unittest.TestCase):
         client_nonce = os.urandom(32)
         self.client.sendall(
             linkgate.encode_response(KEY, "alice", server_nonce, client_nonce) + b"app bytes")
-        key_id, error = join()
+        (stream, key_id), error = join()
         self.assertIsNone(error)
         self.assertEqual(key_id, "alice")
         self.server.settimeout(2)  # an admit that over-read would leave nothing: fail, not hang
-        self.assertEqual(self.server.recv(100), b"app bytes")
+        self.assertEqual(stream.recv(100), b"app bytes")
         verdict = self.client.recv(33)
         self.assertEqual(verdict[:1], b"\x00")
         self.assertEqual(verdict[1:],
                          linkgate.server_proof(KEY, server_nonce, client_nonce, "alice"))
 
-    def test_wrong_key_denied_on_both_sides(self):
+    @requires_sealed
+    def test_a_sealed_client_may_send_records_right_after_its_response(self):
+        from linkgate.record import RecordLayer
         join = self.serve()
-        with self.assertRaises(linkgate.Denied):
-            linkgate.authenticate(self.client, "alice", os.urandom(32))
-        _, error = join()
-        self.assertIsInstance(error, linkgate.Denied)
-        self.assertEqual(error.reason, "wrong proof for key id alice")
+        handshake = protocol.ClientHandshake("alice", KEY, "sealed")
+        response = handshake.response(self.client.recv(40)[8:])
+        # Mode 0x01: the client has its keys before the verdict.
+        secrets = protocol.key_schedule(KEY, handshake._server_nonce, handshake._client_nonce,
+                                        "alice", "sealed")
+        early = RecordLayer.for_side(secrets, "client").seal(b"early")
+        self.client.sendall(response + early)
+        (stream, _), error = join()
+        self.assertIsNone(error)
+        self.assertEqual(stream.recv(100), b"early")
+        self.assertEqual(handshake.finish(self.client.recv(33)), secrets)
+
+    def test_wrong_key_denied_on_both_sides(self):
+        for mode in modes():
+            with self.subTest(mode=mode):
+                self.setUp()
+                join = self.serve()
+                with self.assertRaises(linkgate.Denied) as caught:
+                    linkgate.authenticate(self.client, "alice", os.urandom(32), mode=mode)
+                self.assertEqual(str(caught.exception), "denied by the server")
+                self.assertEqual(caught.exception.reason, "denied")
+                _, error = join()
+                self.assertIsInstance(error, linkgate.Denied)
+                self.assertEqual(error.reason, "wrong_proof")
+                self.assertEqual(error.key_id, "alice")
+                self.assertEqual(str(error), "denied: wrong proof for key id alice")
 
     def test_unknown_id_denied_the_same_way(self):
         join = self.serve()
         with self.assertRaises(linkgate.Denied) as client_side:
-            linkgate.authenticate(self.client, "zed", KEY)
-        self.assertEqual(str(client_side.exception), "denied by server")
+            linkgate.authenticate(self.client, "zed", KEY, mode="plain")
+        self.assertEqual(str(client_side.exception), "denied by the server")
         _, error = join()
-        self.assertEqual(error.reason, "unknown key id zed")
+        self.assertEqual(error.reason, "unknown_key_id")
+        self.assertEqual(str(error), "denied: unknown key id zed")
 
-    def test_malformed_response(self):
-        join = self.serve()
-        challenge = self.client.recv(40)
-        self.assertEqual(challenge[:8], linkgate.MAGIC)
-        self.client.sendall(b"\x00\x00" + bytes(64))
-        self.assertEqual(self.client.recv(10), b"\x02")
-        _, error = join()
-        self.assertIsInstance(error, linkgate.Malformed)
-        self.assertIn("length 0", str(error))
+    def test_malformed_responses(self):
+        cases = [
+            (b"\x00\x00" + bytes(64), "key id length 0 is outside 1..=64"),
+            (b"\x00\x41" + bytes(200), "key id length 65 is outside 1..=64"),
+            (b"\x03\x05", "reserved mode 0x03"),
+            (b"\x00\x05al ce" + bytes(64), "key id has a forbidden character"),
+        ]
+        for response, reason in cases:
+            with self.subTest(reason):
+                self.setUp()
+                join = self.serve()
+                challenge = self.client.recv(40)
+                self.assertEqual(challenge[:8], linkgate.MAGIC)
+                self.client.sendall(response)
+                self.assertEqual(self.client.recv(10), b"\x02")
+                _, error = join()
+                self.assertIsInstance(error, linkgate.Malformed)
+                self.assertEqual(str(error), f"malformed response: {reason}")
 
-    def test_silent_client_times_out(self):
-        join = self.serve(timeout=0.2)
+    def test_policy_refusals_send_malformed(self):
+        cases = [("plain", {"allow_plain": False}, "plain mode is not allowed"),
+                 ("sealed", {"require_forward_secrecy": True}, "forward secrecy is required")]
+        for mode, policy, why in cases:
+            if not linkgate.sealed_modes_available():
+                continue  # a server that refuses plain mode needs the sealed modes
+            with self.subTest(mode=mode):
+                self.setUp()
+                join = self.serve(**policy)
+                with self.assertRaises(linkgate.RefusedAsMalformed) as caught:
+                    linkgate.authenticate(self.client, "alice", KEY, mode=mode)
+                self.assertEqual(caught.exception.mode, mode)
+                self.assertIn(f"it may not allow mode {mode}", str(caught.exception))
+                _, error = join()
+                self.assertIsInstance(error, linkgate.ModeNotAllowed)
+                self.assertEqual(error.reason, "mode_not_allowed")
+                self.assertIn(f"mode {mode} refused by policy: {why}", str(error))
+
+    def test_silent_client_times_out_and_the_message_shows_the_setting(self):
+        join = self.serve(timeout=0.3)
         self.client.recv(40)
         _, error = join()
         self.assertIsInstance(error, linkgate.HandshakeTimeout)
+        self.assertIsInstance(error, TimeoutError)
+        self.assertEqual(str(error),
+                         "handshake timed out after 300ms waiting for the client's response")
+        self.assertEqual(error.after, 0.3)
+
+    def test_client_timeouts_show_the_setting(self):
+        with self.assertRaises(linkgate.HandshakeTimeout) as caught:
+            linkgate.authenticate(self.client, "alice", KEY, mode="plain", timeout=0.25)
+        self.assertTrue(str(caught.exception).startswith(
+            "timed out after 250ms: the server sent nothing"), str(caught.exception))
+        self.setUp()
+        self.server.sendall(linkgate.MAGIC + os.urandom(32))
+        with self.assertRaises(linkgate.HandshakeTimeout) as caught:
+            linkgate.authenticate(self.client, "alice", KEY, mode="plain", timeout=1.5)
+        self.assertEqual(str(caught.exception),
+                         "handshake timed out after 1.500s waiting for the server's verdict")
+        self.assertIsNone(self.client.gettimeout(), "the socket's own timeout is restored")
 
     def test_impostor_server(self):
-        def impostor():
+        for mode in modes():
+            with self.subTest(mode=mode):
+                self.setUp()
+
+                def impostor(mode=mode):
+                    self.server.sendall(linkgate.MAGIC + os.urandom(32))
+                    self.server.recv(200)
+                    share = os.urandom(32) if mode == "sealed-fs" else b""
+                    self.server.sendall(b"\x00" + share + os.urandom(32))
+
+                join = run_in_thread(impostor)
+                with self.assertRaises(linkgate.ImpostorServer):
+                    linkgate.authenticate(self.client, "alice", KEY, mode=mode)
+                join()
+
+    def test_an_admission_cut_short_is_an_impostor(self):
+        def cut():
             self.server.sendall(linkgate.MAGIC + os.urandom(32))
             self.server.recv(200)
-            self.server.sendall(b"\x00" + os.urandom(32))
+            self.server.sendall(b"\x00" + os.urandom(10))
+            self.server.shutdown(socket.SHUT_WR)
 
-        join = run_in_thread(impostor)
+        join = run_in_thread(cut)
         with self.assertRaises(linkgate.ImpostorServer):
-            linkgate.authenticate(self.client, "alice", KEY)
+            linkgate.authenticate(self.client, "alice", KEY, mode="plain")
+        join()
+
+    def test_unknown_verdict_byte(self):
+        def odd():
+            self.server.sendall(linkgate.MAGIC + os.urandom(32))
+            self.server.recv(200)
+            self.server.sendall(b"\x07")
+
+        join = run_in_thread(odd)
+        with self.assertRaises(linkgate.MalformedVerdict) as caught:
+            linkgate.authenticate(self.client, "alice", KEY, mode="plain")
+        self.assertIn("byte 0x07", str(caught.exception))
         join()
 
     def test_not_linkgate(self):
         self.server.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
         with self.assertRaises(linkgate.NotLinkgate) as caught:
-            linkgate.authenticate(self.client, "alice", KEY, timeout=2)
+            linkgate.authenticate(self.client, "alice", KEY, mode="plain", timeout=2)
         self.assertIn("SSH-2.0-OpenSSH_9.2", str(caught.exception))
 
-    def test_client_timeout(self):
-        with self.assertRaises(linkgate.HandshakeTimeout):
-            linkgate.authenticate(self.client, "alice", KEY, timeout=0.2)
+    def test_closed_early_on_both_sides(self):
+        self.server.close()
+        with self.assertRaises(linkgate.ClosedEarly):
+            linkgate.authenticate(self.client, "alice", KEY, mode="plain")
+        self.setUp()
+        join = self.serve()
+        self.client.recv(40)
+        self.client.sendall(b"\x00\x05ali")
+        self.client.shutdown(socket.SHUT_WR)
+        _, error = join()
+        self.assertIsInstance(error, linkgate.ClosedEarly)
+
+    def test_a_reset_during_the_handshake_is_a_linkgate_error(self):
+        join = self.serve()
+        self.client.recv(40)
+        self.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.client.close()
+        _, error = join()
+        self.assertIsInstance(error, (linkgate.PeerReset, linkgate.ClosedEarly))
+        if isinstance(error, linkgate.PeerReset):
+            self.assertIsInstance(error, ConnectionResetError)
+            self.assertIsInstance(error.__cause__, OSError)
+
+        # Client side: the server resets after the challenge.
+        self.setUp()
+
+        def resetter():
+            self.server.sendall(linkgate.MAGIC + os.urandom(32))
+            self.server.recv(200)
+            self.server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.server.close()
+
+        join = run_in_thread(resetter)
+        with self.assertRaises(linkgate.LinkgateError) as caught:
+            linkgate.authenticate(self.client, "alice", KEY, mode="plain")
+        self.assertIsInstance(caught.exception, (linkgate.PeerReset, linkgate.ClosedEarly))
+        if isinstance(caught.exception, linkgate.PeerReset):
+            self.assertIsInstance(caught.exception.__cause__, ConnectionResetError)
+            self.assertEqual(caught.exception.reason, "peer_reset")
+        join()
+
+    @requires_sealed
+    def test_a_client_share_giving_an_all_zero_secret_is_refused(self):
+        join = self.serve()
+        server_nonce = self.client.recv(40)[8:]
+        client_nonce = os.urandom(32)
+        zero_share = bytes(32)
+        self.client.sendall(linkgate.encode_response(KEY, "alice", server_nonce, client_nonce,
+                                                     "sealed-fs", zero_share))
+        self.assertEqual(self.client.recv(10), b"\x02")
+        _, error = join()
+        self.assertIsInstance(error, linkgate.KeyExchangeFailed)
+        self.assertIn("the client's public key is invalid", str(error))
 
     def test_bad_arguments(self):
-        with self.assertRaises(ValueError):
+        with self.assertRaises(linkgate.InvalidArgument):
             linkgate.authenticate(self.client, "al ice", KEY)
         with self.assertRaises(ValueError):
             linkgate.authenticate(self.client, "alice", b"short")
+        with self.assertRaises(linkgate.InvalidArgument) as caught:
+            linkgate.authenticate(self.client, "alice", KEY, mode="tls")
+        self.assertIn("unknown mode 'tls'", str(caught.exception))
+        with self.assertRaises(linkgate.InvalidArgument):
+            linkgate.authenticate(self.client, "alice")
+
+    def test_a_key_object_alone_is_enough(self):
+        join = self.serve()
+        stream = linkgate.authenticate(self.client, linkgate.Key("alice", KEY), mode=modes()[-1])
+        (_, key_id), error = join()
+        self.assertIsNone(error)
+        self.assertEqual(key_id, "alice")
+        self.assertEqual(getattr(stream, "mode", "plain"), modes()[-1])
+
+    def test_without_cryptography_sealed_modes_say_how_to_get_them(self):
+        from linkgate import _crypto
+        saved = (_crypto._loaded, _crypto._import_error)
+        _crypto._loaded, _crypto._import_error = None, ImportError("No module named 'x'")
+        try:
+            for call in (lambda: linkgate.authenticate(self.client, "alice", KEY),
+                         lambda: linkgate.connect(("127.0.0.1", 9), "alice", KEY),
+                         lambda: linkgate.admit(self.server, {"alice": KEY})):
+                with self.assertRaises(linkgate.CryptographyMissing) as caught:
+                    call()
+                self.assertIn('pip install "linkgate[sealed]"', str(caught.exception))
+                self.assertTrue('mode="plain"' in str(caught.exception)
+                                or "allow_plain=True" in str(caught.exception))
+                self.assertIsInstance(caught.exception, ImportError)
+                self.assertIsInstance(caught.exception.__cause__, ImportError)
+            # Plain mode still works, and a server that allows plain refuses the sealed modes
+            # by policy.
+            join = self.serve()
+            stream = linkgate.authenticate(self.client, "alice", KEY, mode="plain")
+            self.assertIs(stream, self.client)
+            self.assertIsNone(join()[1])
+        finally:
+            _crypto._loaded, _crypto._import_error = saved
+
+    def test_proofs_are_compared_in_constant_time_and_cover_the_mode(self):
+        sn, cn = os.urandom(32), os.urandom(32)
+        proofs = {mode: protocol.client_proof(KEY, sn, cn, "alice", mode)
+                  for mode in linkgate.MODES}
+        self.assertEqual(len(set(proofs.values())), 3, "each mode has its own proof")
+        self.assertTrue(hmac.compare_digest(proofs["plain"],
+                                            linkgate.client_proof(KEY, sn, cn, "alice")))
 
 
 class Seed(unittest.TestCase):
     def setUp(self):
-        self.client, self.server = socket.socketpair()
+        self.client, self.server = tcp_pair()
         self.addCleanup(self.client.close)
         self.addCleanup(self.server.close)
 
@@ -210,9 +328,24 @@ class Seed(unittest.TestCase):
         linkgate.seed_authenticate(self.client, b"secret")
         self.assertEqual(join(), (True, None))
 
-        join = run_in_thread(linkgate.seed_admit, self.server, b"secret")
+        join = run_in_thread(linkgate.seed_admit, self.server, linkgate.Key("recipe", b"secret"))
         linkgate.seed_authenticate(self.client, b"guess")
         self.assertEqual(join(), (False, None))
+
+    def test_the_answer_is_the_recipe_hmac(self):
+        nonce = os.urandom(32)
+        self.assertEqual(linkgate.seed_answer(b"secret", nonce),
+                         hmac.new(b"secret", nonce, "sha256").digest())
+
+    def test_timeouts_and_early_ends(self):
+        join = run_in_thread(linkgate.seed_admit, self.server, b"secret", 0.2)
+        self.client.recv(32)
+        _, error = join()
+        self.assertIsInstance(error, linkgate.HandshakeTimeout)
+        self.assertIn("after 200ms", str(error))
+        self.server.close()
+        with self.assertRaises(linkgate.LinkgateError):
+            linkgate.seed_authenticate(self.client, b"secret")
 
 
 if __name__ == "__main__":
