@@ -82,9 +82,36 @@ pub(crate) struct ServeArgs {
     #[arg(long, alias = "max-handshakes-per-ip", value_name = "N", default_value_t = 64, value_parser = at_least_one)]
     pub(crate) max_handshakes_per_source: usize,
     #[command(flatten)]
+    pub(crate) balancer: BalancerArgs,
+    #[command(flatten)]
     pub(crate) service: ServiceArgs,
     #[command(flatten)]
     pub(crate) testing: TestingArgs,
+}
+
+/// Working behind and in front of load balancers (the PROXY protocol).
+#[derive(Debug, Args)]
+pub(crate) struct BalancerArgs {
+    /// Load balancers that send a PROXY protocol header (v1 or v2) first, as CIDR[,CIDR...].
+    /// Connections from them must send one and are known by the client it names; any other
+    /// connection must not send one. Example: --accept-proxy-from 10.0.0.0/8,127.0.0.1/32
+    #[arg(long, value_name = "CIDRS", value_delimiter = ',', value_parser = cidr)]
+    pub(crate) accept_proxy_from: Vec<linkgate::IpNet>,
+    /// Send a PROXY protocol header to the upstream before any byte: the real client as source,
+    /// the gate's address as destination; v2 also carries the key id (TLV 0xE0) and the
+    /// connection id (UNIQUE_ID). The upstream must accept PROXY headers from the gate only.
+    #[arg(long, value_name = "VERSION")]
+    pub(crate) send_proxy: Option<linkgate::proxy_protocol::Version>,
+    /// Also put the key id where older upstreams look (haproxy before 2.9 reads only
+    /// fc_pp_authority): --send-proxy-key-id-as authority.
+    #[arg(long, value_name = "TLV", requires = "send_proxy", value_parser = ["authority"])]
+    pub(crate) send_proxy_key_id_as: Option<String>,
+}
+
+fn cidr(text: &str) -> Result<linkgate::IpNet, String> {
+    text.parse::<linkgate::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(linkgate::IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address or network (e.g. 10.0.0.0/8, 127.0.0.1)"))
 }
 
 /// Options shared by the two long-running sides.

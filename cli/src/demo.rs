@@ -32,6 +32,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     let serve = Arc::new(ServeContext {
         upstream: Upstream::Echo,
         connect_timeout: Duration::from_secs(5),
+        send_proxy: None,
     });
     tokio::spawn(linkgate::serve_with(gate_listener, move |admitted| {
         proxy::serve_one(admitted, Arc::clone(&serve))

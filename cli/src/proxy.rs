@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use linkgate::proxy_protocol::{self, Tlvs, Version};
 use linkgate::{Admission, Admitted, Credentials};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -18,6 +19,8 @@ use crate::upstream::Upstream;
 pub(crate) struct ServeContext {
     pub(crate) upstream: Upstream,
     pub(crate) connect_timeout: Duration,
+    /// Send a PROXY protocol header upstream, and whether the key id also goes in AUTHORITY.
+    pub(crate) send_proxy: Option<(Version, bool)>,
 }
 
 /// Bytes each way through one connection, from the client's point of view.
@@ -35,12 +38,12 @@ struct Bytes {
 pub(crate) async fn serve_one(admitted: Admitted<TcpStream>, context: Arc<ServeContext>) {
     let who = admitted.admission().clone();
     let peer = peer_text(&who);
-    tracing::info!(conn = %who.connection_id(), peer = %peer, key_id = %who.key_id(),
+    tracing::info!(conn = %who.connection_id(), peer = %peer, via = via_field(&who), key_id = %who.key_id(),
         mode = %who.mode(), "admitted");
     let started = Instant::now();
     let result = match &context.upstream {
         Upstream::Echo => echo(admitted).await,
-        Upstream::Tcp(addr) => match Upstream::connect(addr, context.connect_timeout).await {
+        Upstream::Tcp(addr) => match connect_upstream(addr, &context, &admitted).await {
             Ok(mut server) => {
                 let (mut client, _, sealed) = admitted.into_parts();
                 let result = match sealed {
@@ -65,7 +68,7 @@ pub(crate) async fn serve_one(admitted: Admitted<TcpStream>, context: Arc<ServeC
                 result
             }
             Err(err) => {
-                tracing::warn!(conn = %who.connection_id(), peer = %peer, key_id = %who.key_id(),
+                tracing::warn!(conn = %who.connection_id(), peer = %peer, via = via_field(&who), key_id = %who.key_id(),
                     upstream = %addr, error = %err,
                     "upstream unreachable: resetting the admitted connection");
                 forward::reset(&[admitted.get_ref()]);
@@ -88,25 +91,48 @@ async fn echo(admitted: Admitted<TcpStream>) -> io::Result<Bytes> {
     })
 }
 
-fn peer_text(who: &Admission) -> String {
-    let peer = who
-        .peer()
-        .map_or_else(|| "-".to_owned(), ToString::to_string);
-    match who.via() {
-        Some(via) => format!("{peer} via={via}"),
-        None => peer,
+/// Connects to the upstream and, if asked, sends it the PROXY protocol header first.
+async fn connect_upstream(
+    addr: &str,
+    context: &ServeContext,
+    admitted: &Admitted<TcpStream>,
+) -> io::Result<TcpStream> {
+    let mut server = Upstream::connect(addr, context.connect_timeout).await?;
+    if let Some((version, key_id_as_authority)) = context.send_proxy {
+        let who = admitted.admission();
+        let source = who.peer().and_then(linkgate::Peer::ip_addr);
+        let gate = admitted.get_ref().local_addr()?;
+        let id = who.connection_id().to_string();
+        let tlvs = Tlvs::new(who.key_id().as_str(), &id, key_id_as_authority);
+        let header = proxy_protocol::encode(version, source.map(|source| (source, gate)), &[tlvs])
+            .map_err(io::Error::other)?;
+        server.write_all(&header).await?;
     }
+    Ok(server)
+}
+
+/// The client for logs: the real one (behind a balancer, the one its header named).
+fn peer_text(who: &Admission) -> String {
+    who.peer()
+        .map_or_else(|| "-".to_owned(), ToString::to_string)
+}
+
+/// The balancer a connection came through, as an optional log field.
+fn via_field(who: &Admission) -> Option<tracing::field::DisplayValue<&linkgate::Peer>> {
+    who.via().map(tracing::field::display)
 }
 
 fn log_close(who: &Admission, peer: &str, started: Instant, result: io::Result<Bytes>) {
     let duration_ms = started.elapsed().as_millis() as u64;
     let conn = who.connection_id();
     match result {
-        Ok(bytes) => tracing::info!(%conn, %peer, key_id = %who.key_id(), bytes_in = bytes.inbound,
-            bytes_out = bytes.outbound, duration_ms, "closed"),
+        Ok(bytes) => {
+            tracing::info!(%conn, %peer, via = via_field(who), key_id = %who.key_id(), bytes_in = bytes.inbound,
+            bytes_out = bytes.outbound, duration_ms, "closed")
+        }
         Err(err) => {
             let reason = reason_of(&err);
-            tracing::info!(%conn, %peer, key_id = %who.key_id(), duration_ms, %reason, error = %err,
+            tracing::info!(%conn, %peer, via = via_field(who), key_id = %who.key_id(), duration_ms, %reason, error = %err,
                 "closed after an error (both sides reset)");
         }
     }

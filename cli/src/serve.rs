@@ -53,7 +53,8 @@ pub(crate) async fn run(args: ServeArgs) -> Result<()> {
     }
     let listener_config = ListenerConfig::new()
         .with_max_handshakes(args.max_handshakes)
-        .with_max_handshakes_per_source(args.max_handshakes_per_source);
+        .with_max_handshakes_per_source(args.max_handshakes_per_source)
+        .with_proxy_protocol_from(args.balancer.accept_proxy_from.iter().copied());
     let listener = GatedListener::with_config(listener, gate, listener_config);
     let upstream = args.upstream.unwrap_or(Upstream::Echo);
     tracing::info!(
@@ -63,9 +64,14 @@ pub(crate) async fn run(args: ServeArgs) -> Result<()> {
         modes = %modes_text(&args.protocol, args.allow_plain, args.require_forward_secrecy),
         "linkgate serve: listening"
     );
+    let send_proxy = args
+        .balancer
+        .send_proxy
+        .map(|version| (version, args.balancer.send_proxy_key_id_as.is_some()));
     let context = Arc::new(ServeContext {
         upstream,
         connect_timeout: UPSTREAM_CONNECT_TIMEOUT,
+        send_proxy,
     });
     let drained = linkgate::serve_until(
         listener,

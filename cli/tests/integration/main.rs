@@ -3,6 +3,7 @@
 
 mod support;
 
+mod balancer;
 mod cli;
 mod python;
 mod sealed;
