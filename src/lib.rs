@@ -82,6 +82,7 @@ pub mod proxy_protocol;
 pub mod record;
 mod sealed;
 mod serve;
+pub mod telemetry;
 
 pub use admitted::{Admission, Admitted, ConnectionId, Peer, SealedParts, UnixPeer};
 pub use client::{Credentials, authenticate, connect};

@@ -6,6 +6,7 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use crate::error::{Error, Refusal, Timeout, Waiting};
 use crate::gate::Gate;
 use crate::net::Listen;
 use crate::proxy_protocol::{self, Received};
+use crate::telemetry::{Bound, Event, HandshakeTimer, Outcome, Sink, Telemetry};
 
 pub use bounds::SourcePrefix;
 use bounds::{Bounds, HandshakeSlot};
@@ -42,6 +44,7 @@ pub struct ListenerConfig {
     max_handshakes_per_source: usize,
     source_prefix: SourcePrefix,
     proxy_protocol_from: Vec<IpNet>,
+    telemetry: Sink,
 }
 
 impl Default for ListenerConfig {
@@ -51,6 +54,7 @@ impl Default for ListenerConfig {
             max_handshakes_per_source: 64,
             source_prefix: SourcePrefix::default(),
             proxy_protocol_from: Vec::new(),
+            telemetry: Sink::default(),
         }
     }
 }
@@ -118,6 +122,13 @@ impl ListenerConfig {
     /// The networks trusted to send PROXY protocol headers.
     pub fn proxy_protocol_from(&self) -> &[IpNet] {
         &self.proxy_protocol_from
+    }
+
+    /// Reports every connection's way in (accepted, refused by a bound, each handshake's
+    /// outcome and duration) to `telemetry`; see [`crate::telemetry`].
+    pub fn with_telemetry(mut self, telemetry: Arc<dyn Telemetry>) -> Self {
+        self.telemetry = Sink::new(telemetry);
+        self
     }
 
     fn trusts_proxy_header_from(&self, peer: &Peer) -> bool {
@@ -300,27 +311,35 @@ impl<L: Listen> GatedListener<L> {
 
     fn start_handshake(&mut self, stream: L::Io, addr: L::Addr, peer: Peer) {
         let id = ConnectionId::next();
+        let telemetry = &self.config.telemetry;
+        telemetry.event(&Event::Accepted);
         // A trusted balancer's connection counts globally now and per source once its header
         // names the real client; any other connection counts for its own source at once.
         let from_balancer = self.config.trusts_proxy_header_from(&peer);
         let slot = if from_balancer {
-            HandshakeSlot::take_global(&self.bounds)
+            HandshakeSlot::take_global(&self.bounds).ok_or(Bound::Global)
         } else {
             HandshakeSlot::take(&self.bounds, &peer)
         };
-        let Some(slot) = slot else {
-            tracing::warn!(conn = %id, %peer, "connection refused: too many handshakes in progress");
-            // Dropping the stream closes it at once.
-            return;
+        let slot = match slot {
+            Ok(slot) => slot,
+            Err(bound) => {
+                tracing::warn!(conn = %id, %peer, "connection refused: too many handshakes in progress");
+                telemetry.event(&Event::Refused(bound));
+                // Dropping the stream closes it at once.
+                return;
+            }
         };
         let gate = self.gate.clone();
+        let timer = telemetry.handshake();
+        let telemetry = telemetry.clone();
         self.handshakes.spawn(async move {
             let who = Who {
                 id,
                 peer,
                 from_balancer,
             };
-            let admitted = handshake(gate, stream, who, slot).await?;
+            let admitted = handshake(gate, stream, who, slot, timer, telemetry).await?;
             Some((admitted, addr))
         });
     }
@@ -341,6 +360,8 @@ async fn handshake<IO>(
     mut stream: IO,
     who: Who,
     mut slot: HandshakeSlot,
+    timer: HandshakeTimer,
+    telemetry: Sink,
 ) -> Option<Admitted<IO>>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -361,22 +382,27 @@ where
             Ok(Ok(Received::Local)) => {
                 tracing::debug!(conn = %id, via = %socket_peer,
                     "PROXY protocol LOCAL header (a balancer's health check): closed");
+                timer.finish(Outcome::HealthCheck, None);
                 return None;
             }
             Ok(Err(problem)) => {
                 let reason = Error::from(Refusal::ProxyHeader(problem.to_string()));
                 tracing::info!(conn = %id, via = %socket_peer, %reason, "connection rejected");
+                timer.finish(Outcome::of(&reason), None);
                 return None;
             }
             Err(_) => {
                 let reason = Error::from(Timeout::new(timeout, Waiting::ProxyHeader));
                 tracing::info!(conn = %id, via = %socket_peer, %reason, "connection rejected");
+                timer.finish(Outcome::of(&reason), None);
                 return None;
             }
         };
         if !slot.add_source(&client) {
             tracing::warn!(conn = %id, peer = %client, via = %socket_peer,
                 "connection refused: too many handshakes in progress");
+            drop(timer);
+            telemetry.event(&Event::Refused(Bound::PerSource));
             return None;
         }
         (client, Some(socket_peer))
@@ -391,10 +417,15 @@ where
                 mode = %admitted.mode(), "handshake admitted");
             let admission = admitted.admission_mut();
             *admission = admission.clone().with_peers(Some(peer), via);
+            timer.finish(
+                Outcome::Admitted,
+                Some((admitted.key_id(), admitted.mode())),
+            );
             Some(admitted)
         }
         Err(reason) => {
             tracing::info!(conn = %id, %peer, via = via_field, %reason, "connection rejected");
+            timer.finish(Outcome::of(&reason), None);
             None
         }
     }

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::admitted::Peer;
+use crate::telemetry::Bound;
 
 use super::ListenerConfig;
 
@@ -156,10 +157,14 @@ pub(crate) struct HandshakeSlot {
 }
 
 impl HandshakeSlot {
-    /// A slot counted globally and for `peer`'s source, if both have room.
-    pub(crate) fn take(bounds: &Bounds, peer: &Peer) -> Option<Self> {
-        let mut slot = Self::take_global(bounds)?;
-        slot.add_source(peer).then_some(slot)
+    /// A slot counted globally and for `peer`'s source, or the bound that is full.
+    pub(crate) fn take(bounds: &Bounds, peer: &Peer) -> Result<Self, Bound> {
+        let mut slot = Self::take_global(bounds).ok_or(Bound::Global)?;
+        if slot.add_source(peer) {
+            Ok(slot)
+        } else {
+            Err(Bound::PerSource)
+        }
     }
 
     /// A slot counted globally only, if there is room.
@@ -264,14 +269,17 @@ mod tests {
         let a = peer("10.0.0.1:1");
         let first = HandshakeSlot::take(&bounds, &a).unwrap();
         let _second = HandshakeSlot::take(&bounds, &a).unwrap();
-        assert!(HandshakeSlot::take(&bounds, &a).is_none(), "per source");
+        assert_eq!(
+            HandshakeSlot::take(&bounds, &a).err(),
+            Some(Bound::PerSource)
+        );
         let _third = HandshakeSlot::take(&bounds, &peer("10.0.0.2:1")).unwrap();
-        assert!(
-            HandshakeSlot::take(&bounds, &peer("10.0.0.3:1")).is_none(),
-            "global"
+        assert_eq!(
+            HandshakeSlot::take(&bounds, &peer("10.0.0.3:1")).err(),
+            Some(Bound::Global)
         );
         drop(first);
         assert_eq!(bounds.in_progress(), 2);
-        assert!(HandshakeSlot::take(&bounds, &a).is_some());
+        assert!(HandshakeSlot::take(&bounds, &a).is_ok());
     }
 }

@@ -11,6 +11,7 @@ mod listener;
 mod proptest;
 mod proxy;
 mod sealed;
+mod telemetry;
 #[cfg(feature = "tonic")]
 mod tonic;
 mod unix;
