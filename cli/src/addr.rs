@@ -1,19 +1,39 @@
 //! Listen addresses as operators write them.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
-/// Where to listen: `HOST:PORT`, or `:PORT` for every IPv4 interface.
+/// Where to listen: `HOST:PORT`, `:PORT` (every IPv4 interface), `unix:/path` (a Unix domain
+/// socket), or `systemd:NAME` (a socket systemd passed, by its FileDescriptorName).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ListenAddr {
     /// A TCP address to bind, as `HOST:PORT` (resolved when bound).
     Tcp(String),
+    /// A Unix domain socket path.
+    Unix(PathBuf),
+    /// A socket-activated listener from systemd.
+    Systemd(String),
 }
 
 impl FromStr for ListenAddr {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a socket path, e.g. unix:/run/linkgate.sock".into());
+            }
+            return Ok(Self::Unix(path.into()));
+        }
+        if let Some(name) = text.strip_prefix("systemd:") {
+            if name.is_empty() || name.contains(':') {
+                return Err(format!(
+                    "{text:?}: systemd: needs the socket's FileDescriptorName, e.g. systemd:gate"
+                ));
+            }
+            return Ok(Self::Systemd(name.into()));
+        }
         if let Some(port) = text.strip_prefix(':') {
             return parse_port(port, text).map(|port| Self::Tcp(format!("0.0.0.0:{port}")));
         }
@@ -28,7 +48,7 @@ impl FromStr for ListenAddr {
                 Ok(Self::Tcp(text.to_owned()))
             }
             _ => Err(format!(
-                "{text:?} is not HOST:PORT (e.g. 127.0.0.1:7700, or :7700 for every interface)"
+                "{text:?} is not HOST:PORT (e.g. 127.0.0.1:7700, :7700 for every interface, unix:/run/x.sock or systemd:NAME)"
             )),
         }
     }
@@ -43,13 +63,23 @@ impl fmt::Display for ListenAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Tcp(addr) => f.write_str(addr),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+            Self::Systemd(name) => write!(f, "systemd:{name}"),
         }
     }
 }
 
+/// A Unix socket file mode, written in octal (`0660`).
+pub(crate) fn socket_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|mode| *mode <= 0o777)
+        .ok_or_else(|| format!("{text:?} is not a file mode in octal (e.g. 0660)"))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::ListenAddr;
+    use super::{ListenAddr, socket_mode};
 
     #[test]
     fn ports_alone_are_explained_and_colon_port_is_every_interface() {
@@ -68,5 +98,21 @@ mod tests {
             "[::1]:80".parse::<ListenAddr>(),
             Ok(ListenAddr::Tcp("[::1]:80".into()))
         );
+    }
+
+    #[test]
+    fn unix_and_systemd_addresses() {
+        assert_eq!(
+            "unix:/run/g.sock".parse::<ListenAddr>(),
+            Ok(ListenAddr::Unix("/run/g.sock".into()))
+        );
+        assert_eq!(
+            "systemd:gate".parse::<ListenAddr>(),
+            Ok(ListenAddr::Systemd("gate".into()))
+        );
+        assert!("unix:".parse::<ListenAddr>().is_err());
+        assert!("systemd:".parse::<ListenAddr>().is_err());
+        assert_eq!(socket_mode("0660"), Ok(0o660));
+        assert!(socket_mode("0999").is_err());
     }
 }

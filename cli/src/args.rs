@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use linkgate::{Mode, Protocol};
 
 use crate::addr::ListenAddr;
-use crate::upstream::Upstream;
+use crate::service::ServiceOptions;
 
 /// An authenticated connection gate and secure pipe: only clients that prove a shared key get
 /// through, and every byte after that is sealed.
@@ -38,80 +38,85 @@ pub(crate) enum Command {
     Keygen(KeygenArgs),
     /// A self-contained run on loopback: one client admitted, impostors refused.
     Demo(DemoArgs),
+    /// Check a config file (TOML, several services) without starting: keys, addresses, options.
+    CheckConfig(CheckConfigArgs),
 }
 
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Example: guard a Redis server; only holders of a key in /etc/linkgate/keys get in
-  linkgate serve --listen 0.0.0.0:7700 --upstream 127.0.0.1:6379 --keys /etc/linkgate/keys
+#[command(after_help = "Examples:
+  guard a Redis server; only holders of a key in /etc/linkgate/keys get in:
+    linkgate serve --listen 0.0.0.0:7700 --upstream 127.0.0.1:6379 --keys /etc/linkgate/keys
+  behind haproxy (send-proxy-v2), telling the upstream who connected:
+    linkgate serve --listen :7700 --accept-proxy-from 10.0.0.0/8 --send-proxy v2 \\
+      --upstream 127.0.0.1:8080 --keys /etc/linkgate/keys
+  Unix sockets, metrics, reload on key changes:
+    linkgate serve --listen unix:/run/gate.sock --socket-mode 0660 \\
+      --upstream unix:/run/redis/redis.sock --keys keys/ --metrics 127.0.0.1:9100 --watch-keys
+  several services in one process:
+    linkgate serve --config /etc/linkgate/linkgate.toml
 
+SIGHUP reloads the keys (never stops the process); SIGINT/SIGTERM drain, a second one stops.
 With neither --upstream nor --keys, serves the built-in echo service on 127.0.0.1:7700 with the
-keys in keys/, creating keys/default.key if there is none and printing the client's commands."
-)]
+keys in keys/, creating keys/default.key if there is none and printing the client's commands.")]
 pub(crate) struct ServeArgs {
-    /// Address to listen on: HOST:PORT, or :PORT for every interface.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7700")]
-    pub(crate) listen: ListenAddr,
-    /// Server to forward admitted connections to (HOST:PORT); without it, an echo service.
-    #[arg(long, value_name = "ADDR", value_parser = Upstream::parse)]
-    pub(crate) upstream: Option<Upstream>,
-    /// A key file, or a directory of *.key files (each file's stem is its key id).
-    /// Required with --upstream; without either, keys/ (a first key is created for the demo echo).
-    #[arg(long, value_name = "PATH")]
-    pub(crate) keys: Option<PathBuf>,
+    /// Several services from a TOML file instead of the service flags (see README,
+    /// "Operating linkgate"). Example: --config /etc/linkgate/linkgate.toml
+    #[arg(long, value_name = "FILE", conflicts_with_all = SERVICE_FLAGS)]
+    pub(crate) config: Option<PathBuf>,
     #[command(flatten)]
-    pub(crate) key_files: KeyFileArgs,
-    /// Admit clients that ask for plain mode (no sealing after admission): only for trusted
-    /// paths such as loopback or a VPN.
-    #[arg(long)]
-    pub(crate) allow_plain: bool,
-    /// Refuse sealed mode without forward secrecy; only sealed-fs (and plain, if allowed) get in.
-    #[arg(long)]
-    pub(crate) require_forward_secrecy: bool,
-    /// Handshake: linkgate1, or seed (the original recipe's scheme, for its existing clients:
-    /// no key ids, no server authentication, no sealing; short keys accepted with a warning).
-    #[arg(long, value_name = "PROTOCOL", default_value = "linkgate1")]
-    pub(crate) protocol: Protocol,
-    /// How long a client has to complete the handshake.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
-    pub(crate) handshake_timeout: Duration,
-    /// Handshakes in progress at once; past it new connections are closed at once.
-    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = at_least_one)]
-    pub(crate) max_handshakes: usize,
-    /// Handshakes in progress at once from one source (an IPv4 address, an IPv6 /64).
-    #[arg(long, alias = "max-handshakes-per-ip", value_name = "N", default_value_t = 64, value_parser = at_least_one)]
-    pub(crate) max_handshakes_per_source: usize,
+    pub(crate) service: ServiceOptions,
     #[command(flatten)]
-    pub(crate) balancer: BalancerArgs,
-    #[command(flatten)]
-    pub(crate) service: ServiceArgs,
-    #[command(flatten)]
-    pub(crate) testing: TestingArgs,
+    pub(crate) operations: OperationsArgs,
 }
 
-/// Working behind and in front of load balancers (the PROXY protocol).
+/// The service flags that a config file replaces.
+const SERVICE_FLAGS: [&str; 21] = [
+    "listen",
+    "socket_mode",
+    "upstream",
+    "keys",
+    "key_env",
+    "key_id",
+    "allow_open_key_permissions",
+    "allow_group_readable_keys",
+    "allow_plain",
+    "require_forward_secrecy",
+    "protocol",
+    "handshake_timeout",
+    "max_handshakes",
+    "max_handshakes_per_source",
+    "source_prefix",
+    "accept_proxy_from",
+    "send_proxy",
+    "send_proxy_key_id_as",
+    "upstream_connect_timeout",
+    "max_connections",
+    "drain_timeout",
+];
+
+/// Process-wide operations options (also settable in the config file).
 #[derive(Debug, Args)]
-pub(crate) struct BalancerArgs {
-    /// Load balancers that send a PROXY protocol header (v1 or v2) first, as CIDR[,CIDR...].
-    /// Connections from them must send one and are known by the client it names; any other
-    /// connection must not send one. Example: --accept-proxy-from 10.0.0.0/8,127.0.0.1/32
-    #[arg(long, value_name = "CIDRS", value_delimiter = ',', value_parser = cidr)]
-    pub(crate) accept_proxy_from: Vec<linkgate::IpNet>,
-    /// Send a PROXY protocol header to the upstream before any byte: the real client as source,
-    /// the gate's address as destination; v2 also carries the key id (TLV 0xE0) and the
-    /// connection id (UNIQUE_ID). The upstream must accept PROXY headers from the gate only.
-    #[arg(long, value_name = "VERSION")]
-    pub(crate) send_proxy: Option<linkgate::proxy_protocol::Version>,
-    /// Also put the key id where older upstreams look (haproxy before 2.9 reads only
-    /// fc_pp_authority): --send-proxy-key-id-as authority.
-    #[arg(long, value_name = "TLV", requires = "send_proxy", value_parser = ["authority"])]
-    pub(crate) send_proxy_key_id_as: Option<String>,
+pub(crate) struct OperationsArgs {
+    /// Serve Prometheus/OpenMetrics metrics at http://ADDR/metrics (off by default).
+    /// Example: --metrics 127.0.0.1:9100
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<String>,
+    /// Reload keys when a key directory (or a key file's directory) changes, as well as on SIGHUP.
+    #[arg(long)]
+    pub(crate) watch_keys: bool,
+    /// When a reload removes or changes a key, close the connections admitted under it (by
+    /// default they stay open).
+    #[arg(long)]
+    pub(crate) drop_revoked: bool,
 }
 
-fn cidr(text: &str) -> Result<linkgate::IpNet, String> {
-    text.parse::<linkgate::IpNet>()
-        .or_else(|_| text.parse::<std::net::IpAddr>().map(linkgate::IpNet::from))
-        .map_err(|_| format!("{text:?} is not an address or network (e.g. 10.0.0.0/8, 127.0.0.1)"))
+#[derive(Debug, Args)]
+#[command(after_help = "Example (as systemd's ExecReload would):
+  linkgate check-config /etc/linkgate/linkgate.toml && kill -HUP $MAINPID")]
+pub(crate) struct CheckConfigArgs {
+    /// The config file.
+    #[arg(value_name = "FILE")]
+    pub(crate) file: PathBuf,
 }
 
 /// Options shared by the two long-running sides.
@@ -152,9 +157,13 @@ pub(crate) struct KeyFileArgs {
   redis-cli -p 6380 ping"
 )]
 pub(crate) struct ConnectArgs {
-    /// Local address to accept plain connections on: HOST:PORT, or :PORT for every interface.
+    /// Local address to accept plain connections on: HOST:PORT, :PORT (every interface),
+    /// unix:/path or systemd:NAME.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7701")]
     pub(crate) listen: ListenAddr,
+    /// File mode of a Unix listening socket, in octal. Example: 0660
+    #[arg(long, value_name = "MODE", value_parser = crate::addr::socket_mode)]
+    pub(crate) socket_mode: Option<u32>,
     #[command(flatten)]
     pub(crate) client: ClientArgs,
     #[command(flatten)]
@@ -169,10 +178,14 @@ pub(crate) struct ClientArgs {
     /// The linkgate server (HOST:PORT).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7700")]
     pub(crate) server: String,
-    /// The key file.
-    #[arg(long, value_name = "PATH", default_value = "keys/default.key")]
-    pub(crate) key: PathBuf,
-    /// Key id to present (default: the key file's stem).
+    /// The key file, or - to read the key from standard input (with --id). Default:
+    /// keys/default.key. SIGHUP reloads it.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) key: Option<PathBuf>,
+    /// Read the key from this environment variable instead (with --id); its value is never shown.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) key_env: Option<String>,
+    /// Key id to present (default: the key file's stem; required with --key - and --key-env).
     #[arg(long, value_name = "NAME")]
     pub(crate) id: Option<String>,
     /// What the connection carries after admission: sealed-fs (sealed, with forward secrecy),

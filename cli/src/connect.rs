@@ -5,28 +5,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
+use arc_swap::ArcSwap;
+use linkgate::ServeOptions;
 use linkgate::record::RecordLimits;
 use linkgate::{Credentials, Error, Protocol, Rejection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
 use crate::args::{CheckArgs, ConnectArgs, LogFormat};
 use crate::keys;
+use crate::listen::{self, Bound, SystemdSockets};
 use crate::proxy::{self, ConnectContext};
-use crate::serve::{bind, serve_options};
-use crate::signals::Shutdown;
+use crate::signals::Signals;
 
-pub(crate) async fn run(args: ConnectArgs) -> Result<()> {
-    let shutdown = Shutdown::install()?;
-    let mut credentials = keys::credentials(&args.client)?;
-    if let Some(records) = args.testing.key_update_after_records {
-        credentials =
-            credentials.with_record_limits(RecordLimits::new().with_key_update_interval(records));
-    }
+pub(crate) async fn run(args: ConnectArgs, systemd_sockets: SystemdSockets) -> Result<()> {
+    let signals = Signals::install()?;
+    let credentials = client_credentials(&args)?;
     keys::warn_if_seed(args.client.protocol);
-    let listener = bind(&args.listen).await?;
+    let bound = listen::bind(&args.listen, args.socket_mode, &systemd_sockets).await?;
     tracing::info!(
-        listen = %listener.local_addr()?,
+        listen = %bound.describe(),
         server = %args.client.server,
         key_id = %credentials.key_id(),
         mode = %credentials.mode(),
@@ -34,17 +32,31 @@ pub(crate) async fn run(args: ConnectArgs) -> Result<()> {
     );
     let context = Arc::new(ConnectContext {
         server: args.client.server.clone(),
-        credentials,
+        credentials: ArcSwap::from_pointee(credentials),
     });
-    let connections = Accepted(TcpListenerStream::new(listener));
-    let drained = linkgate::serve_until(
-        connections,
-        serve_options(&args.service),
-        shutdown.requested(),
-        shutdown.forced(),
-        move |(stream, peer)| proxy::connect_one(stream, peer, Arc::clone(&context)),
-    )
-    .await;
+    let options = crate::serve::serve_options(&args.service);
+    tokio::spawn(reload_key(args, Arc::clone(&context), signals.reloads()));
+    crate::systemd::ready("forwarding");
+    let drained = match bound {
+        Bound::Tcp(listener) => {
+            let accepted = Accepted(TcpListenerStream::new(listener));
+            let context = Arc::clone(&context);
+            serve(accepted, options, &signals, move |(stream, peer)| {
+                proxy::connect_one(stream, peer, Arc::clone(&context))
+            })
+            .await
+        }
+        Bound::Unix(listener, socket_file) => {
+            let accepted = AcceptedUnix(UnixListenerStream::new(listener));
+            let context = Arc::clone(&context);
+            let drained = serve(accepted, options, &signals, move |stream| {
+                proxy::connect_one(stream, "unix".to_owned(), Arc::clone(&context))
+            })
+            .await;
+            drop(socket_file);
+            drained
+        }
+    };
     tracing::info!(
         closed_at_drain = drained.aborted,
         "linkgate connect: stopped"
@@ -52,12 +64,63 @@ pub(crate) async fn run(args: ConnectArgs) -> Result<()> {
     Ok(())
 }
 
-/// Accepted local connections; accept errors are logged and skipped (after a pause when the
-/// error is about the listener, e.g. out of descriptors).
+async fn serve<S, H, Fut>(
+    connections: S,
+    options: ServeOptions,
+    signals: &Signals,
+    handler: H,
+) -> linkgate::Drained
+where
+    S: futures_core::Stream + Unpin,
+    H: Fn(S::Item) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    linkgate::serve_until(
+        connections,
+        options,
+        signals.requested(),
+        signals.forced(),
+        handler,
+    )
+    .await
+}
+
+fn client_credentials(args: &ConnectArgs) -> Result<Credentials> {
+    let mut credentials = keys::credentials(&args.client)?;
+    if let Some(records) = args.testing.key_update_after_records {
+        credentials =
+            credentials.with_record_limits(RecordLimits::new().with_key_update_interval(records));
+    }
+    Ok(credentials)
+}
+
+/// On SIGHUP, reads the key again (a key file; a key from standard input stays as it was).
+async fn reload_key(
+    args: ConnectArgs,
+    context: Arc<ConnectContext>,
+    mut hups: tokio::sync::watch::Receiver<u64>,
+) {
+    while hups.changed().await.is_ok() {
+        if args.client.key.as_deref() == Some(std::path::Path::new("-")) {
+            tracing::info!("SIGHUP: the key came from standard input; nothing to reload");
+            continue;
+        }
+        match client_credentials(&args) {
+            Ok(credentials) => {
+                tracing::info!(key_id = %credentials.key_id(), "SIGHUP: key reloaded");
+                context.credentials.store(Arc::new(credentials));
+            }
+            Err(err) => tracing::warn!(error = %format!("{err:#}"),
+                "SIGHUP: key reload failed: the previous key stays in use"),
+        }
+    }
+}
+
+/// Accepted local TCP connections, with their peer; accept errors are logged and skipped.
 struct Accepted(TcpListenerStream);
 
 impl futures_core::Stream for Accepted {
-    type Item = (tokio::net::TcpStream, std::net::SocketAddr);
+    type Item = (tokio::net::TcpStream, String);
 
     fn poll_next(
         mut self: std::pin::Pin<&mut Self>,
@@ -66,10 +129,37 @@ impl futures_core::Stream for Accepted {
         use std::task::Poll;
         loop {
             match std::pin::Pin::new(&mut self.0).poll_next(cx) {
-                Poll::Ready(Some(Ok(stream))) => match stream.peer_addr() {
-                    Ok(peer) => return Poll::Ready(Some((stream, peer))),
-                    Err(_) => continue,
-                },
+                Poll::Ready(Some(Ok(stream))) => {
+                    let _ = stream.set_nodelay(true);
+                    match stream.peer_addr() {
+                        Ok(peer) => return Poll::Ready(Some((stream, peer.to_string()))),
+                        Err(_) => continue,
+                    }
+                }
+                Poll::Ready(Some(Err(err))) => {
+                    tracing::warn!(error = %err, "accept failed; retrying");
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Accepted local Unix connections; accept errors are logged and skipped.
+struct AcceptedUnix(UnixListenerStream);
+
+impl futures_core::Stream for AcceptedUnix {
+    type Item = tokio::net::UnixStream;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        loop {
+            match std::pin::Pin::new(&mut self.0).poll_next(cx) {
+                Poll::Ready(Some(Ok(stream))) => return Poll::Ready(Some(stream)),
                 Poll::Ready(Some(Err(err))) => {
                     tracing::warn!(error = %err, "accept failed; retrying");
                 }

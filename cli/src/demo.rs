@@ -30,9 +30,12 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         GatedListener::bind("127.0.0.1:0", Gate::with_config(keyring, config)?).await?;
     let gate = gate_listener.local_addr()?;
     let serve = Arc::new(ServeContext {
+        service: "demo".into(),
         upstream: Upstream::Echo,
         connect_timeout: Duration::from_secs(5),
         send_proxy: None,
+        revoked: None,
+        metrics: None,
     });
     tokio::spawn(linkgate::serve_with(gate_listener, move |admitted| {
         proxy::serve_one(admitted, Arc::clone(&serve))
@@ -42,12 +45,12 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     let local_addr = local.local_addr()?;
     let connect = Arc::new(ConnectContext {
         server: gate.to_string(),
-        credentials: Credentials::new(key.clone()),
+        credentials: arc_swap::ArcSwap::from_pointee(Credentials::new(key.clone())),
     });
     let accepted = tokio_stream::StreamExt::filter_map(TcpListenerStream::new(local), |accepted| {
         let stream = accepted.ok()?;
         let peer = stream.peer_addr().ok()?;
-        Some((stream, peer))
+        Some((stream, peer.to_string()))
     });
     tokio::spawn(linkgate::serve_with_shutdown(
         Box::pin(accepted),

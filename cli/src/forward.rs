@@ -6,9 +6,7 @@ pub(crate) mod sealed;
 
 use std::io;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
+use crate::socket::{Socket, shutdown_write, write_all};
 
 /// Bytes moved by [`forward`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -17,14 +15,6 @@ pub(crate) struct Transfer {
     pub(crate) a_to_b: u64,
     /// Bytes read from the second stream and written to the first.
     pub(crate) b_to_a: u64,
-}
-
-/// Resets both connections (RST instead of FIN), so neither peer can take a failed transfer for
-/// a complete one.
-pub(crate) fn reset(streams: &[&TcpStream]) {
-    for stream in streams {
-        let _ = stream.set_zero_linger();
-    }
 }
 
 /// Largest read per system call while data moves through userspace.
@@ -44,10 +34,8 @@ const CHUNK: usize = 64 * 1024;
 ///
 /// Not cancel-safe: dropping the future loses the bytes in flight (up to a pipe's or a buffer's
 /// worth) and leaves the streams in an unknown state, so close both.
-pub(crate) async fn forward(a: &mut TcpStream, b: &mut TcpStream) -> io::Result<Transfer> {
-    let (a_read, a_write) = a.split();
-    let (b_read, b_write) = b.split();
-    let (a_to_b, b_to_a) = tokio::try_join!(pump(a_read, b_write), pump(b_read, a_write))?;
+pub(crate) async fn forward<A: Socket, B: Socket>(a: &A, b: &B) -> io::Result<Transfer> {
+    let (a_to_b, b_to_a) = tokio::try_join!(pump(a, b), pump(b, a))?;
     Ok(Transfer { a_to_b, b_to_a })
 }
 
@@ -59,38 +47,36 @@ enum Burst {
     Ended,
 }
 
-async fn pump(from: ReadHalf<'_>, mut to: WriteHalf<'_>) -> io::Result<u64> {
+async fn pump<F: Socket, T: Socket>(from: &F, to: &T) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
         from.readable().await?;
         // Boxed: the burst's state is allocated only while data moves, so an idle connection's
         // task is sized for waiting, not for copying.
-        let (moved, burst) = Box::pin(copy_burst(&from, &mut to)).await?;
+        let (moved, burst) = Box::pin(copy_burst(from, to)).await?;
         total += moved;
         if let Burst::Ended = burst {
-            to.shutdown().await?;
+            shutdown_write(to)?;
             return Ok(total);
         }
     }
 }
 
 /// Moves what the source has now, through a buffer that lives only for this burst.
-async fn copy_burst(from: &ReadHalf<'_>, to: &mut WriteHalf<'_>) -> io::Result<(u64, Burst)> {
+async fn copy_burst<F: Socket, T: Socket>(from: &F, to: &T) -> io::Result<(u64, Burst)> {
     let mut moved = 0u64;
-    let mut chunk = Vec::with_capacity(CHUNK);
+    let mut buf = pool::Burst::take();
+    let chunk = &mut buf[..CHUNK];
     loop {
-        chunk.clear();
-        match from.try_read_buf(&mut chunk) {
+        match from.try_read(chunk) {
             Ok(0) => return Ok((moved, Burst::Ended)),
             Ok(n) => {
-                to.write_all(&chunk).await?;
+                write_all(to, &chunk[..n]).await?;
                 moved += n as u64;
                 #[cfg(target_os = "linux")]
                 if n == CHUNK {
                     // None: no splicing on this system; go on through the buffer.
-                    if let Some((spliced, burst)) =
-                        splice::burst(from.as_ref(), to.as_ref()).await?
-                    {
+                    if let Some((spliced, burst)) = splice::burst(from, to).await? {
                         return Ok((moved + spliced, burst));
                     }
                 }
@@ -112,9 +98,9 @@ mod splice {
 
     use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice};
     use tokio::io::Interest;
-    use tokio::net::TcpStream;
 
     use super::Burst;
+    use crate::socket::Socket;
 
     /// Pipe capacity asked for; the kernel may give less (fs.pipe-max-size), which only means
     /// more system calls.
@@ -125,9 +111,9 @@ mod splice {
     /// Splices until the source has nothing more for now or ends. The pipe exists only for the
     /// burst and is empty when the burst ends normally. `None` if this system will not splice
     /// (no pipe to be had, or sockets that cannot be spliced): the caller copies instead.
-    pub(super) async fn burst(
-        from: &TcpStream,
-        to: &TcpStream,
+    pub(super) async fn burst<F: Socket, T: Socket>(
+        from: &F,
+        to: &T,
     ) -> io::Result<Option<(u64, Burst)>> {
         let Ok((pipe_out, pipe_in)) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK) else {
             return Ok(None);

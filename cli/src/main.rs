@@ -3,15 +3,22 @@
 
 mod addr;
 mod args;
+mod config;
 mod connect;
 mod demo;
 mod forward;
 mod keygen;
 mod keys;
+mod listen;
 mod logging;
+mod metrics;
 mod proxy;
+mod reload;
 mod serve;
+mod service;
 mod signals;
+mod socket;
+mod systemd;
 mod upstream;
 mod usage;
 
@@ -27,6 +34,8 @@ fn main() -> ExitCode {
         Err(err) => return usage::report(&err),
     };
     let format = cli.log.log_format;
+    // Sockets systemd passed, taken before anything else could open descriptors.
+    let systemd_sockets = listen::SystemdSockets::from_env();
     cli.log.init(matches!(cli.command, Command::Demo(_)));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -42,8 +51,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve::run(*args).await,
-            Command::Connect(args) => connect::run(args).await,
+            Command::Serve(args) => serve::run(*args, systemd_sockets).await,
+            Command::Connect(args) => connect::run(args, systemd_sockets).await,
+            Command::CheckConfig(args) => serve::check_config(&args),
             Command::Check(args) => connect::check(args, format).await,
             Command::Keygen(args) => keygen::run(&args.out, args.force),
             Command::Demo(args) => demo::run(args).await,

@@ -1,26 +1,31 @@
-//! The two halves of the proxy: `serve` (in front of an unmodified server) and `connect` (beside
-//! an unmodified client), one task per connection.
+//! The two halves of the proxy, one connection at a time: `serve` (in front of an unmodified
+//! server) and `connect` (beside an unmodified client).
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use linkgate::proxy_protocol::{self, Tlvs, Version};
-use linkgate::{Admission, Admitted, Credentials};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use linkgate::{Admission, Admitted, Credentials, KeyId, Peer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::broadcast;
 
-use crate::forward::{self, Transfer, sealed};
-use crate::upstream::Upstream;
+use crate::forward::{self, sealed};
+use crate::metrics::ServiceMetrics;
+use crate::socket::{Socket, reset_both, write_all};
+use crate::upstream::{Upstream, UpstreamStream};
 
 /// What `serve` needs for each admitted connection.
-#[derive(Debug)]
 pub(crate) struct ServeContext {
+    pub(crate) service: String,
     pub(crate) upstream: Upstream,
     pub(crate) connect_timeout: Duration,
     /// Send a PROXY protocol header upstream, and whether the key id also goes in AUTHORITY.
     pub(crate) send_proxy: Option<(Version, bool)>,
+    /// Key ids revoked by a reload, when admitted connections under them are to be closed.
+    pub(crate) revoked: Option<broadcast::Sender<Arc<Vec<KeyId>>>>,
+    pub(crate) metrics: Option<ServiceMetrics>,
 }
 
 /// Bytes each way through one connection, from the client's point of view.
@@ -32,56 +37,124 @@ struct Bytes {
     outbound: u64,
 }
 
+/// How a forwarded connection ended.
+enum Ended {
+    Done(io::Result<Bytes>),
+    Revoked,
+}
+
 /// Serves one admitted connection: connects to the upstream (only now, after admission) and
 /// forwards both ways in the admitted mode. If the upstream cannot be reached, the client is
 /// reset, so it sees a failure rather than an empty answer.
-pub(crate) async fn serve_one(admitted: Admitted<TcpStream>, context: Arc<ServeContext>) {
+pub(crate) async fn serve_one<IO>(admitted: Admitted<IO>, context: Arc<ServeContext>)
+where
+    IO: Socket + AsyncRead + AsyncWrite,
+{
     let who = admitted.admission().clone();
-    let peer = peer_text(&who);
-    tracing::info!(conn = %who.connection_id(), peer = %peer, via = via_field(&who), key_id = %who.key_id(),
-        mode = %who.mode(), "admitted");
+    tracing::info!(service = %context.service, conn = %who.connection_id(), peer = %peer_text(&who),
+        via = via_field(&who), key_id = %who.key_id(), mode = %who.mode(), "admitted");
+    // Subscribe before anything else, so a revocation from now on is seen.
+    let mut revocations = context.revoked.as_ref().map(broadcast::Sender::subscribe);
     let started = Instant::now();
-    let result = match &context.upstream {
-        Upstream::Echo => echo(admitted).await,
-        Upstream::Tcp(addr) => match connect_upstream(addr, &context, &admitted).await {
-            Ok(mut server) => {
-                let (mut client, _, sealed) = admitted.into_parts();
-                let result = match sealed {
-                    None => forward::forward(&mut client, &mut server)
-                        .await
-                        .map(|t| Bytes {
-                            inbound: t.a_to_b,
-                            outbound: t.b_to_a,
-                        }),
-                    Some(parts) => {
-                        sealed::forward(&mut client, parts, &mut server)
-                            .await
-                            .map(|t| Bytes {
-                                inbound: t.opened,
-                                outbound: t.sealed,
-                            })
-                    }
-                };
-                if result.is_err() {
-                    forward::reset(&[&client, &server]);
-                }
-                result
+    let upstream = match context.upstream.connect(context.connect_timeout).await {
+        None => None,
+        Some(Ok(stream)) => Some(stream),
+        Some(Err(err)) => {
+            tracing::warn!(service = %context.service, conn = %who.connection_id(), peer = %peer_text(&who),
+                key_id = %who.key_id(), upstream = %context.upstream, error = %err,
+                "upstream unreachable: resetting the admitted connection");
+            admitted.get_ref().set_reset_on_close();
+            if let Some(metrics) = &context.metrics {
+                metrics.upstream_failed();
             }
-            Err(err) => {
-                tracing::warn!(conn = %who.connection_id(), peer = %peer, via = via_field(&who), key_id = %who.key_id(),
-                    upstream = %addr, error = %err,
-                    "upstream unreachable: resetting the admitted connection");
-                forward::reset(&[admitted.get_ref()]);
-                return;
-            }
-        },
+            return;
+        }
     };
-    log_close(&who, &peer, started, result);
+    if let Some(metrics) = &context.metrics {
+        metrics.connection_opened();
+    }
+    let forwarding = async {
+        match upstream {
+            None => echo(admitted).await,
+            Some(UpstreamStream::Tcp(server)) => to_upstream(admitted, server, &context).await,
+            Some(UpstreamStream::Unix(server)) => to_upstream(admitted, server, &context).await,
+        }
+    };
+    let ended = match &mut revocations {
+        None => Ended::Done(forwarding.await),
+        Some(revocations) => {
+            tokio::select! {
+                result = forwarding => Ended::Done(result),
+                () = revoked(revocations, who.key_id()) => Ended::Revoked,
+            }
+        }
+    };
+    log_close(&context, &who, started, ended);
+}
+
+/// Completes when a reload revokes `key_id`.
+async fn revoked(revocations: &mut broadcast::Receiver<Arc<Vec<KeyId>>>, key_id: &KeyId) {
+    loop {
+        match revocations.recv().await {
+            Ok(ids) if ids.contains(key_id) => return,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}
+
+/// Forwards between the admitted client and the upstream, sending the PROXY header first if
+/// asked; on any failure both sides are reset.
+async fn to_upstream<C, U>(
+    admitted: Admitted<C>,
+    server: U,
+    context: &ServeContext,
+) -> io::Result<Bytes>
+where
+    C: Socket + AsyncRead + AsyncWrite,
+    U: Socket,
+{
+    if let Some((version, key_id_as_authority)) = context.send_proxy {
+        let header = proxy_header(&admitted, version, key_id_as_authority)?;
+        write_all(&server, &header).await?;
+    }
+    let (client, _, sealed) = admitted.into_parts();
+    let result = match sealed {
+        None => forward::forward(&client, &server).await.map(|t| Bytes {
+            inbound: t.a_to_b,
+            outbound: t.b_to_a,
+        }),
+        Some(parts) => sealed::forward(&client, parts, &server)
+            .await
+            .map(|t| Bytes {
+                inbound: t.opened,
+                outbound: t.sealed,
+            }),
+    };
+    if result.is_err() {
+        reset_both(&client, &server);
+    }
+    result
+}
+
+/// The PROXY protocol header for the upstream: the real client as source, the gate's own address
+/// as destination (both only when they are IP addresses), the key id and connection id as TLVs.
+fn proxy_header<C: Socket>(
+    admitted: &Admitted<C>,
+    version: Version,
+    key_id_as_authority: bool,
+) -> io::Result<Vec<u8>> {
+    let who = admitted.admission();
+    let source = who.peer().and_then(Peer::ip_addr);
+    let gate = admitted.get_ref().local_ip();
+    let id = who.connection_id().to_string();
+    let tlvs = Tlvs::new(who.key_id().as_str(), &id, key_id_as_authority);
+    proxy_protocol::encode(version, source.zip(gate), &[tlvs]).map_err(io::Error::other)
 }
 
 /// The built-in echo service, in any mode: what the client sends comes back, and its
 /// close_notify (or FIN) is answered with ours.
-async fn echo(admitted: Admitted<TcpStream>) -> io::Result<Bytes> {
+async fn echo<IO: AsyncRead + AsyncWrite + Unpin>(admitted: Admitted<IO>) -> io::Result<Bytes> {
     let (mut reader, mut writer) = tokio::io::split(admitted);
     let echoed = tokio::io::copy(&mut reader, &mut writer).await?;
     writer.shutdown().await?;
@@ -91,26 +164,6 @@ async fn echo(admitted: Admitted<TcpStream>) -> io::Result<Bytes> {
     })
 }
 
-/// Connects to the upstream and, if asked, sends it the PROXY protocol header first.
-async fn connect_upstream(
-    addr: &str,
-    context: &ServeContext,
-    admitted: &Admitted<TcpStream>,
-) -> io::Result<TcpStream> {
-    let mut server = Upstream::connect(addr, context.connect_timeout).await?;
-    if let Some((version, key_id_as_authority)) = context.send_proxy {
-        let who = admitted.admission();
-        let source = who.peer().and_then(linkgate::Peer::ip_addr);
-        let gate = admitted.get_ref().local_addr()?;
-        let id = who.connection_id().to_string();
-        let tlvs = Tlvs::new(who.key_id().as_str(), &id, key_id_as_authority);
-        let header = proxy_protocol::encode(version, source.map(|source| (source, gate)), &[tlvs])
-            .map_err(io::Error::other)?;
-        server.write_all(&header).await?;
-    }
-    Ok(server)
-}
-
 /// The client for logs: the real one (behind a balancer, the one its header named).
 fn peer_text(who: &Admission) -> String {
     who.peer()
@@ -118,23 +171,41 @@ fn peer_text(who: &Admission) -> String {
 }
 
 /// The balancer a connection came through, as an optional log field.
-fn via_field(who: &Admission) -> Option<tracing::field::DisplayValue<&linkgate::Peer>> {
+fn via_field(who: &Admission) -> Option<tracing::field::DisplayValue<&Peer>> {
     who.via().map(tracing::field::display)
 }
 
-fn log_close(who: &Admission, peer: &str, started: Instant, result: io::Result<Bytes>) {
-    let duration_ms = started.elapsed().as_millis() as u64;
-    let conn = who.connection_id();
-    match result {
-        Ok(bytes) => {
-            tracing::info!(%conn, %peer, via = via_field(who), key_id = %who.key_id(), bytes_in = bytes.inbound,
-            bytes_out = bytes.outbound, duration_ms, "closed")
+fn log_close(context: &ServeContext, who: &Admission, started: Instant, ended: Ended) {
+    let duration = started.elapsed();
+    let duration_ms = duration.as_millis() as u64;
+    let (conn, peer, key_id) = (who.connection_id(), peer_text(who), who.key_id());
+    let service = &context.service;
+    let (result, bytes) = match ended {
+        Ended::Done(Ok(bytes)) => {
+            tracing::info!(%service, %conn, %peer, via = via_field(who), %key_id, bytes_in = bytes.inbound,
+                bytes_out = bytes.outbound, duration_ms, "closed");
+            ("ok", bytes)
         }
-        Err(err) => {
+        Ended::Done(Err(err)) => {
             let reason = reason_of(&err);
-            tracing::info!(%conn, %peer, via = via_field(who), key_id = %who.key_id(), duration_ms, %reason, error = %err,
-                "closed after an error (both sides reset)");
+            tracing::info!(%service, %conn, %peer, via = via_field(who), %key_id, duration_ms, %reason,
+                error = %err, "closed after an error (both sides reset)");
+            ("error", Bytes::default())
         }
+        Ended::Revoked => {
+            tracing::info!(%service, %conn, %peer, via = via_field(who), %key_id, duration_ms,
+                "closed: its key was revoked by a reload (--drop-revoked)");
+            ("revoked", Bytes::default())
+        }
+    };
+    if let Some(metrics) = &context.metrics {
+        metrics.connection_closed(
+            key_id.as_str(),
+            result,
+            duration,
+            bytes.inbound,
+            bytes.outbound,
+        );
     }
 }
 
@@ -154,27 +225,22 @@ pub(crate) fn reason_of(err: &io::Error) -> &'static str {
     }
 }
 
-/// What `connect` needs for each local connection.
-#[derive(Debug)]
+/// What `connect` needs for each local connection. The credentials can be swapped by a reload.
 pub(crate) struct ConnectContext {
     pub(crate) server: String,
-    pub(crate) credentials: Credentials,
+    pub(crate) credentials: ArcSwap<Credentials>,
 }
 
 /// Authenticates one local connection to the gate and forwards. A failed authentication resets
 /// the local connection and logs why.
-pub(crate) async fn connect_one(
-    mut local: TcpStream,
-    peer: SocketAddr,
-    context: Arc<ConnectContext>,
-) {
-    let _ = local.set_nodelay(true);
-    let key_id = context.credentials.key_id();
-    let remote = match linkgate::connect(context.server.as_str(), &context.credentials).await {
+pub(crate) async fn connect_one<L: Socket>(local: L, peer: String, context: Arc<ConnectContext>) {
+    let credentials = context.credentials.load_full();
+    let key_id = credentials.key_id();
+    let remote = match linkgate::connect(context.server.as_str(), &credentials).await {
         Ok(remote) => remote,
         Err(err) => {
             tracing::warn!(%peer, server = %context.server, %key_id, reason = %err.reason(), "{err}");
-            forward::reset(&[&local]);
+            local.set_reset_on_close();
             return;
         }
     };
@@ -182,24 +248,31 @@ pub(crate) async fn connect_one(
     tracing::info!(conn = %who.connection_id(), %peer, server = %context.server, %key_id,
         mode = %who.mode(), "authenticated to the gate");
     let started = Instant::now();
-    let (mut remote, _, sealed) = remote.into_parts();
-    let result =
-        match sealed {
-            None => forward::forward(&mut local, &mut remote).await.map(
-                |Transfer { a_to_b, b_to_a }| Bytes {
-                    inbound: a_to_b,
-                    outbound: b_to_a,
-                },
-            ),
-            Some(parts) => sealed::forward(&mut remote, parts, &mut local)
-                .await
-                .map(|t| Bytes {
-                    inbound: t.sealed,
-                    outbound: t.opened,
-                }),
-        };
+    let (remote, _, sealed) = remote.into_parts();
+    let result = match sealed {
+        None => forward::forward(&local, &remote).await.map(|t| Bytes {
+            inbound: t.a_to_b,
+            outbound: t.b_to_a,
+        }),
+        Some(parts) => sealed::forward(&remote, parts, &local)
+            .await
+            .map(|t| Bytes {
+                inbound: t.sealed,
+                outbound: t.opened,
+            }),
+    };
     if result.is_err() {
-        forward::reset(&[&local, &remote]);
+        reset_both(&local, &remote);
     }
-    log_close(&who, &peer.to_string(), started, result);
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let conn = who.connection_id();
+    match result {
+        Ok(bytes) => tracing::info!(%conn, %peer, %key_id, bytes_in = bytes.inbound,
+            bytes_out = bytes.outbound, duration_ms, "closed"),
+        Err(err) => {
+            let reason = reason_of(&err);
+            tracing::info!(%conn, %peer, %key_id, duration_ms, %reason, error = %err,
+                "closed after an error (both sides reset)");
+        }
+    }
 }

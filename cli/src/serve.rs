@@ -1,110 +1,142 @@
-//! `linkgate serve`: the gate in front of an unmodified server.
+//! `linkgate serve` (one service from flags, or several from a config file) and
+//! `linkgate check-config`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use linkgate::record::RecordLimits;
-use linkgate::{
-    Gate, GateConfig, GatedListener, Key, KeyId, Keyring, ListenerConfig, Protocol, ServeOptions,
-};
-use tokio::net::TcpListener;
+use anyhow::{Context, Result};
+use linkgate::{Key, KeyId, ServeOptions};
 
-use crate::addr::ListenAddr;
-use crate::args::{ServeArgs, ServiceArgs};
-use crate::keys;
-use crate::proxy::{self, ServeContext};
-use crate::signals::Shutdown;
-use crate::upstream::Upstream;
+use crate::args::{CheckConfigArgs, ServeArgs, ServiceArgs};
+use crate::config::ConfigFile;
+use crate::listen::SystemdSockets;
+use crate::metrics::{self, Metrics};
+use crate::reload::{self, Reloader};
+use crate::service::{Service, ServiceOptions};
+use crate::signals::Signals;
+use crate::systemd;
 
 const DEFAULT_KEYS_DIR: &str = "keys";
-/// How long `serve` waits for the upstream to accept a connection.
-const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(crate) async fn run(args: ServeArgs) -> Result<()> {
-    let shutdown = Shutdown::install()?;
-    if args.allow_plain && args.require_forward_secrecy {
-        bail!("--allow-plain and --require-forward-secrecy contradict each other: choose one");
-    }
-    let (keys_path, created) = match (&args.keys, &args.upstream) {
-        (Some(path), _) => (path.clone(), None),
-        (None, None) => default_keys(Path::new(DEFAULT_KEYS_DIR))?,
-        (None, Some(_)) => bail!(
-            "--upstream needs --keys: the gate would otherwise guard your server with a key nobody chose. Make one with `linkgate keygen --out keys/alice.key`, then add --keys keys/"
-        ),
+/// Options for the whole process.
+struct Operations {
+    metrics: Option<String>,
+    watch_keys: bool,
+    drop_revoked: bool,
+}
+
+pub(crate) async fn run(args: ServeArgs, systemd_sockets: SystemdSockets) -> Result<()> {
+    let signals = Signals::install()?;
+    let (services, operations, from_flags) = match &args.config {
+        Some(path) => {
+            let config = ConfigFile::load(path)?;
+            let operations = Operations {
+                metrics: args.operations.metrics.clone().or(config.metrics),
+                watch_keys: args.operations.watch_keys || config.watch_keys,
+                drop_revoked: args.operations.drop_revoked || config.drop_revoked,
+            };
+            (config.services, operations, false)
+        }
+        None => {
+            let operations = Operations {
+                metrics: args.operations.metrics.clone(),
+                watch_keys: args.operations.watch_keys,
+                drop_revoked: args.operations.drop_revoked,
+            };
+            (vec![args.service], operations, true)
+        }
     };
-    let keyring = Keyring::load_with(&keys_path, &keys::options(&args.key_files, args.protocol))?;
-    for key in keyring.keys().filter(|key| key.is_short()) {
-        keys::warn_short_key(key);
+    let metrics = operations.metrics.as_ref().map(|_| Metrics::new());
+    let mut prepared = Vec::with_capacity(services.len());
+    for options in services {
+        let service = Service::prepare(
+            options,
+            from_flags,
+            operations.drop_revoked,
+            &systemd_sockets,
+            metrics.as_ref(),
+        )
+        .await?;
+        if let Some(key_path) = &service.created_key {
+            print_client_commands(key_path, &service.local());
+        }
+        prepared.push(service);
     }
-    keys::warn_if_seed(args.protocol);
-    let ids = keyring
-        .ids()
-        .iter()
-        .map(|id| id.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
-    let gate = Gate::with_config(keyring, gate_config(&args))?;
-    let listener = bind(&args.listen).await?;
-    let local = listener.local_addr()?;
-    if let Some(key_path) = created {
-        print_client_commands(&key_path, &local.to_string());
+    if let (Some(addr), Some(metrics)) = (&operations.metrics, &metrics) {
+        let (listener, local) = metrics::bind(addr).await?;
+        tracing::info!(metrics = %local, "serving metrics at /metrics");
+        tokio::spawn(metrics::serve(listener, Arc::clone(metrics)));
     }
-    let listener_config = ListenerConfig::new()
-        .with_max_handshakes(args.max_handshakes)
-        .with_max_handshakes_per_source(args.max_handshakes_per_source)
-        .with_proxy_protocol_from(args.balancer.accept_proxy_from.iter().copied());
-    let listener = GatedListener::with_config(listener, gate, listener_config);
-    let upstream = args.upstream.unwrap_or(Upstream::Echo);
-    tracing::info!(
-        listen = %local,
-        upstream = %upstream,
-        keys = %ids,
-        modes = %modes_text(&args.protocol, args.allow_plain, args.require_forward_secrecy),
-        "linkgate serve: listening"
+    let status = format!(
+        "serving {} service{}",
+        prepared.len(),
+        if prepared.len() == 1 { "" } else { "s" }
     );
-    let send_proxy = args
-        .balancer
-        .send_proxy
-        .map(|version| (version, args.balancer.send_proxy_key_id_as.is_some()));
-    let context = Arc::new(ServeContext {
-        upstream,
-        connect_timeout: UPSTREAM_CONNECT_TIMEOUT,
-        send_proxy,
+    let reloader = Arc::new(Reloader {
+        services: prepared.iter().map(Service::keys).collect(),
+        metrics: metrics.clone(),
+        status: status.clone(),
     });
-    let drained = linkgate::serve_until(
-        listener,
-        serve_options(&args.service),
-        shutdown.requested(),
-        shutdown.forced(),
-        move |admitted| proxy::serve_one(admitted, Arc::clone(&context)),
-    )
-    .await;
-    tracing::info!(closed_at_drain = drained.aborted, "linkgate serve: stopped");
+    tokio::spawn(reload::run(
+        reloader,
+        signals.reloads(),
+        operations.watch_keys,
+    ));
+    systemd::ready(&status);
+    let stopping = {
+        let signals = signals.clone();
+        async move {
+            signals.requested().await;
+            systemd::stopping();
+        }
+    };
+    tokio::spawn(stopping);
+    let running = prepared
+        .into_iter()
+        .map(|service| tokio::spawn(service.run(signals.clone())));
+    for service in running {
+        service.await.context("a service task failed")?;
+    }
     Ok(())
 }
 
-fn gate_config(args: &ServeArgs) -> GateConfig {
-    let mut config = GateConfig::new()
-        .with_protocol(args.protocol)
-        .with_handshake_timeout(args.handshake_timeout)
-        .with_plain_allowed(args.allow_plain)
-        .with_forward_secrecy_required(args.require_forward_secrecy);
-    if let Some(records) = args.testing.key_update_after_records {
-        config = config.with_record_limits(RecordLimits::new().with_key_update_interval(records));
+/// `linkgate check-config FILE`: everything `serve --config` checks before it binds.
+pub(crate) fn check_config(args: &CheckConfigArgs) -> Result<()> {
+    let config = ConfigFile::load(&args.file)?;
+    for options in &config.services {
+        let (source, _) = options.key_source(false)?;
+        let keyring = source
+            .load(&key_file_options(options))
+            .with_context(|| format!("service {}", options.name))?;
+        linkgate::Gate::new(keyring.clone())
+            .with_context(|| format!("service {}", options.name))?;
+        println!(
+            "service {}: listen {} -> {}, {} key{}",
+            options.name,
+            options.listen,
+            options
+                .upstream
+                .as_ref()
+                .map_or_else(|| "built-in echo".to_owned(), ToString::to_string),
+            keyring.len(),
+            if keyring.len() == 1 { "" } else { "s" }
+        );
     }
-    config
+    if let Some(addr) = &config.metrics {
+        println!("metrics at {addr}/metrics");
+    }
+    println!("{}: ok", args.file.display());
+    Ok(())
 }
 
-/// The modes the gate admits, for the start-up line.
-fn modes_text(protocol: &Protocol, plain: bool, fs_only: bool) -> &'static str {
-    match (protocol, plain, fs_only) {
-        (Protocol::Seed, _, _) => "seed (plain)",
-        (_, true, _) => "sealed-fs,sealed,plain",
-        (_, false, true) => "sealed-fs",
-        _ => "sealed-fs,sealed",
-    }
+fn key_file_options(options: &ServiceOptions) -> linkgate::KeyFileOptions {
+    crate::keys::options(
+        &crate::args::KeyFileArgs {
+            allow_open_key_permissions: options.allow_open_key_permissions,
+            allow_group_readable_keys: options.allow_group_readable_keys,
+        },
+        options.protocol,
+    )
 }
 
 pub(crate) fn serve_options(args: &ServiceArgs) -> ServeOptions {
@@ -113,17 +145,10 @@ pub(crate) fn serve_options(args: &ServiceArgs) -> ServeOptions {
         .with_drain_timeout(args.drain_timeout)
 }
 
-pub(crate) async fn bind(addr: &ListenAddr) -> Result<TcpListener> {
-    match addr {
-        ListenAddr::Tcp(addr) => TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}")),
-    }
-}
-
-/// With neither `--keys` nor `--upstream` (the demo case), use `keys/`; if it holds no key yet,
-/// create `keys/default.key`. Returns the directory and, if one was created, the new key's path.
-fn default_keys(dir: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
+/// The demo's keys: `keys/`; if it holds no key yet, `keys/default.key` is created. Returns the
+/// directory and, if one was created, the new key's path.
+pub(crate) fn default_keys() -> Result<(PathBuf, Option<PathBuf>)> {
+    let dir = Path::new(DEFAULT_KEYS_DIR);
     let options = linkgate::KeyFileOptions::new();
     if dir.is_dir() && !linkgate::key_files_in(dir, &options)?.is_empty() {
         return Ok((dir.to_path_buf(), None));

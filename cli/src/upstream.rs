@@ -3,23 +3,38 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 /// The protected server behind the gate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Upstream {
     /// A TCP server, as `HOST:PORT`, resolved and connected for each admitted connection.
     Tcp(String),
+    /// A Unix domain socket server, as `unix:/path`.
+    Unix(PathBuf),
     /// The built-in echo service: each admitted connection gets its own bytes back.
     Echo,
 }
 
+/// A connection to the upstream.
+pub(crate) enum UpstreamStream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
 impl Upstream {
     /// Checks that `addr` looks like `HOST:PORT` (a literal `IP:PORT`, `[IPv6]:PORT` or
-    /// `name:PORT`), so a typo fails at start-up rather than on the first client.
+    /// `name:PORT`) or `unix:/path`, so a typo fails at start-up rather than on the first client.
     pub(crate) fn parse(addr: &str) -> Result<Self, String> {
+        if let Some(path) = addr.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a socket path, e.g. unix:/run/redis.sock".into());
+            }
+            return Ok(Self::Unix(path.into()));
+        }
         if addr.parse::<SocketAddr>().is_ok() {
             return Ok(Self::Tcp(addr.to_owned()));
         }
@@ -32,18 +47,34 @@ impl Upstream {
                 Ok(Self::Tcp(addr.to_owned()))
             }
             _ => Err(format!(
-                "upstream address {addr:?} is not HOST:PORT (e.g. 127.0.0.1:6379)"
+                "upstream address {addr:?} is not HOST:PORT or unix:/path (e.g. 127.0.0.1:6379)"
             )),
         }
     }
 
-    /// Connects to a TCP upstream within `timeout`.
-    pub(crate) async fn connect(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        stream.set_nodelay(true)?;
-        Ok(stream)
+    /// Connects within `timeout`. `None` for the built-in echo.
+    pub(crate) async fn connect(&self, timeout: Duration) -> Option<io::Result<UpstreamStream>> {
+        let connecting = async {
+            match self {
+                Self::Tcp(addr) => {
+                    let stream = TcpStream::connect(addr.as_str()).await?;
+                    stream.set_nodelay(true)?;
+                    Ok(UpstreamStream::Tcp(stream))
+                }
+                Self::Unix(path) => Ok(UpstreamStream::Unix(UnixStream::connect(path).await?)),
+                Self::Echo => Err(io::ErrorKind::Unsupported.into()),
+            }
+        };
+        if matches!(self, Self::Echo) {
+            return None;
+        }
+        Some(
+            tokio::time::timeout(timeout, connecting)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+                }),
+        )
     }
 }
 
@@ -51,6 +82,7 @@ impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Tcp(addr) => f.write_str(addr),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
             Self::Echo => f.write_str("built-in echo"),
         }
     }
@@ -74,6 +106,10 @@ mod tests {
                 "{good}"
             );
         }
+        assert_eq!(
+            Upstream::parse("unix:/run/redis.sock"),
+            Ok(Upstream::Unix("/run/redis.sock".into()))
+        );
         for bad in [
             "",
             "6379",
@@ -83,6 +119,7 @@ mod tests {
             "host:99999",
             "a b:1",
             "host:0",
+            "unix:",
         ] {
             assert!(Upstream::parse(bad).is_err(), "{bad}");
         }

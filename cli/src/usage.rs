@@ -50,7 +50,14 @@ pub(crate) fn one_line(err: &clap::Error, argv: &[String]) -> String {
 
 /// `linkgate SUBCOMMAND` when the command line names a subcommand, else `linkgate`.
 fn help_command(argv: &[String]) -> String {
-    const SUBCOMMANDS: [&str; 5] = ["serve", "connect", "check", "keygen", "demo"];
+    const SUBCOMMANDS: [&str; 6] = [
+        "serve",
+        "connect",
+        "check",
+        "keygen",
+        "demo",
+        "check-config",
+    ];
     argv.iter()
         .skip(1)
         .find(|arg| SUBCOMMANDS.contains(&arg.as_str()))

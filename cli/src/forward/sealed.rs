@@ -11,9 +11,8 @@ use std::ops::Range;
 
 use linkgate::record::{MAX_DATA_LEN, MAX_RECORD_LEN, Opened, Opener, Sealer};
 use linkgate::{RecordError, SealedParts};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::net::tcp::{ReadHalf, WriteHalf};
+
+use crate::socket::{Socket, shutdown_write, write_all, write_all_vectored};
 
 use super::pool::{BURST_LEN, Burst};
 
@@ -36,10 +35,10 @@ pub(crate) struct SealedTransfer {
 /// failure, truncation (EOF without close_notify) or bytes after close_notify stop both
 /// directions with an error, after nothing of the failed record was written; the caller resets
 /// both connections.
-pub(crate) async fn forward(
-    sealed: &mut TcpStream,
+pub(crate) async fn forward<S: Socket, P: Socket>(
+    sealed: &S,
     parts: SealedParts,
-    plain: &mut TcpStream,
+    plain: &P,
 ) -> io::Result<SealedTransfer> {
     let SealedParts {
         mut sealer,
@@ -49,22 +48,14 @@ pub(crate) async fn forward(
         unsent_ciphertext,
         ..
     } = parts;
-    let (sealed_read, mut sealed_write) = sealed.split();
-    let (plain_read, mut plain_write) = plain.split();
     let opening = async {
-        plain_write.write_all(&unread_plaintext).await?;
-        let opened = open_pump(
-            &sealed_read,
-            &mut plain_write,
-            &mut opener,
-            unread_ciphertext,
-        )
-        .await?;
+        write_all(plain, &unread_plaintext).await?;
+        let opened = open_pump(sealed, plain, &mut opener, unread_ciphertext).await?;
         Ok::<_, io::Error>(opened + unread_plaintext.len() as u64)
     };
     let sealing = async {
-        sealed_write.write_all(&unsent_ciphertext).await?;
-        seal_pump(&plain_read, &mut sealed_write, &mut sealer).await
+        write_all(sealed, &unsent_ciphertext).await?;
+        seal_pump(plain, sealed, &mut sealer).await
     };
     let (opened, sealed) = tokio::try_join!(opening, sealing)?;
     Ok(SealedTransfer { opened, sealed })
@@ -76,9 +67,9 @@ fn record_error(err: RecordError) -> io::Error {
 
 /// Opens records from `from` and writes their data to `to` until close_notify, then shuts down
 /// `to`'s write half and makes sure nothing follows.
-async fn open_pump(
-    from: &ReadHalf<'_>,
-    to: &mut WriteHalf<'_>,
+async fn open_pump<F: Socket, T: Socket>(
+    from: &F,
+    to: &T,
     opener: &mut Opener,
     already_read: Vec<u8>,
 ) -> io::Result<u64> {
@@ -145,7 +136,7 @@ async fn open_pump(
         }
         total += write_pieces(to, burst, &mut pieces).await?;
         if closed {
-            to.shutdown().await?;
+            shutdown_write(to)?;
             expect_end(from).await?;
             return Ok(total);
         }
@@ -155,7 +146,7 @@ async fn open_pump(
 }
 
 /// After close_notify the peer shuts down its write half: anything but EOF is an error.
-async fn expect_end(from: &ReadHalf<'_>) -> io::Result<()> {
+async fn expect_end<F: Socket>(from: &F) -> io::Result<()> {
     let mut byte = [0u8; 1];
     loop {
         from.readable().await?;
@@ -169,8 +160,8 @@ async fn expect_end(from: &ReadHalf<'_>) -> io::Result<()> {
 }
 
 /// Writes the plaintext pieces of `buf` in order, with vectored writes.
-async fn write_pieces(
-    to: &mut WriteHalf<'_>,
+async fn write_pieces<T: Socket>(
+    to: &T,
     buf: &[u8],
     pieces: &mut [Range<usize>],
 ) -> io::Result<u64> {
@@ -179,24 +170,13 @@ async fn write_pieces(
         .iter()
         .map(|piece| IoSlice::new(&buf[piece.clone()]))
         .collect();
-    let mut rest = &mut slices[..];
-    while !rest.is_empty() {
-        let n = to.write_vectored(rest).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut rest, n);
-    }
+    write_all_vectored(to, &mut slices).await?;
     Ok(total as u64)
 }
 
 /// Reads plaintext from `from` into record slots, seals them in place and writes them to `to`;
 /// at EOF sends close_notify and shuts down `to`'s write half.
-async fn seal_pump(
-    from: &ReadHalf<'_>,
-    to: &mut WriteHalf<'_>,
-    sealer: &mut Sealer,
-) -> io::Result<u64> {
+async fn seal_pump<F: Socket, T: Socket>(from: &F, to: &T, sealer: &mut Sealer) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
         // Idle: no buffer, no AEAD key object.
@@ -216,8 +196,8 @@ async fn seal_pump(
                 Ok(0) => {
                     let mut close = Vec::new();
                     sealer.seal_close_notify(&mut close).map_err(record_error)?;
-                    to.write_all(&close).await?;
-                    to.shutdown().await?;
+                    write_all(to, &close).await?;
+                    shutdown_write(to)?;
                     return Ok(total);
                 }
                 Ok(n) => n,
@@ -232,8 +212,8 @@ async fn seal_pump(
 
 /// Seals the `n` bytes read into the slots of `buf` and writes the records, with a KeyUpdate
 /// wherever one is due.
-async fn seal_slots(
-    to: &mut WriteHalf<'_>,
+async fn seal_slots<T: Socket>(
+    to: &T,
     sealer: &mut Sealer,
     buf: &mut [u8],
     n: usize,
@@ -248,10 +228,10 @@ async fn seal_slots(
         let len = left.min(MAX_DATA_LEN);
         if sealer.needs_key_update() {
             // Every slot before this one holds a full record, so the output so far ends here.
-            to.write_all(&buf[written..slot_start]).await?;
+            write_all(to, &buf[written..slot_start]).await?;
             let mut update = Vec::new();
             sealer.seal_key_update(&mut update).map_err(record_error)?;
-            to.write_all(&update).await?;
+            write_all(to, &update).await?;
             written = slot_start;
         }
         let record = sealer
@@ -260,5 +240,5 @@ async fn seal_slots(
         end = slot_start + record;
         left -= len;
     }
-    to.write_all(&buf[written..end]).await
+    write_all(to, &buf[written..end]).await
 }

@@ -330,6 +330,8 @@ async fn a_tampering_relay_gets_nothing_past_the_tampered_record_and_both_sides_
         // Five messages, most in a record of their own (the client waits between them). A
         // reset is reported once, to whichever call meets it first: a write or the read.
         let mut client = TcpStream::connect(local).await.unwrap();
+        // Only once the tunnel is up does each message become a record of its own.
+        _connect.wait_for_log(&["authenticated to the gate"]).await;
         let mut sent = Vec::new();
         let mut failed = None;
         for i in 0..5u8 {
@@ -339,7 +341,7 @@ async fn a_tampering_relay_gets_nothing_past_the_tampered_record_and_both_sides_
                 break;
             }
             sent.push(message);
-            tokio::time::sleep(Duration::from_millis(60)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         if failed.is_none() {
             let _ = client.shutdown().await;

@@ -1,0 +1,157 @@
+//! The config file: several services in one process, stunnel-style.
+//!
+//! ```toml
+//! metrics = "127.0.0.1:9100"   # optional: Prometheus metrics at /metrics
+//! watch-keys = true            # reload when a key directory changes
+//! drop-revoked = false         # close connections admitted under a removed key
+//!
+//! [[service]]
+//! name = "redis"
+//! listen = "0.0.0.0:7700"
+//! upstream = "127.0.0.1:6379"
+//! keys = "/etc/linkgate/keys/redis"
+//!
+//! [[service]]
+//! name = "postgres"
+//! listen = "unix:/run/linkgate/pg.sock"
+//! socket-mode = "0660"
+//! upstream = "unix:/var/run/postgresql/.s.PGSQL.5432"
+//! keys = "/etc/linkgate/keys/postgres"
+//! require-forward-secrecy = true
+//! ```
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use crate::service::ServiceOptions;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct ConfigFile {
+    /// Prometheus metrics endpoint.
+    #[serde(default)]
+    pub(crate) metrics: Option<String>,
+    /// Reload keys when a key directory changes.
+    #[serde(default)]
+    pub(crate) watch_keys: bool,
+    /// Close connections admitted under a key a reload removed or changed.
+    #[serde(default)]
+    pub(crate) drop_revoked: bool,
+    /// The services, one `[[service]]` table each.
+    #[serde(rename = "service")]
+    pub(crate) services: Vec<ServiceOptions>,
+}
+
+impl ConfigFile {
+    /// Reads and checks a config file; errors name the file and, for bad TOML or an unknown
+    /// key, the line and column.
+    pub(crate) fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        let config: Self = toml::from_str(&text)
+            .map_err(|err| anyhow::anyhow!("{}", one_line(&err.to_string())))
+            .with_context(|| format!("config file {}", path.display()))?;
+        if config.services.is_empty() {
+            bail!("config file {}: no [[service]] table", path.display());
+        }
+        let mut names = HashSet::new();
+        for service in &config.services {
+            if !names.insert(service.name.as_str()) {
+                bail!(
+                    "config file {}: two services are named {:?}",
+                    path.display(),
+                    service.name
+                );
+            }
+            service
+                .check()
+                .with_context(|| format!("config file {}", path.display()))?;
+        }
+        Ok(config)
+    }
+}
+
+/// toml's messages span several lines (the offending line, a caret); keep them to one.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| {
+            !line.is_empty()
+                && !line.starts_with('|')
+                && !line.chars().all(|c| c == '^' || c == ' ')
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ConfigFile> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("linkgate.toml");
+        std::fs::write(&path, text).unwrap();
+        ConfigFile::load(&path)
+    }
+
+    #[test]
+    fn services_with_defaults() {
+        let config = parse(
+            r#"
+metrics = "127.0.0.1:9100"
+[[service]]
+name = "a"
+listen = "127.0.0.1:1"
+upstream = "127.0.0.1:2"
+keys = "k"
+handshake-timeout = "2s"
+accept-proxy-from = ["10.0.0.0/8", "127.0.0.1"]
+[[service]]
+name = "b"
+listen = "unix:/tmp/b.sock"
+socket-mode = "0660"
+upstream = "unix:/tmp/up.sock"
+keys = "k2"
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.services.len(), 2);
+        assert_eq!(
+            config.services[0].handshake_timeout,
+            std::time::Duration::from_secs(2)
+        );
+        assert_eq!(
+            config.services[0].max_handshakes, 1024,
+            "defaults as for the flags"
+        );
+        assert_eq!(config.services[0].accept_proxy_from.len(), 2);
+        assert_eq!(config.services[1].socket_mode, Some(0o660));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_line_and_column() {
+        let err = parse("[[service]]\nname = \"a\"\nlisen = \"127.0.0.1:1\"\n").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("unknown field `lisen`") && text.contains("line 3"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 1, "{text}");
+    }
+
+    #[test]
+    fn duplicate_names_and_contradictions_are_refused() {
+        let twice = "[[service]]\nname = \"a\"\n[[service]]\nname = \"a\"\n";
+        assert!(format!("{:#}", parse(twice).unwrap_err()).contains("two services are named"));
+        let both =
+            "[[service]]\nname = \"a\"\nallow-plain = true\nrequire-forward-secrecy = true\n";
+        assert!(format!("{:#}", parse(both).unwrap_err()).contains("contradict"));
+        assert!(format!("{:#}", parse("metrics = \"x\"\n").unwrap_err()).contains("service"));
+    }
+}

@@ -1,0 +1,150 @@
+//! Reloading keys without a restart: on SIGHUP, and with --watch-keys when a key directory
+//! changes (debounced; Kubernetes Secret volumes swap a `..data` symlink, which is a change in
+//! the directory). All or nothing per service: a keyring that fails any start-up check is
+//! refused and the old one stays.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+
+use crate::metrics::Metrics;
+use crate::service::{ServiceKeys, ids_text};
+use crate::systemd;
+
+/// How long the key directory must stay quiet before a reload: one swap is several events.
+const DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// Every service's keys, reloaded together.
+pub(crate) struct Reloader {
+    pub(crate) services: Vec<ServiceKeys>,
+    pub(crate) metrics: Option<Arc<Metrics>>,
+    pub(crate) status: String,
+}
+
+impl Reloader {
+    /// Reloads every service's keys; `false` if any kept its old keys.
+    pub(crate) fn reload(&self, why: &str) -> bool {
+        systemd::reloading();
+        let mut all_ok = true;
+        for service in &self.services {
+            let name = &service.name;
+            let loaded = service.source.load(&service.options).and_then(|keyring| {
+                let count = keyring.len();
+                let ids = ids_text(&keyring);
+                let diff = service.gate.replace_keyring(keyring)?;
+                Ok((diff, count, ids))
+            });
+            match loaded {
+                Ok((diff, count, ids)) => {
+                    let list = |ids: &[linkgate::KeyId]| {
+                        ids.iter()
+                            .map(|id| id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    };
+                    if diff.is_empty() {
+                        tracing::info!(service = %name, %why, keys = %ids, "keys reloaded: no change");
+                    } else {
+                        tracing::info!(service = %name, %why, added = %list(&diff.added),
+                            removed = %list(&diff.removed), changed = %list(&diff.changed),
+                            keys = %ids, "keys reloaded");
+                    }
+                    if let Some(metrics) = &service.metrics {
+                        metrics.keys_loaded(count);
+                    }
+                    if let Some(revoked) = &service.revoked {
+                        let gone: Vec<_> = diff.removed.into_iter().chain(diff.changed).collect();
+                        if !gone.is_empty() {
+                            // No receiver (no open connection) is not an error.
+                            let _ = revoked.send(Arc::new(gone));
+                        }
+                    }
+                }
+                Err(err) => {
+                    all_ok = false;
+                    tracing::warn!(service = %name, %why, error = %format!("{err:#}"),
+                        "key reload failed: the previous keys stay in force");
+                }
+            }
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.reload(all_ok);
+        }
+        systemd::ready(&self.status);
+        all_ok
+    }
+}
+
+/// Runs reloads for SIGHUP (and for key directory changes with `watch_keys`) until the process
+/// ends.
+pub(crate) async fn run(reloader: Arc<Reloader>, mut hups: watch::Receiver<u64>, watch_keys: bool) {
+    let (changed_tx, mut changed) = mpsc::unbounded_channel::<()>();
+    let _watcher = if watch_keys {
+        let paths: Vec<PathBuf> = reloader
+            .services
+            .iter()
+            .filter_map(|service| service.source.path().map(watched))
+            .collect();
+        match start_watcher(&paths, changed_tx) {
+            Ok(watcher) => Some(watcher),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot watch the key directories; reload with SIGHUP");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    loop {
+        tokio::select! {
+            changed_hup = hups.changed() => {
+                if changed_hup.is_err() {
+                    return;
+                }
+                reloader.reload("SIGHUP");
+            }
+            Some(()) = changed.recv() => {
+                // Debounce: wait until the directory has been quiet for a moment.
+                loop {
+                    match tokio::time::timeout(DEBOUNCE, changed.recv()).await {
+                        Ok(Some(())) => continue,
+                        Ok(None) => return,
+                        Err(_) => break,
+                    }
+                }
+                reloader.reload("key files changed");
+            }
+        }
+    }
+}
+
+/// The directory to watch for a key path: itself if a directory, else its parent (a replaced or
+/// re-linked file is an event in its directory).
+fn watched(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        path.parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    }
+}
+
+fn start_watcher(
+    paths: &[PathBuf],
+    changed: mpsc::UnboundedSender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|event| !event.kind.is_access()) {
+            let _ = changed.send(());
+        }
+    })?;
+    for path in paths {
+        watcher.watch(path, RecursiveMode::NonRecursive)?;
+        tracing::info!(path = %path.display(), "watching for key changes");
+    }
+    Ok(watcher)
+}

@@ -1,0 +1,464 @@
+//! One gated service: its options (from `serve`'s flags or a `[[service]]` table of the config
+//! file, the same fields either way), and running it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use linkgate::proxy_protocol::Version;
+use linkgate::record::RecordLimits;
+use linkgate::{
+    Drained, Gate, GateConfig, GatedListener, IpNet, KeyFileOptions, KeyId, Keyring, Listen,
+    ListenerConfig, Protocol, ServeOptions, SourcePrefix,
+};
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::broadcast;
+
+use crate::addr::{ListenAddr, socket_mode};
+use crate::args::{KeyFileArgs, duration};
+use crate::keys::{self, KeySource};
+use crate::listen::{Bound, SystemdSockets};
+use crate::metrics::{Metrics, ServiceMetrics};
+use crate::proxy::{self, ServeContext};
+use crate::signals::Signals;
+use crate::socket::Socket;
+use crate::upstream::Upstream;
+
+/// Everything about one service. As flags of `linkgate serve`, or as the keys of a `[[service]]`
+/// table in the config file (the same names, e.g. `max-handshakes = 256`, durations as strings
+/// like "5s"; unknown keys are refused with their line and column).
+#[derive(Debug, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct ServiceOptions {
+    /// The service's name in logs and metrics (config file only; flags make one named "default").
+    #[arg(skip = String::from("default"))]
+    #[serde(default = "default_name")]
+    pub(crate) name: String,
+    /// Address to listen on: HOST:PORT, :PORT (every interface), unix:/path, or systemd:NAME
+    /// (a socket systemd passed, by FileDescriptorName).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7700")]
+    #[serde(deserialize_with = "from_str", default = "default_listen")]
+    pub(crate) listen: ListenAddr,
+    /// File mode of a Unix listening socket, in octal (default: from the umask). Example: 0660
+    #[arg(long, value_name = "MODE", value_parser = socket_mode)]
+    #[serde(default, deserialize_with = "opt_mode")]
+    pub(crate) socket_mode: Option<u32>,
+    /// Server to forward admitted connections to: HOST:PORT or unix:/path; without it, an echo
+    /// service.
+    #[arg(long, value_name = "ADDR", value_parser = Upstream::parse)]
+    #[serde(default, deserialize_with = "opt_upstream")]
+    pub(crate) upstream: Option<Upstream>,
+    /// A key file, a directory of *.key files (each file's stem is its key id), or - for one key
+    /// on standard input (with --key-id). Required with --upstream; without either, keys/ (a
+    /// first key is created for the demo echo).
+    #[arg(long, value_name = "PATH")]
+    #[serde(default)]
+    pub(crate) keys: Option<PathBuf>,
+    /// Read one key from this environment variable instead (with --key-id), e.g. in a container.
+    /// The value is never shown.
+    #[arg(long, value_name = "NAME")]
+    #[serde(default)]
+    pub(crate) key_env: Option<String>,
+    /// The key id of a key read from standard input or the environment.
+    #[arg(long, value_name = "NAME")]
+    #[serde(default)]
+    pub(crate) key_id: Option<String>,
+    /// Accept key files that group or others can read, and key directories others can write to
+    /// (not recommended: fix the modes instead).
+    #[arg(long)]
+    #[serde(default)]
+    pub(crate) allow_open_key_permissions: bool,
+    /// Accept key files readable by their group (0640, 0440) when that group is a shared service
+    /// group, not a user's private group.
+    #[arg(long)]
+    #[serde(default)]
+    pub(crate) allow_group_readable_keys: bool,
+    /// Admit clients that ask for plain mode (no sealing after admission): only for trusted
+    /// paths such as loopback or a VPN.
+    #[arg(long)]
+    #[serde(default)]
+    pub(crate) allow_plain: bool,
+    /// Refuse sealed mode without forward secrecy; only sealed-fs (and plain, if allowed) get in.
+    #[arg(long)]
+    #[serde(default)]
+    pub(crate) require_forward_secrecy: bool,
+    /// Handshake: linkgate1, or seed (the original recipe's scheme, for its existing clients:
+    /// no key ids, no server authentication, no sealing; short keys accepted with a warning).
+    #[arg(long, value_name = "PROTOCOL", default_value = "linkgate1")]
+    #[serde(default, deserialize_with = "from_str_or_default")]
+    pub(crate) protocol: Protocol,
+    /// How long a client has to complete the handshake.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
+    #[serde(default = "five_seconds", deserialize_with = "serde_duration")]
+    pub(crate) handshake_timeout: Duration,
+    /// Handshakes in progress at once; past it new connections are closed at once.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = at_least_one)]
+    #[serde(default = "default_max_handshakes")]
+    pub(crate) max_handshakes: usize,
+    /// Handshakes in progress at once from one source (an IPv4 address, an IPv6 /64).
+    #[arg(long, alias = "max-handshakes-per-ip", value_name = "N", default_value_t = 64, value_parser = at_least_one)]
+    #[serde(default = "default_per_source")]
+    pub(crate) max_handshakes_per_source: usize,
+    /// How addresses are grouped into one source, as IPv4:IPv6 prefix lengths.
+    #[arg(long, value_name = "V4:V6", default_value = "32:64")]
+    #[serde(default, deserialize_with = "from_str_or_default")]
+    pub(crate) source_prefix: SourcePrefix,
+    /// Load balancers that send a PROXY protocol header (v1 or v2) first, as CIDR[,CIDR...].
+    /// Connections from them must send one and are known by the client it names; any other
+    /// connection must not send one. Example: --accept-proxy-from 10.0.0.0/8,127.0.0.1/32
+    #[arg(long, value_name = "CIDRS", value_delimiter = ',', value_parser = cidr)]
+    #[serde(default, deserialize_with = "cidrs")]
+    pub(crate) accept_proxy_from: Vec<IpNet>,
+    /// Send a PROXY protocol header (v1 or v2) to the upstream before any byte: the real client
+    /// as source, the gate's address as destination; v2 also carries the key id (TLV 0xE0) and
+    /// the connection id (UNIQUE_ID). The upstream must accept PROXY headers from the gate only.
+    #[arg(long, value_name = "VERSION")]
+    #[serde(default, deserialize_with = "opt_version")]
+    pub(crate) send_proxy: Option<Version>,
+    /// Also put the key id where older upstreams look (haproxy before 2.9 reads only
+    /// fc_pp_authority): --send-proxy-key-id-as authority.
+    #[arg(long, value_name = "TLV", requires = "send_proxy", value_parser = ["authority"])]
+    #[serde(default)]
+    pub(crate) send_proxy_key_id_as: Option<String>,
+    /// How long to wait for the upstream to accept a connection.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
+    #[serde(default = "five_seconds", deserialize_with = "serde_duration")]
+    pub(crate) upstream_connect_timeout: Duration,
+    /// Connections forwarded at once; at the bound no new connection is accepted until one ends.
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = at_least_one)]
+    #[serde(default = "default_max_connections")]
+    pub(crate) max_connections: usize,
+    /// On SIGINT/SIGTERM, how long open connections may take to finish before exit (a second
+    /// signal cuts them off at once).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
+    #[serde(default = "thirty_seconds", deserialize_with = "serde_duration")]
+    pub(crate) drain_timeout: Duration,
+    /// Send a KeyUpdate after this many records under one key (tests key updates).
+    #[arg(long, hide = true, value_name = "N")]
+    #[serde(skip)]
+    pub(crate) key_update_after_records: Option<u64>,
+}
+
+fn default_name() -> String {
+    "default".into()
+}
+fn default_listen() -> ListenAddr {
+    ListenAddr::Tcp("127.0.0.1:7700".into())
+}
+fn five_seconds() -> Duration {
+    Duration::from_secs(5)
+}
+fn thirty_seconds() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_handshakes() -> usize {
+    1024
+}
+fn default_per_source() -> usize {
+    64
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+
+pub(crate) fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+pub(crate) fn cidr(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address or network (e.g. 10.0.0.0/8, 127.0.0.1)"))
+}
+
+fn from_str<'de, D, T>(de: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr<Err = String>,
+{
+    let text = String::deserialize(de)?;
+    text.parse().map_err(serde::de::Error::custom)
+}
+
+fn from_str_or_default<'de, D, T>(de: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr<Err = String>,
+{
+    from_str(de)
+}
+
+fn opt_mode<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<u32>, D::Error> {
+    let text = String::deserialize(de)?;
+    socket_mode(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn opt_upstream<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Upstream>, D::Error> {
+    let text = String::deserialize(de)?;
+    Upstream::parse(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn opt_version<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Version>, D::Error> {
+    let text = String::deserialize(de)?;
+    text.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
+fn serde_duration<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(de)?;
+    duration(&text).map_err(serde::de::Error::custom)
+}
+
+fn cidrs<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Vec<IpNet>, D::Error> {
+    let texts = Vec::<String>::deserialize(de)?;
+    texts
+        .iter()
+        .map(|text| cidr(text))
+        .collect::<Result<_, _>>()
+        .map_err(serde::de::Error::custom)
+}
+
+impl ServiceOptions {
+    fn key_file_options(&self) -> KeyFileOptions {
+        keys::options(
+            &KeyFileArgs {
+                allow_open_key_permissions: self.allow_open_key_permissions,
+                allow_group_readable_keys: self.allow_group_readable_keys,
+            },
+            self.protocol,
+        )
+    }
+
+    fn gate_config(&self) -> GateConfig {
+        let mut config = GateConfig::new()
+            .with_protocol(self.protocol)
+            .with_handshake_timeout(self.handshake_timeout)
+            .with_plain_allowed(self.allow_plain)
+            .with_forward_secrecy_required(self.require_forward_secrecy);
+        if let Some(records) = self.key_update_after_records {
+            config =
+                config.with_record_limits(RecordLimits::new().with_key_update_interval(records));
+        }
+        config
+    }
+
+    fn modes_text(&self) -> &'static str {
+        match (
+            self.protocol,
+            self.allow_plain,
+            self.require_forward_secrecy,
+        ) {
+            (Protocol::Seed, _, _) => "seed (plain)",
+            (_, true, _) => "sealed-fs,sealed,plain",
+            (_, false, true) => "sealed-fs",
+            _ => "sealed-fs,sealed",
+        }
+    }
+
+    /// Checks the options that only make sense together.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.allow_plain && self.require_forward_secrecy {
+            bail!(
+                "service {}: allow-plain and require-forward-secrecy contradict each other: choose one",
+                self.name
+            );
+        }
+        if self.socket_mode.is_some() && !matches!(self.listen, ListenAddr::Unix(_)) {
+            bail!(
+                "service {}: socket-mode applies to unix: listen addresses only",
+                self.name
+            );
+        }
+        Ok(())
+    }
+
+    /// The key source, or the demo's default (`keys/`, a first key created) when the service
+    /// serves the built-in echo and names no keys.
+    pub(crate) fn key_source(&self, demo_default: bool) -> Result<(KeySource, Option<PathBuf>)> {
+        let options = self.key_file_options();
+        match KeySource::new(
+            self.keys.as_deref(),
+            self.key_env.as_deref(),
+            self.key_id.as_deref(),
+            &options,
+        )? {
+            Some(source) => Ok((source, None)),
+            None if self.upstream.is_none() && demo_default => {
+                let (dir, created) = crate::serve::default_keys()?;
+                Ok((KeySource::Path(dir), created))
+            }
+            None => bail!(
+                "service {}: --upstream needs --keys: the gate would otherwise guard your server with a key nobody chose. Make one with `linkgate keygen --out keys/alice.key`, then add --keys keys/",
+                self.name
+            ),
+        }
+    }
+}
+
+/// What reloading a service's keys needs.
+#[derive(Clone)]
+pub(crate) struct ServiceKeys {
+    pub(crate) name: String,
+    pub(crate) source: KeySource,
+    pub(crate) options: KeyFileOptions,
+    pub(crate) gate: Gate,
+    pub(crate) revoked: Option<broadcast::Sender<Arc<Vec<KeyId>>>>,
+    pub(crate) metrics: Option<ServiceMetrics>,
+}
+
+/// A service ready to run: keys loaded, gate built, socket bound.
+pub(crate) struct Service {
+    options: ServiceOptions,
+    keys: ServiceKeys,
+    bound: Bound,
+    key_ids: String,
+    pub(crate) created_key: Option<PathBuf>,
+}
+
+impl Service {
+    /// Loads the keys, builds the gate and binds the listener; fails with one readable line.
+    pub(crate) async fn prepare(
+        options: ServiceOptions,
+        demo_default: bool,
+        drop_revoked: bool,
+        systemd: &SystemdSockets,
+        metrics: Option<&Arc<Metrics>>,
+    ) -> Result<Self> {
+        options.check()?;
+        let (source, created_key) = options.key_source(demo_default)?;
+        let key_options = options.key_file_options();
+        let keyring = source
+            .load(&key_options)
+            .with_context(|| format!("service {}", options.name))?;
+        for key in keyring.keys().filter(|key| key.is_short()) {
+            keys::warn_short_key(key);
+        }
+        keys::warn_if_seed(options.protocol);
+        let key_ids = ids_text(&keyring);
+        let keys_loaded = keyring.len();
+        let gate = Gate::with_config(keyring, options.gate_config())?;
+        let bound = crate::listen::bind(&options.listen, options.socket_mode, systemd).await?;
+        let metrics = metrics.map(|metrics| metrics.service(&options.name));
+        if let Some(metrics) = &metrics {
+            metrics.keys_loaded(keys_loaded);
+        }
+        let revoked = drop_revoked.then(|| broadcast::channel(16).0);
+        Ok(Self {
+            keys: ServiceKeys {
+                name: options.name.clone(),
+                source,
+                options: key_options,
+                gate,
+                revoked,
+                metrics,
+            },
+            options,
+            bound,
+            key_ids,
+            created_key,
+        })
+    }
+
+    pub(crate) fn keys(&self) -> ServiceKeys {
+        self.keys.clone()
+    }
+
+    /// What to show in the "listening" line.
+    pub(crate) fn local(&self) -> String {
+        self.bound.describe()
+    }
+
+    /// Serves until the first termination signal, then drains.
+    pub(crate) async fn run(self, signals: Signals) -> Drained {
+        let Self {
+            options,
+            keys,
+            bound,
+            key_ids,
+            ..
+        } = self;
+        let upstream = options.upstream.clone().unwrap_or(Upstream::Echo);
+        tracing::info!(
+            service = %options.name,
+            listen = %bound.describe(),
+            upstream = %upstream,
+            keys = %key_ids,
+            modes = %options.modes_text(),
+            "linkgate serve: listening"
+        );
+        let mut listener_config = ListenerConfig::new()
+            .with_max_handshakes(options.max_handshakes)
+            .with_max_handshakes_per_source(options.max_handshakes_per_source)
+            .with_source_prefix(options.source_prefix)
+            .with_proxy_protocol_from(options.accept_proxy_from.iter().copied());
+        if let Some(metrics) = &keys.metrics {
+            listener_config = listener_config.with_telemetry(Arc::new(metrics.clone()));
+        }
+        let context = Arc::new(ServeContext {
+            service: options.name.clone(),
+            upstream,
+            connect_timeout: options.upstream_connect_timeout,
+            send_proxy: options
+                .send_proxy
+                .map(|version| (version, options.send_proxy_key_id_as.is_some())),
+            revoked: keys.revoked.clone(),
+            metrics: keys.metrics.clone(),
+        });
+        let serve_options = ServeOptions::new()
+            .with_max_connections(options.max_connections)
+            .with_drain_timeout(options.drain_timeout);
+        let drained = match bound {
+            Bound::Tcp(listener) => {
+                let listener = GatedListener::with_config(listener, keys.gate, listener_config);
+                run_listener(listener, serve_options, context, &signals).await
+            }
+            Bound::Unix(listener, socket_file) => {
+                let listener = GatedListener::with_config(listener, keys.gate, listener_config);
+                let drained = run_listener(listener, serve_options, context, &signals).await;
+                drop(socket_file);
+                drained
+            }
+        };
+        tracing::info!(service = %options.name, closed_at_drain = drained.aborted, "linkgate serve: stopped");
+        drained
+    }
+}
+
+async fn run_listener<L>(
+    listener: GatedListener<L>,
+    options: ServeOptions,
+    context: Arc<ServeContext>,
+    signals: &Signals,
+) -> Drained
+where
+    L: Listen,
+    L::Io: Socket + AsyncRead + AsyncWrite,
+{
+    linkgate::serve_until(
+        listener,
+        options,
+        signals.requested(),
+        signals.forced(),
+        move |admitted| proxy::serve_one(admitted, Arc::clone(&context)),
+    )
+    .await
+}
+
+pub(crate) fn ids_text(keyring: &Keyring) -> String {
+    keyring
+        .ids()
+        .iter()
+        .map(|id| id.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}

@@ -1,0 +1,116 @@
+//! What forwarding needs of a connection, for TCP and Unix domain sockets alike: readiness and
+//! non-blocking reads and writes through a shared reference (so both directions run at once on
+//! one socket), a write-half shutdown, and a reset.
+
+use std::future::Future;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::AsFd;
+
+use tokio::io::Interest;
+use tokio::net::{TcpStream, UnixStream};
+
+/// A connected stream socket that forwarding can drive.
+pub(crate) trait Socket: AsFd + Send + Sync + Unpin + 'static {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    fn try_read_vectored(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize>;
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
+    /// Makes the next close a reset (TCP); Unix sockets have no reset, their peer sees the end.
+    fn set_reset_on_close(&self);
+    /// This end's IP address, for sockets that have one.
+    fn local_ip(&self) -> Option<std::net::SocketAddr>;
+}
+
+macro_rules! socket {
+    ($type:ty, $reset:expr, $local:expr) => {
+        impl Socket for $type {
+            fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+                <$type>::readable(self)
+            }
+            fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
+                <$type>::writable(self)
+            }
+            fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+                <$type>::try_read(self, buf)
+            }
+            fn try_read_vectored(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+                <$type>::try_read_vectored(self, bufs)
+            }
+            fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+                <$type>::try_write(self, buf)
+            }
+            fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+                <$type>::try_write_vectored(self, bufs)
+            }
+            fn try_io<R>(
+                &self,
+                interest: Interest,
+                f: impl FnOnce() -> io::Result<R>,
+            ) -> io::Result<R> {
+                <$type>::try_io(self, interest, f)
+            }
+            fn set_reset_on_close(&self) {
+                let reset: fn(&$type) = $reset;
+                reset(self);
+            }
+            fn local_ip(&self) -> Option<std::net::SocketAddr> {
+                let local: fn(&$type) -> Option<std::net::SocketAddr> = $local;
+                local(self)
+            }
+        }
+    };
+}
+
+socket!(
+    TcpStream,
+    |stream| {
+        let _ = stream.set_zero_linger();
+    },
+    |stream| stream.local_addr().ok()
+);
+socket!(UnixStream, |_| {}, |_| None);
+
+/// Writes all of `buf`.
+pub(crate) async fn write_all<S: Socket>(to: &S, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match to.try_write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `bufs`, in order, with vectored writes.
+pub(crate) async fn write_all_vectored<S: Socket>(
+    to: &S,
+    mut bufs: &mut [IoSlice<'_>],
+) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match to.try_write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// Shuts down the write half: the peer reads the end of this direction.
+pub(crate) fn shutdown_write<S: Socket>(socket: &S) -> io::Result<()> {
+    rustix::net::shutdown(socket, rustix::net::Shutdown::Write).map_err(io::Error::from)
+}
+
+/// Resets every connection given (RST instead of FIN where the transport has one), so no peer
+/// can take a failed transfer for a complete one.
+pub(crate) fn reset_both<A: Socket, B: Socket>(a: &A, b: &B) {
+    a.set_reset_on_close();
+    b.set_reset_on_close();
+}
