@@ -135,6 +135,14 @@ keys = "k2"
     }
 
     #[test]
+    fn the_shipped_example_parses() {
+        let example: ConfigFile =
+            toml::from_str(include_str!("../../contrib/systemd/linkgate.toml")).unwrap();
+        assert_eq!(example.services.len(), 2);
+        assert!(example.watch_keys && example.metrics.is_some());
+    }
+
+    #[test]
     fn unknown_keys_are_refused_with_line_and_column() {
         let err = parse("[[service]]\nname = \"a\"\nlisen = \"127.0.0.1:1\"\n").unwrap_err();
         let text = format!("{err:#}");

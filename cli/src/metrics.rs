@@ -338,6 +338,7 @@ pub(crate) async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
                     async move { Ok::<_, Infallible>(respond(&request, &metrics)) }
                 });
             let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(5))
                 .serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(Duration::from_secs(30), connection).await;

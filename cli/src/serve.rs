@@ -91,9 +91,11 @@ pub(crate) async fn run(args: ServeArgs, systemd_sockets: SystemdSockets) -> Res
         }
     };
     tokio::spawn(stopping);
-    let running = prepared
+    // Spawn every service first, then wait for them all.
+    let running: Vec<_> = prepared
         .into_iter()
-        .map(|service| tokio::spawn(service.run(signals.clone())));
+        .map(|service| tokio::spawn(service.run(signals.clone())))
+        .collect();
     for service in running {
         service.await.context("a service task failed")?;
     }

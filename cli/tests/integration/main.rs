@@ -5,5 +5,6 @@ mod support;
 
 mod balancer;
 mod cli;
+mod operations;
 mod python;
 mod sealed;
