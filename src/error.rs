@@ -358,7 +358,7 @@ pub enum KeyFileProblem {
     NotRegular(&'static str),
     /// The contents are neither hex, base64 nor a raw binary key.
     #[error(
-        "not a key: expected one line of hex (linkgate keygen), base64, or 16 to 64 raw bytes (spiped's format)"
+        "not a key: expected one line of hex (linkgate keygen), one line of base64, or 32 to 64 raw bytes (spiped's format)"
     )]
     NotAKey,
     /// The key is shorter than 16 or longer than 64 bytes.

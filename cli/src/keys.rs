@@ -139,7 +139,22 @@ pub(crate) fn client_key(args: &ClientArgs) -> Result<Key> {
             let path = path
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("keys/default.key"));
-            let key = Key::from_file_with(&path, &options)?;
+            let key = Key::from_file_with(&path, &options).map_err(|err| {
+                let special = matches!(
+                    &err,
+                    linkgate::Error::Key(linkgate::KeyError::File {
+                        problem: linkgate::KeyFileProblem::NotRegular(_),
+                        ..
+                    })
+                );
+                let err = anyhow::Error::new(err);
+                if special {
+                    // e.g. --key /dev/stdin: say how to read a key from standard input instead.
+                    err.context("to read a key from standard input, use --key - with --id NAME")
+                } else {
+                    err
+                }
+            })?;
             match &args.id {
                 Some(id) => key.with_id(KeyId::new(id.as_str())?),
                 None => key,

@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 
 use crate::forward::{self, sealed};
 use crate::metrics::ServiceMetrics;
-use crate::socket::{Socket, reset_both, write_all};
+use crate::socket::{ResetUnlessDone, Socket, write_all};
 use crate::upstream::{Upstream, UpstreamStream};
 
 /// What `serve` needs for each admitted connection.
@@ -41,6 +41,25 @@ struct Bytes {
 enum Ended {
     Done(io::Result<Bytes>),
     Revoked,
+    /// Still open when the drain ran out (its task was dropped).
+    CutOff,
+}
+
+/// Logs the close of a connection whose task is dropped before it ends (the drain deadline),
+/// so every admitted connection gets its close line.
+struct CloseOnDrop<'a> {
+    context: &'a ServeContext,
+    who: &'a Admission,
+    started: Instant,
+    armed: bool,
+}
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            log_close(self.context, self.who, self.started, Ended::CutOff);
+        }
+    }
 }
 
 /// Serves one admitted connection: connects to the upstream (only now, after admission) and
@@ -73,6 +92,12 @@ where
     if let Some(metrics) = &context.metrics {
         metrics.connection_opened();
     }
+    let mut guard = CloseOnDrop {
+        context: &context,
+        who: &who,
+        started,
+        armed: true,
+    };
     let forwarding = async {
         match upstream {
             None => echo(admitted).await,
@@ -89,6 +114,7 @@ where
             }
         }
     };
+    guard.armed = false;
     log_close(&context, &who, started, ended);
 }
 
@@ -119,6 +145,7 @@ where
         write_all(&server, &header).await?;
     }
     let (client, _, sealed) = admitted.into_parts();
+    let mut guard = ResetUnlessDone::new(&client, &server);
     let result = match sealed {
         None => forward::forward(&client, &server).await.map(|t| Bytes {
             inbound: t.a_to_b,
@@ -131,9 +158,7 @@ where
                 outbound: t.sealed,
             }),
     };
-    if result.is_err() {
-        reset_both(&client, &server);
-    }
+    guard.done = result.is_ok();
     result
 }
 
@@ -197,6 +222,11 @@ fn log_close(context: &ServeContext, who: &Admission, started: Instant, ended: E
                 "closed: its key was revoked by a reload (--drop-revoked)");
             ("revoked", Bytes::default())
         }
+        Ended::CutOff => {
+            tracing::info!(%service, %conn, %peer, via = via_field(who), %key_id, duration_ms,
+                "closed: still open at the drain deadline (cut off)");
+            ("cut_off", Bytes::default())
+        }
     };
     if let Some(metrics) = &context.metrics {
         metrics.connection_closed(
@@ -249,6 +279,7 @@ pub(crate) async fn connect_one<L: Socket>(local: L, peer: String, context: Arc<
         mode = %who.mode(), "authenticated to the gate");
     let started = Instant::now();
     let (remote, _, sealed) = remote.into_parts();
+    let mut guard = ResetUnlessDone::new(&local, &remote);
     let result = match sealed {
         None => forward::forward(&local, &remote).await.map(|t| Bytes {
             inbound: t.a_to_b,
@@ -261,9 +292,8 @@ pub(crate) async fn connect_one<L: Socket>(local: L, peer: String, context: Arc<
                 outbound: t.opened,
             }),
     };
-    if result.is_err() {
-        reset_both(&local, &remote);
-    }
+    guard.done = result.is_ok();
+    drop(guard);
     let duration_ms = started.elapsed().as_millis() as u64;
     let conn = who.connection_id();
     match result {

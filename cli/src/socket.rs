@@ -114,3 +114,25 @@ pub(crate) fn reset_both<A: Socket, B: Socket>(a: &A, b: &B) {
     a.set_reset_on_close();
     b.set_reset_on_close();
 }
+
+/// Resets both connections when dropped, unless the transfer completed: whether it failed or its
+/// task was cut off (the drain deadline), neither peer may take it for a complete one.
+pub(crate) struct ResetUnlessDone<'a, A: Socket, B: Socket> {
+    a: &'a A,
+    b: &'a B,
+    pub(crate) done: bool,
+}
+
+impl<'a, A: Socket, B: Socket> ResetUnlessDone<'a, A, B> {
+    pub(crate) fn new(a: &'a A, b: &'a B) -> Self {
+        Self { a, b, done: false }
+    }
+}
+
+impl<A: Socket, B: Socket> Drop for ResetUnlessDone<'_, A, B> {
+    fn drop(&mut self) {
+        if !self.done {
+            reset_both(self.a, self.b);
+        }
+    }
+}

@@ -404,21 +404,189 @@ async fn sigterm_lets_a_transfer_finish_then_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn drain_timeout_cuts_off_a_stuck_connection_and_still_exits_zero() {
+    // Through an upstream that never answers, in plain mode (the case where a cut-off could pass
+    // for a clean end) and sealed.
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = upstream.accept().await {
+            held.push(stream);
+        }
+    });
+    for mode in [linkgate::Mode::Plain, linkgate::Mode::SealedFs] {
+        let dir = TempDir::new().unwrap();
+        let key_path = keygen(dir.path(), "alice");
+        let credentials = Credentials::new(Key::from_file(&key_path).unwrap()).with_mode(mode);
+        let (mut serve, gate) = start_serve(
+            dir.path(),
+            Some(upstream_addr),
+            &["--drain-timeout", "300ms", "--allow-plain"],
+        )
+        .await;
+        let mut stuck = linkgate::connect(gate, &credentials).await.unwrap();
+        serve.wait_for_log(&["admitted"]).await;
+        serve.signal("INT");
+        let status = serve
+            .wait_exit(Duration::from_secs(5))
+            .await
+            .expect("exits after the drain timeout");
+        assert_eq!(status.code(), Some(0));
+        serve
+            .wait_for_log(&["closing the connections still open"])
+            .await;
+        serve
+            .wait_for_log(&["closed: still open at the drain deadline", "key_id=alice"])
+            .await;
+        let end = stuck.read_to_end(&mut Vec::new()).await;
+        assert!(
+            end.is_err(),
+            "{mode}: the client sees a reset or a truncation, not an end: {end:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_signal_during_the_drain_stops_at_once() {
     let dir = TempDir::new().unwrap();
     let key_path = keygen(dir.path(), "alice");
     let credentials = Credentials::new(Key::from_file(&key_path).unwrap());
-    let (mut serve, gate) = start_serve(dir.path(), None, &["--drain-timeout", "300ms"]).await;
-    let _idle = linkgate::connect(gate, &credentials).await.unwrap();
+    let (mut serve, gate) = start_serve(dir.path(), None, &["--drain-timeout", "60s"]).await;
+    let _open = linkgate::connect(gate, &credentials).await.unwrap();
     serve.wait_for_log(&["admitted"]).await;
-    serve.signal("INT");
+    serve.signal("TERM");
+    serve
+        .wait_for_log(&["received SIGTERM", "letting open connections finish"])
+        .await;
+    assert!(
+        serve.wait_exit(Duration::from_millis(500)).await.is_none(),
+        "still draining"
+    );
+    serve.signal("TERM");
     let status = serve
         .wait_exit(Duration::from_secs(5))
         .await
-        .expect("exits after the drain timeout");
+        .expect("stops at once");
     assert_eq!(status.code(), Some(0));
     serve
-        .wait_for_log(&["closing the connections still open"])
+        .wait_for_log(&["received SIGTERM again", "closing open connections now"])
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_json_logs_every_line_of_a_failing_start_is_json() {
+    let dir = TempDir::new().unwrap();
+    for args in [
+        vec![
+            "serve",
+            "--keys",
+            dir.path().to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
+        vec![
+            "serve",
+            "--listen",
+            "unix:/nonexistent/dir/x.sock",
+            "--keys",
+            "k",
+            "--log-format",
+            "json",
+        ],
+        vec!["check", "--key", "/nonexistent.key", "--log-format", "json"],
+    ] {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.trim().is_empty());
+        for line in stderr.lines() {
+            let value: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
+            assert!(value["level"].is_string(), "{line}");
+        }
+        assert!(stderr.contains("\"error\""), "{stderr}");
+    }
+    // check's result, as JSON too.
+    let keys = TempDir::new().unwrap();
+    let key = keygen(keys.path(), "alice");
+    let (_serve, gate) = start_serve(keys.path(), None, &[]).await;
+    let out = check(&gate.to_string(), &key, &["--log-format", "json"]);
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["admitted"], true);
+    assert_eq!(value["key_id"], "alice");
+    assert_eq!(value["mode"], "sealed-fs");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn newcomer_mistakes_get_messages_that_say_what_to_do() {
+    // clap's suggestions survive, and point at the subcommand's help.
+    let out = run(&["serv"]);
+    assert_one_line_error(&out, &["did you mean 'serve'?", "see 'linkgate --help'"]);
+    let out = run(&["serve", "--upstrem", "127.0.0.1:1"]);
+    assert_one_line_error(
+        &out,
+        &["did you mean '--upstream'?", "see 'linkgate serve --help'"],
+    );
+    // A bare port is explained; :PORT is every interface.
+    let out = run(&["serve", "--listen", "7720"]);
+    assert_one_line_error(&out, &["only a port", "127.0.0.1:7720", ":7720"]);
+    // A key on standard input given as /dev/stdin: told how to do it.
+    let mut child = std::process::Command::new(process::BIN)
+        .args(["check", "--key", "/dev/stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert_one_line_error(&out, &["--key - with --id NAME", "not a regular file"]);
+    // A server that sends nothing is named for what it probably is.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let _held = silent.accept().await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let dir = TempDir::new().unwrap();
+    let key = keygen(dir.path(), "alice");
+    let out = check(&silent_addr, &key, &["--timeout", "500ms"]);
+    assert_one_line_error(
+        &out,
+        &["the server sent nothing", "is it a linkgate gate?", "500ms"],
+    );
+    // Raw binary (spiped) and base64 keys load; text that is no key says what would be.
+    let raw = dir.path().join("raw.key");
+    let bytes: Vec<u8> = (0u8..32).map(|i| i.wrapping_mul(91) ^ 0xa5).collect();
+    fs::write(&raw, &bytes).unwrap();
+    let b64 = dir.path().join("b64.key");
+    fs::write(&b64, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n").unwrap();
+    fs::remove_file(&key).unwrap();
+    for path in [&raw, &b64] {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let (gate_process, _) = start_serve(dir.path(), None, &[]).await;
+    gate_process
+        .wait_for_log(&["listening", "keys=b64,raw"])
+        .await;
+    let text = dir.path().join("text.key");
+    fs::write(&text, "my secret password").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&text, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let out = run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--keys",
+        dir.path().to_str().unwrap(),
+    ]);
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        message.contains("text.key: not a key") && message.contains("raw bytes (spiped"),
+        "{message}"
+    );
 }
 
 /// Exit status and stderr of a bad invocation: one line, nonzero, no panic.
