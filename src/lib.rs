@@ -94,7 +94,7 @@ pub use gate::{Gate, GateConfig};
 pub use ipnet::IpNet;
 pub use key_file::{KeyFileOptions, key_files_in};
 pub use keys::{Key, KeyId, Keyring, KeyringDiff, MAX_KEY_ID_LEN, MAX_KEY_LEN, MIN_KEY_LEN};
-pub use listener::{GatedListener, Incoming, ListenerConfig, SourcePrefix};
+pub use listener::{GatedListener, Incoming, ListenerConfig, PenaltyConfig, SourcePrefix};
 pub use mode::Mode;
 pub use net::{Accepted, Listen};
 pub use protocol::Protocol;

@@ -1,7 +1,10 @@
 //! [`GatedListener`]: a listener that yields only admitted connections.
 
 mod bounds;
+mod log_limit;
+mod penalty;
 
+use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::path::Path;
@@ -13,7 +16,7 @@ use std::time::Duration;
 use futures_core::Stream;
 use ipnet::IpNet;
 use tokio::net::{TcpListener, ToSocketAddrs, UnixListener};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::{Instant, Sleep};
 
 use crate::admitted::{Admitted, ConnectionId, Peer};
@@ -24,7 +27,10 @@ use crate::proxy_protocol::{self, Received};
 use crate::telemetry::{Bound, Event, HandshakeTimer, Outcome, Sink, Telemetry};
 
 pub use bounds::SourcePrefix;
-use bounds::{Bounds, HandshakeSlot};
+use bounds::{Bounds, HandshakeSlot, SlotHandle};
+use log_limit::LogLimit;
+pub use penalty::PenaltyConfig;
+use penalty::{Charged, Penalties};
 
 /// An admitted connection and its address as the listener reported it.
 type AdmittedWithAddr<L> = (Admitted<<L as Listen>::Io>, <L as Listen>::Addr);
@@ -44,6 +50,8 @@ pub struct ListenerConfig {
     max_handshakes_per_source: usize,
     source_prefix: SourcePrefix,
     proxy_protocol_from: Vec<IpNet>,
+    penalties: PenaltyConfig,
+    shed_after: Duration,
     telemetry: Sink,
 }
 
@@ -54,6 +62,8 @@ impl Default for ListenerConfig {
             max_handshakes_per_source: 64,
             source_prefix: SourcePrefix::default(),
             proxy_protocol_from: Vec::new(),
+            penalties: PenaltyConfig::default(),
+            shed_after: Duration::from_millis(100),
             telemetry: Sink::default(),
         }
     }
@@ -124,6 +134,30 @@ impl ListenerConfig {
         &self.proxy_protocol_from
     }
 
+    /// Per-source penalties for failed handshakes (on by default; see [`PenaltyConfig`]).
+    pub fn with_penalties(mut self, penalties: PenaltyConfig) -> Self {
+        self.penalties = penalties;
+        self
+    }
+
+    /// The penalties in force.
+    pub fn penalties(&self) -> &PenaltyConfig {
+        &self.penalties
+    }
+
+    /// When every handshake slot is taken, a new connection evicts the oldest handshake in
+    /// progress if it has run at least this long (default 100 ms: an honest handshake takes one
+    /// round trip, so the oldest is the likeliest attacker); otherwise the new one is refused.
+    pub fn with_shed_after(mut self, age: Duration) -> Self {
+        self.shed_after = age;
+        self
+    }
+
+    /// The age past which a handshake may be shed.
+    pub fn shed_after(&self) -> Duration {
+        self.shed_after
+    }
+
     /// Reports every connection's way in (accepted, refused by a bound, each handshake's
     /// outcome and duration) to `telemetry`; see [`crate::telemetry`].
     pub fn with_telemetry(mut self, telemetry: Arc<dyn Telemetry>) -> Self {
@@ -174,9 +208,23 @@ pub struct GatedListener<L: Listen = TcpListener> {
     config: ListenerConfig,
     handshakes: JoinSet<Option<AdmittedWithAddr<L>>>,
     bounds: Bounds,
+    penalties: Arc<Penalties>,
+    log_limit: Arc<LogLimit>,
+    /// Handshakes in progress, oldest first (finished ones are dropped lazily), for shedding.
+    in_flight: VecDeque<InFlight>,
+    /// When refusal summaries were last written.
+    last_flush: Instant,
     /// After an accept error that is not about one connection (e.g. out of descriptors), wait a
     /// little before accepting again, as axum and hyper do.
     backoff: Option<Pin<Box<Sleep>>>,
+}
+
+/// A handshake in progress, as the listener tracks it for shedding.
+struct InFlight {
+    started: Instant,
+    slot: SlotHandle,
+    task: AbortHandle,
+    peer: Peer,
 }
 
 impl<L: Listen> std::fmt::Debug for GatedListener<L> {
@@ -228,12 +276,17 @@ impl<L: Listen> GatedListener<L> {
     /// Puts `gate` in front of an existing listener.
     pub fn with_config(listener: L, gate: Gate, config: ListenerConfig) -> Self {
         let bounds = Bounds::new(&config);
+        let penalties = Arc::new(Penalties::new(config.penalties.clone()));
         Self {
             listener,
             gate,
             config,
             handshakes: JoinSet::new(),
             bounds,
+            penalties,
+            log_limit: Arc::new(LogLimit::default()),
+            in_flight: VecDeque::new(),
+            last_flush: Instant::now(),
             backoff: None,
         }
     }
@@ -277,6 +330,13 @@ impl<L: Listen> GatedListener<L> {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<(Admitted<L::Io>, L::Addr)> {
+        let now = Instant::now();
+        if now.duration_since(self.last_flush) >= Duration::from_secs(1) {
+            self.last_flush = now;
+            self.log_limit.flush(now);
+            let sources = self.penalties.penalized(now);
+            self.config.telemetry.event(&Event::Penalized { sources });
+        }
         loop {
             match self.handshakes.poll_join_next(cx) {
                 Poll::Ready(Some(Ok(Some(admitted)))) => return Poll::Ready(admitted),
@@ -311,37 +371,135 @@ impl<L: Listen> GatedListener<L> {
 
     fn start_handshake(&mut self, stream: L::Io, addr: L::Addr, peer: Peer) {
         let id = ConnectionId::next();
-        let telemetry = &self.config.telemetry;
+        let now = Instant::now();
+        let telemetry = self.config.telemetry.clone();
         telemetry.event(&Event::Accepted);
         // A trusted balancer's connection counts globally now and per source once its header
         // names the real client; any other connection counts for its own source at once.
         let from_balancer = self.config.trusts_proxy_header_from(&peer);
-        let slot = if from_balancer {
-            HandshakeSlot::take_global(&self.bounds).ok_or(Bound::Global)
-        } else {
-            HandshakeSlot::take(&self.bounds, &peer)
-        };
+        if !from_balancer
+            && self
+                .penalties
+                .refuses(self.bounds.source_of(&peer), &peer, now)
+        {
+            // Serving a penalty: closed at once, before any byte; logged when it started.
+            telemetry.event(&Event::Refused(Bound::Penalty));
+            return;
+        }
+        let mut slot = self.take_slot(&peer, from_balancer);
+        if matches!(slot, Err(Bound::Global)) && self.shed_oldest(now) {
+            slot = self.take_slot(&peer, from_balancer);
+        }
         let slot = match slot {
             Ok(slot) => slot,
             Err(bound) => {
-                tracing::warn!(conn = %id, %peer, "connection refused: too many handshakes in progress");
+                let source = self.bounds.source_of(&peer);
+                if self.log_limit.allow(source, "bound", &peer, now) {
+                    tracing::warn!(conn = %id, %peer, "connection refused: too many handshakes in progress");
+                }
                 telemetry.event(&Event::Refused(bound));
                 // Dropping the stream closes it at once.
                 return;
             }
         };
-        let gate = self.gate.clone();
+        let handle = slot.handle();
+        let context = TaskContext {
+            gate: self.gate.clone(),
+            bounds: self.bounds.clone(),
+            penalties: Arc::clone(&self.penalties),
+            log_limit: Arc::clone(&self.log_limit),
+            telemetry: telemetry.clone(),
+        };
         let timer = telemetry.handshake();
-        let telemetry = telemetry.clone();
-        self.handshakes.spawn(async move {
-            let who = Who {
-                id,
-                peer,
-                from_balancer,
-            };
-            let admitted = handshake(gate, stream, who, slot, timer, telemetry).await?;
+        let who = Who {
+            id,
+            peer: peer.clone(),
+            from_balancer,
+        };
+        let task = self.handshakes.spawn(async move {
+            let admitted = handshake(context, stream, who, slot, timer).await?;
             Some((admitted, addr))
         });
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|oldest| oldest.slot.is_released())
+        {
+            self.in_flight.pop_front();
+        }
+        self.in_flight.push_back(InFlight {
+            started: now,
+            slot: handle,
+            task,
+            peer,
+        });
+    }
+
+    fn take_slot(&self, peer: &Peer, from_balancer: bool) -> Result<HandshakeSlot, Bound> {
+        if from_balancer {
+            HandshakeSlot::take_global(&self.bounds).ok_or(Bound::Global)
+        } else {
+            HandshakeSlot::take(&self.bounds, peer)
+        }
+    }
+
+    /// Makes room by ending the oldest handshake in progress, if it has run long enough to be
+    /// the likeliest attacker. Its source is charged as for closing early.
+    fn shed_oldest(&mut self, now: Instant) -> bool {
+        while let Some(oldest) = self.in_flight.front() {
+            if oldest.slot.is_released() {
+                self.in_flight.pop_front();
+                continue;
+            }
+            if now.duration_since(oldest.started) < self.config.shed_after {
+                return false;
+            }
+            let Some(victim) = self.in_flight.pop_front() else {
+                return false;
+            };
+            victim.task.abort();
+            victim.slot.release();
+            if let Some(source) = victim.slot.source() {
+                if self.log_limit.allow(source, "shed", &victim.peer, now) {
+                    tracing::info!(peer = %victim.peer, age_ms = now.duration_since(victim.started).as_millis() as u64,
+                        "every handshake slot taken: ended the oldest handshake to make room");
+                }
+                charge(
+                    &self.penalties,
+                    source,
+                    &victim.peer,
+                    Outcome::Shed,
+                    "shed to make room",
+                    now,
+                );
+            }
+            return true;
+        }
+        false
+    }
+}
+
+/// What each handshake task shares with the listener.
+struct TaskContext {
+    gate: Gate,
+    bounds: Bounds,
+    penalties: Arc<Penalties>,
+    log_limit: Arc<LogLimit>,
+    telemetry: Sink,
+}
+
+/// Charges a source for a failed handshake, logging once when its penalty starts.
+fn charge(
+    penalties: &Penalties,
+    source: bounds::Source,
+    peer: &Peer,
+    outcome: Outcome,
+    reason: &str,
+    now: Instant,
+) {
+    if let Some(Charged::Started(penalty)) = penalties.charge(source, peer, outcome, now) {
+        tracing::warn!(source = %peer, penalty_s = penalty.as_secs(), last = %reason,
+            "source penalized after repeated failed handshakes: its connections are closed at accept until the penalty runs out");
     }
 }
 
@@ -352,20 +510,26 @@ struct Who {
     from_balancer: bool,
 }
 
-/// One connection's way in: the PROXY protocol header (from trusted balancers), the per-source
-/// bound for the real client, then the handshake, all within the handshake timeout. Every
-/// refusal is logged here, once.
+/// One connection's way in: the PROXY protocol header (from trusted balancers), penalties and the
+/// per-source bound for the real client, then the handshake, all within the handshake timeout.
+/// Every refusal is logged here (rate-limited per source and reason) and charged to its source.
 async fn handshake<IO>(
-    gate: Gate,
+    context: TaskContext,
     mut stream: IO,
     who: Who,
-    mut slot: HandshakeSlot,
+    slot: HandshakeSlot,
     timer: HandshakeTimer,
-    telemetry: Sink,
 ) -> Option<Admitted<IO>>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let TaskContext {
+        gate,
+        bounds,
+        penalties,
+        log_limit,
+        telemetry,
+    } = context;
     let Who {
         id,
         peer: socket_peer,
@@ -373,6 +537,17 @@ where
     } = who;
     let timeout = gate.config().handshake_timeout();
     let deadline = Instant::now() + timeout;
+    let refused = |peer: &Peer, via: Option<&Peer>, reason: &Error, timer: HandshakeTimer| {
+        let now = Instant::now();
+        let outcome = Outcome::of(reason);
+        let source = bounds.source_of(peer);
+        if log_limit.allow(source, outcome.as_str(), peer, now) {
+            let via = via.map(tracing::field::display);
+            tracing::info!(conn = %id, %peer, via, %reason, "connection rejected");
+        }
+        charge(&penalties, source, peer, outcome, &reason.to_string(), now);
+        timer.finish(outcome, None);
+    };
     let (peer, via) = if from_balancer {
         let header = tokio::time::timeout_at(deadline, proxy_protocol::read_header(&mut stream));
         let client = match header.await {
@@ -387,20 +562,42 @@ where
             }
             Ok(Err(problem)) => {
                 let reason = Error::from(Refusal::ProxyHeader(problem.to_string()));
-                tracing::info!(conn = %id, via = %socket_peer, %reason, "connection rejected");
+                // A broken header is the balancer's fault, not a client's: not charged.
+                if log_limit.allow(
+                    bounds.source_of(&socket_peer),
+                    "proxy_header",
+                    &socket_peer,
+                    Instant::now(),
+                ) {
+                    tracing::info!(conn = %id, via = %socket_peer, %reason, "connection rejected");
+                }
                 timer.finish(Outcome::of(&reason), None);
                 return None;
             }
             Err(_) => {
                 let reason = Error::from(Timeout::new(timeout, Waiting::ProxyHeader));
-                tracing::info!(conn = %id, via = %socket_peer, %reason, "connection rejected");
+                if log_limit.allow(
+                    bounds.source_of(&socket_peer),
+                    "proxy_header",
+                    &socket_peer,
+                    Instant::now(),
+                ) {
+                    tracing::info!(conn = %id, via = %socket_peer, %reason, "connection rejected");
+                }
                 timer.finish(Outcome::of(&reason), None);
                 return None;
             }
         };
+        if penalties.refuses(bounds.source_of(&client), &client, Instant::now()) {
+            drop(timer);
+            telemetry.event(&Event::Refused(Bound::Penalty));
+            return None;
+        }
         if !slot.add_source(&client) {
-            tracing::warn!(conn = %id, peer = %client, via = %socket_peer,
-                "connection refused: too many handshakes in progress");
+            if log_limit.allow(bounds.source_of(&client), "bound", &client, Instant::now()) {
+                tracing::warn!(conn = %id, peer = %client, via = %socket_peer,
+                    "connection refused: too many handshakes in progress");
+            }
             drop(timer);
             telemetry.event(&Event::Refused(Bound::PerSource));
             return None;
@@ -409,23 +606,22 @@ where
     } else {
         (socket_peer, None)
     };
-    let via_field = via.as_ref().map(tracing::field::display);
     match gate.handshake_until(&mut stream, deadline).await {
         Ok(session) => {
             let mut admitted = session.into_admitted(stream, gate.config(), id);
-            tracing::debug!(conn = %id, %peer, via = via_field, key_id = %admitted.key_id(),
-                mode = %admitted.mode(), "handshake admitted");
+            tracing::debug!(conn = %id, %peer, via = via.as_ref().map(tracing::field::display),
+                key_id = %admitted.key_id(), mode = %admitted.mode(), "handshake admitted");
             let admission = admitted.admission_mut();
             *admission = admission.clone().with_peers(Some(peer), via);
             timer.finish(
                 Outcome::Admitted,
                 Some((admitted.key_id(), admitted.mode())),
             );
+            drop(slot);
             Some(admitted)
         }
         Err(reason) => {
-            tracing::info!(conn = %id, %peer, via = via_field, %reason, "connection rejected");
-            timer.finish(Outcome::of(&reason), None);
+            refused(&peer, via.as_ref(), &reason, timer);
             None
         }
     }

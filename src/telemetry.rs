@@ -52,6 +52,11 @@ pub enum Event<'a> {
     Refused(Bound),
     /// A handshake started: it counts as in progress until its `HandshakeFinished`.
     HandshakeStarted,
+    /// How many sources are serving a penalty now (reported about once a second).
+    Penalized {
+        /// Sources refused at accept for now.
+        sources: usize,
+    },
     /// A handshake ended, one way or another.
     HandshakeFinished {
         /// How.

@@ -70,7 +70,11 @@ pub(crate) struct ServeArgs {
 }
 
 /// The service flags that a config file replaces.
-const SERVICE_FLAGS: [&str; 21] = [
+const SERVICE_FLAGS: [&str; 25] = [
+    "no_penalties",
+    "penalty_exempt",
+    "penalty_min",
+    "penalty_max",
     "listen",
     "socket_mode",
     "upstream",
@@ -242,6 +246,15 @@ pub(crate) struct LogArgs {
     /// Only warnings and errors.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub(crate) quiet: bool,
+    /// Log lines held while stderr is slow before lines are dropped (tests lower it).
+    #[arg(
+        long,
+        hide = true,
+        value_name = "N",
+        default_value_t = 16_384,
+        global = true
+    )]
+    pub(crate) log_buffer_lines: usize,
     /// Log line format (json also makes errors and check's result JSON).
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text, global = true)]
     pub(crate) log_format: LogFormat,

@@ -22,6 +22,7 @@ pub(crate) async fn run(args: ConnectArgs, systemd_sockets: SystemdSockets) -> R
     let signals = Signals::install()?;
     let credentials = client_credentials(&args)?;
     keys::warn_if_seed(args.client.protocol);
+    crate::systemd::raise_open_files_limit(2 * args.service.max_connections as u64 + 64);
     let bound = listen::bind(&args.listen, args.socket_mode, &systemd_sockets).await?;
     tracing::info!(
         listen = %bound.describe(),

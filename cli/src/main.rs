@@ -36,7 +36,7 @@ fn main() -> ExitCode {
     let format = cli.log.log_format;
     // Sockets systemd passed, taken before anything else could open descriptors.
     let systemd_sockets = listen::SystemdSockets::from_env();
-    cli.log.init(matches!(cli.command, Command::Demo(_)));
+    let _log_writer = cli.log.init(matches!(cli.command, Command::Demo(_)));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

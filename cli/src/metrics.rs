@@ -85,6 +85,8 @@ pub(crate) struct Metrics {
     upstream_failures: Family<ServiceLabel, Counter>,
     keys: Family<ServiceLabel, Gauge>,
     reloads: Family<ResultLabel, Counter>,
+    penalized: Family<ServiceLabel, Gauge>,
+    log_dropped: Counter,
 }
 
 impl Metrics {
@@ -105,6 +107,8 @@ impl Metrics {
         let upstream_failures = Family::default();
         let keys = Family::default();
         let reloads = Family::default();
+        let penalized = Family::default();
+        let log_dropped = Counter::default();
         registry.register(
             "connections_accepted",
             "Connections the listener accepted",
@@ -181,6 +185,8 @@ impl Metrics {
             upstream_failures,
             keys,
             reloads,
+            penalized,
+            log_dropped,
         })
     }
 
@@ -197,6 +203,14 @@ impl Metrics {
         ServiceMetrics {
             metrics: Arc::clone(self),
             service: name.to_owned(),
+        }
+    }
+
+    /// Brings the dropped-lines counter up to `total` (the log writer's own count).
+    pub(crate) fn log_lines_dropped(&self, total: u64) {
+        let seen = self.log_dropped.get();
+        if total > seen {
+            self.log_dropped.inc_by(total - seen);
         }
     }
 
@@ -281,6 +295,11 @@ impl Telemetry for ServiceMetrics {
                         bound: bound.as_str(),
                     })
                     .inc();
+            }
+            Event::Penalized { sources } => {
+                m.penalized
+                    .get_or_create(&self.label())
+                    .set(*sources as i64);
             }
             Event::HandshakeStarted => {
                 m.in_progress.get_or_create(&self.label()).inc();

@@ -46,6 +46,12 @@ pub(crate) async fn run(args: ServeArgs, systemd_sockets: SystemdSockets) -> Res
             (vec![args.service], operations, true)
         }
     };
+    // Each handshake holds one descriptor, each forwarded connection two.
+    let needed: u64 = services
+        .iter()
+        .map(|s| (s.max_handshakes + 2 * s.max_connections + 16) as u64)
+        .sum();
+    systemd::raise_open_files_limit(needed + 64);
     let metrics = operations.metrics.as_ref().map(|_| Metrics::new());
     let mut prepared = Vec::with_capacity(services.len());
     for options in services {
@@ -62,6 +68,7 @@ pub(crate) async fn run(args: ServeArgs, systemd_sockets: SystemdSockets) -> Res
         }
         prepared.push(service);
     }
+    tokio::spawn(report_dropped_log_lines(metrics.clone()));
     if let (Some(addr), Some(metrics)) = (&operations.metrics, &metrics) {
         let (listener, local) = metrics::bind(addr).await?;
         tracing::info!(metrics = %local, "serving metrics at /metrics");
@@ -100,6 +107,27 @@ pub(crate) async fn run(args: ServeArgs, systemd_sockets: SystemdSockets) -> Res
         service.await.context("a service task failed")?;
     }
     Ok(())
+}
+
+/// Says (at most every 10 s) when log lines were dropped because stderr could not keep up, and
+/// keeps the metric current.
+async fn report_dropped_log_lines(metrics: Option<Arc<Metrics>>) {
+    let mut reported = 0;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        let dropped = crate::logging::dropped_lines();
+        if let Some(metrics) = &metrics {
+            metrics.log_lines_dropped(dropped);
+        }
+        if dropped > reported {
+            tracing::warn!(
+                dropped = dropped - reported,
+                total = dropped,
+                "log lines dropped: stderr could not keep up (the gate kept serving)"
+            );
+            reported = dropped;
+        }
+    }
 }
 
 /// `linkgate check-config FILE`: everything `serve --config` checks before it binds.

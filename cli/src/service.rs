@@ -11,7 +11,7 @@ use linkgate::proxy_protocol::Version;
 use linkgate::record::RecordLimits;
 use linkgate::{
     Drained, Gate, GateConfig, GatedListener, IpNet, KeyFileOptions, KeyId, Keyring, Listen,
-    ListenerConfig, Protocol, ServeOptions, SourcePrefix,
+    ListenerConfig, PenaltyConfig, Protocol, ServeOptions, SourcePrefix,
 };
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -106,6 +106,24 @@ pub(crate) struct ServiceOptions {
     #[arg(long, value_name = "V4:V6", default_value = "32:64")]
     #[serde(default, deserialize_with = "from_str_or_default")]
     pub(crate) source_prefix: SourcePrefix,
+    /// Turn off per-source penalties (by default a source whose handshakes keep failing is
+    /// refused at accept for a while, as OpenSSH's PerSourcePenalties do).
+    #[arg(long)]
+    #[serde(default)]
+    pub(crate) no_penalties: bool,
+    /// Sources never penalized, as CIDR[,CIDR...]. Example: --penalty-exempt 10.1.0.0/16
+    #[arg(long, value_name = "CIDRS", value_delimiter = ',', value_parser = cidr)]
+    #[serde(default, deserialize_with = "cidrs")]
+    pub(crate) penalty_exempt: Vec<IpNet>,
+    /// Penalty a source must accrue before its connections are refused (each failed proof adds
+    /// 5s, a timeout or refused header 10s, closing early 1s).
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = duration)]
+    #[serde(default = "fifteen_seconds", deserialize_with = "serde_duration")]
+    pub(crate) penalty_min: Duration,
+    /// The longest a source can be refused.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = duration)]
+    #[serde(default = "ten_minutes", deserialize_with = "serde_duration")]
+    pub(crate) penalty_max: Duration,
     /// Load balancers that send a PROXY protocol header (v1 or v2) first, as CIDR[,CIDR...].
     /// Connections from them must send one and are known by the client it names; any other
     /// connection must not send one. Example: --accept-proxy-from 10.0.0.0/8,127.0.0.1/32
@@ -153,6 +171,12 @@ fn five_seconds() -> Duration {
 }
 fn thirty_seconds() -> Duration {
     Duration::from_secs(30)
+}
+fn fifteen_seconds() -> Duration {
+    Duration::from_secs(15)
+}
+fn ten_minutes() -> Duration {
+    Duration::from_secs(600)
 }
 fn default_max_handshakes() -> usize {
     1024
@@ -250,6 +274,16 @@ impl ServiceOptions {
                 config.with_record_limits(RecordLimits::new().with_key_update_interval(records));
         }
         config
+    }
+
+    fn penalties(&self) -> PenaltyConfig {
+        if self.no_penalties {
+            return PenaltyConfig::disabled();
+        }
+        PenaltyConfig::new()
+            .with_exempt(self.penalty_exempt.iter().copied())
+            .with_min(self.penalty_min)
+            .with_max(self.penalty_max)
     }
 
     fn modes_text(&self) -> &'static str {
@@ -400,7 +434,8 @@ impl Service {
             .with_max_handshakes(options.max_handshakes)
             .with_max_handshakes_per_source(options.max_handshakes_per_source)
             .with_source_prefix(options.source_prefix)
-            .with_proxy_protocol_from(options.accept_proxy_from.iter().copied());
+            .with_proxy_protocol_from(options.accept_proxy_from.iter().copied())
+            .with_penalties(options.penalties());
         if let Some(metrics) = &keys.metrics {
             listener_config = listener_config.with_telemetry(Arc::new(metrics.clone()));
         }

@@ -29,3 +29,29 @@ pub(crate) fn stopping() {
         NotifyState::Status("draining connections"),
     ]);
 }
+
+/// Raises the soft limit on open files to the hard limit (a common default soft limit, 1024, is
+/// below what the default bounds can use), and warns when the bounds can still exceed it.
+pub(crate) fn raise_open_files_limit(needed: u64) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let (Some(current), Some(max)) = (limit.current, limit.maximum)
+        && current < max
+    {
+        limit.current = Some(max);
+        match setrlimit(Resource::Nofile, limit) {
+            Ok(()) => tracing::debug!(from = current, to = max, "raised the open files limit"),
+            Err(err) => tracing::warn!(error = %err, "cannot raise the open files limit"),
+        }
+    }
+    let now = getrlimit(Resource::Nofile).current;
+    if let Some(current) = now
+        && needed > current
+    {
+        tracing::warn!(
+            limit = current,
+            needed,
+            "the open files limit is below what the configured bounds can use: lower --max-handshakes or --max-connections, or raise the limit (LimitNOFILE= under systemd)"
+        );
+    }
+}

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::admitted::Peer;
@@ -144,22 +145,58 @@ impl Bounds {
     pub(crate) fn in_progress(&self) -> usize {
         self.lock().total
     }
+
+    /// The source `peer` counts as.
+    pub(crate) fn source_of(&self, peer: &Peer) -> Source {
+        self.inner.prefix.source_of(peer)
+    }
 }
 
-/// One handshake's place within the bounds; released when dropped, however the task ends.
+/// One handshake's place within the bounds; released when dropped, however the task ends, or
+/// at once when the listener sheds the handshake (its task is dropped later).
 ///
 /// It counts globally from the start; its per-source count is added once the source is known
 /// (at once for most connections, after the PROXY protocol header for those from a load
 /// balancer).
 pub(crate) struct HandshakeSlot {
+    shared: Arc<SlotShared>,
+}
+
+/// The listener's hold on a slot, to release it when it sheds the handshake.
+#[derive(Clone)]
+pub(crate) struct SlotHandle {
+    shared: Arc<SlotShared>,
+}
+
+struct SlotShared {
     bounds: Bounds,
-    source: Option<Source>,
+    source: Mutex<Option<Source>>,
+    released: AtomicBool,
+}
+
+impl SlotShared {
+    fn release(&self) {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let source = *self.source.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut counts = self.bounds.lock();
+        counts.total -= 1;
+        if let Some(source) = source
+            && let Some(n) = counts.per_source.get_mut(&source)
+        {
+            *n -= 1;
+            if *n == 0 {
+                counts.per_source.remove(&source);
+            }
+        }
+    }
 }
 
 impl HandshakeSlot {
     /// A slot counted globally and for `peer`'s source, or the bound that is full.
     pub(crate) fn take(bounds: &Bounds, peer: &Peer) -> Result<Self, Bound> {
-        let mut slot = Self::take_global(bounds).ok_or(Bound::Global)?;
+        let slot = Self::take_global(bounds).ok_or(Bound::Global)?;
         if slot.add_source(peer) {
             Ok(slot)
         } else {
@@ -175,38 +212,64 @@ impl HandshakeSlot {
         }
         counts.total += 1;
         Some(Self {
-            bounds: bounds.clone(),
-            source: None,
+            shared: Arc::new(SlotShared {
+                bounds: bounds.clone(),
+                source: Mutex::new(None),
+                released: AtomicBool::new(false),
+            }),
         })
     }
 
     /// Counts this handshake for `peer`'s source too; `false` if that source is at its bound.
-    pub(crate) fn add_source(&mut self, peer: &Peer) -> bool {
-        let source = self.bounds.inner.prefix.source_of(peer);
-        let mut counts = self.bounds.lock();
+    pub(crate) fn add_source(&self, peer: &Peer) -> bool {
+        let bounds = &self.shared.bounds;
+        let source = bounds.source_of(peer);
+        let mut counts = bounds.lock();
         let from_source = counts.per_source.get(&source).copied().unwrap_or(0);
-        if from_source >= self.bounds.inner.max_per_source {
+        if from_source >= bounds.inner.max_per_source {
             return false;
         }
         counts.per_source.insert(source, from_source + 1);
         drop(counts);
-        self.source = Some(source);
+        *self
+            .shared
+            .source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(source);
         true
+    }
+
+    pub(crate) fn handle(&self) -> SlotHandle {
+        SlotHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl SlotHandle {
+    /// Whether the handshake has already ended (or was shed).
+    pub(crate) fn is_released(&self) -> bool {
+        self.shared.released.load(Ordering::Acquire)
+    }
+
+    /// Frees the slot now, for a handshake being shed.
+    pub(crate) fn release(&self) {
+        self.shared.release();
+    }
+
+    /// The source it counts for, once known.
+    pub(crate) fn source(&self) -> Option<Source> {
+        *self
+            .shared
+            .source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl Drop for HandshakeSlot {
     fn drop(&mut self) {
-        let mut counts = self.bounds.lock();
-        counts.total -= 1;
-        if let Some(source) = self.source
-            && let Some(n) = counts.per_source.get_mut(&source)
-        {
-            *n -= 1;
-            if *n == 0 {
-                counts.per_source.remove(&source);
-            }
-        }
+        self.shared.release();
     }
 }
 

@@ -251,8 +251,11 @@ async fn global_bound_closes_the_excess_at_once() {
         GateConfig::new().with_handshake_timeout(Duration::from_secs(30)),
     )
     .unwrap();
-    let (addr, _admissions) =
-        gated_echo_with(gate, ListenerConfig::new().with_max_handshakes(4)).await;
+    // Shedding off: this is the plain bound (shedding has its own test).
+    let config = ListenerConfig::new()
+        .with_max_handshakes(4)
+        .with_shed_after(Duration::from_secs(3600));
+    let (addr, _admissions) = gated_echo_with(gate, config).await;
 
     let mut held = Vec::new();
     for last_octet in 10..14 {
@@ -325,4 +328,82 @@ async fn serve_with_wraps_an_existing_handler_in_one_call() {
         who_called.try_recv().is_err(),
         "the handler never saw the impostor"
     );
+}
+
+#[tokio::test]
+async fn when_every_slot_is_taken_the_oldest_handshake_is_shed() {
+    capture_logs();
+    let alice = key("alice");
+    let gate = Gate::with_config(
+        keyring(&[&alice]),
+        GateConfig::new().with_handshake_timeout(Duration::from_secs(30)),
+    )
+    .unwrap();
+    let config = ListenerConfig::new()
+        .with_max_handshakes(4)
+        .with_shed_after(Duration::from_millis(100));
+    let (addr, mut admissions) = gated_echo_with(gate, config).await;
+
+    // Four slow clients from four sources take every slot.
+    let mut held = Vec::new();
+    for last_octet in 20..24 {
+        let mut stream = connect_from(Ipv4Addr::new(127, 0, 0, last_octet), addr).await;
+        assert!(got_challenge(&mut stream).await);
+        held.push(stream);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // A legitimate client still gets in: the oldest slow one (127.0.0.20) makes room.
+    let mut client = linkgate::connect(addr, &Credentials::new(alice))
+        .await
+        .unwrap();
+    assert_eq!(admissions.recv().await.unwrap().key_id().as_str(), "alice");
+    assert_eq!(echo_once(&mut client, b"in").await, b"in");
+    assert!(
+        closed_without_a_byte(&mut held[0]).await,
+        "the oldest was ended"
+    );
+    let mut byte = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), held[3].read(&mut byte))
+            .await
+            .is_err(),
+        "the newest slow client is still waiting"
+    );
+    wait_for_log_line(&["ended the oldest handshake to make room", "127.0.0.20:"]).await;
+}
+
+#[tokio::test]
+async fn repeated_failures_from_a_source_are_refused_at_accept_and_logged_once() {
+    capture_logs();
+    let alice = key("alice");
+    let gate = Gate::new(keyring(&[&alice])).unwrap();
+    let (addr, mut admissions) = gated_echo_with(gate, ListenerConfig::new()).await;
+    let attacker = Ipv4Addr::new(127, 0, 0, 30);
+    // Four wrong proofs: 5 s each, past the 15 s the penalty must reach before it is enforced
+    // (three come a hair short: accrued time runs down as it passes).
+    for _ in 0..4 {
+        let stream = connect_from(attacker, addr).await;
+        let denied = linkgate::authenticate(stream, &Credentials::new(key("alice"))).await;
+        assert!(matches!(denied, Err(Error::Rejected(Rejection::Denied))));
+    }
+    wait_for_log_line(&["source penalized", "source=127.0.0.30:"]).await;
+    // From now on the source gets nothing at all, not even a challenge, and no log line each.
+    for _ in 0..20 {
+        let mut stream = connect_from(attacker, addr).await;
+        assert!(closed_without_a_byte(&mut stream).await);
+    }
+    let lines = crate::support::logs()
+        .lines()
+        .filter(|line| line.contains("127.0.0.30:"))
+        .count();
+    assert!(
+        lines <= 5,
+        "four rejections and one penalty line, not one per connection ({lines})"
+    );
+    // Another source is not affected, and a whole IPv6 /64 would count as one source.
+    let _ok = linkgate::connect(addr, &Credentials::new(alice))
+        .await
+        .unwrap();
+    assert_eq!(admissions.recv().await.unwrap().key_id().as_str(), "alice");
 }

@@ -5,6 +5,7 @@ mod support;
 
 mod balancer;
 mod cli;
+mod faults;
 mod operations;
 mod python;
 mod sealed;
