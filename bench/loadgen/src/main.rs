@@ -62,6 +62,9 @@ enum BenchCommand {
         /// How long each stream sends.
         #[arg(long, default_value = "5s", value_parser = duration)]
         duration: Duration,
+        /// Give up on a stream when one write, or the sink's answer, takes longer than this.
+        #[arg(long, default_value = "20s", value_parser = duration)]
+        stall_timeout: Duration,
     },
     /// Idle memory: open N connections (each echoes one byte), hold them, report RSS growth.
     Idle {
@@ -94,6 +97,10 @@ struct RateLoad {
     /// How long to run.
     #[arg(long, default_value = "5s", value_parser = duration)]
     duration: Duration,
+    /// A round that takes longer than this is abandoned and counted as an error, so one stalled
+    /// connection cannot hold a worker (and the whole measurement) past its duration.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    round_timeout: Duration,
 }
 
 const PAYLOAD: &[u8; 16] = b"linkgate bench!\n";
@@ -137,7 +144,8 @@ async fn run(args: BenchArgs) -> Result<()> {
             target,
             streams,
             duration,
-        } => throughput(&target, streams, duration).await,
+            stall_timeout,
+        } => throughput(&target, streams, duration, stall_timeout).await,
         BenchCommand::Idle {
             target,
             connections,
@@ -227,6 +235,7 @@ where
     let deadline = started
         .checked_add(load.duration)
         .unwrap_or(started + Duration::from_secs(365 * 86_400));
+    let round_timeout = load.round_timeout;
     let mut workers = Vec::new();
     for _ in 0..load.workers {
         let round = Arc::clone(&round);
@@ -235,11 +244,19 @@ where
             let (mut errors, mut first_error) = (0, None);
             while Instant::now() < deadline {
                 let t0 = Instant::now();
-                match round().await {
-                    Ok(()) => latencies.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32),
-                    Err(err) => {
+                match tokio::time::timeout(round_timeout, round()).await {
+                    Ok(Ok(())) => {
+                        latencies.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    }
+                    Ok(Err(err)) => {
                         errors += 1;
                         first_error.get_or_insert_with(|| err.to_string());
+                    }
+                    Err(_) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| {
+                            format!("round timed out after {round_timeout:?}")
+                        });
                     }
                 }
             }
@@ -320,7 +337,12 @@ async fn rate_lib(load: RateLoad, mode: Mode) -> Result<()> {
 }
 
 /// (c): N streams send for `duration`, then half-close; the sink answers count and CRC.
-async fn throughput(target: &str, streams: usize, duration: Duration) -> Result<()> {
+async fn throughput(
+    target: &str,
+    streams: usize,
+    duration: Duration,
+    stall_timeout: Duration,
+) -> Result<()> {
     let block: Arc<Vec<u8>> = Arc::new(
         (0..(1u32 << 20))
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -331,7 +353,7 @@ async fn throughput(target: &str, streams: usize, duration: Duration) -> Result<
     for stream_index in 0..streams {
         let (target, block) = (target.to_owned(), Arc::clone(&block));
         tasks.push(tokio::spawn(async move {
-            one_stream(&target, &block, stream_index, duration).await
+            one_stream(&target, &block, stream_index, duration, stall_timeout).await
         }));
     }
     let mut total = 0u64;
@@ -347,9 +369,17 @@ async fn throughput(target: &str, streams: usize, duration: Duration) -> Result<
     Ok(())
 }
 
-async fn one_stream(target: &str, block: &[u8], index: usize, duration: Duration) -> Result<u64> {
+async fn one_stream(
+    target: &str,
+    block: &[u8],
+    index: usize,
+    duration: Duration,
+    stall: Duration,
+) -> Result<u64> {
     const CHUNK: usize = 256 * 1024;
-    let mut stream = TcpStream::connect(target).await?;
+    let mut stream = tokio::time::timeout(stall, TcpStream::connect(target))
+        .await
+        .with_context(|| format!("stream {index}: connecting took over {stall:?}"))??;
     let now = Instant::now();
     let deadline = now
         .checked_add(duration)
@@ -358,16 +388,18 @@ async fn one_stream(target: &str, block: &[u8], index: usize, duration: Duration
     let mut offset = (index * 4099) % (block.len() - CHUNK);
     while Instant::now() < deadline {
         let chunk = &block[offset..offset + CHUNK];
-        stream.write_all(chunk).await?;
+        tokio::time::timeout(stall, stream.write_all(chunk))
+            .await
+            .with_context(|| format!("stream {index}: a write stalled for {stall:?}"))??;
         crc.update(chunk);
         sent += CHUNK as u64;
         offset = (offset + 7919) % (block.len() - CHUNK);
     }
     stream.shutdown().await?;
     let mut reply = [0u8; 12];
-    stream
-        .read_exact(&mut reply)
+    tokio::time::timeout(stall, stream.read_exact(&mut reply))
         .await
+        .with_context(|| format!("stream {index}: no answer from the sink within {stall:?}"))?
         .context("the sink's count and checksum never came back")?;
     let received = u64::from_be_bytes(reply[..8].try_into()?);
     let received_crc = u32::from_be_bytes(reply[8..].try_into()?);
@@ -387,7 +419,8 @@ async fn idle(target: &str, connections: usize, pids: &[u32]) -> Result<()> {
     if pids.is_empty() {
         bail!("give the processes to measure with --pid");
     }
-    let before = total_rss_kib(pids)?;
+    let before_each = rss_kib_each(pids)?;
+    let before: u64 = before_each.iter().sum();
     let gate = Arc::new(Semaphore::new(32));
     let target: Arc<str> = target.into();
     let mut opening = Vec::with_capacity(connections);
@@ -422,11 +455,18 @@ async fn idle(target: &str, connections: usize, pids: &[u32]) -> Result<()> {
         "no connection could be opened: {first_error:?}"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = total_rss_kib(pids)?;
+    let after_each = rss_kib_each(pids)?;
+    let after: u64 = after_each.iter().sum();
+    let by_pid: Vec<String> = pids
+        .iter()
+        .zip(before_each.iter().zip(&after_each))
+        .map(|(pid, (b, a))| format!("{pid}:{:.2}", (*a as f64 - *b as f64) / held.len() as f64))
+        .collect();
     println!(
-        "kib_per_conn={:.2} connections={} failed={failed} rss_before_kib={before} rss_after_kib={after}",
+        "kib_per_conn={:.2} connections={} failed={failed} rss_before_kib={before} rss_after_kib={after} kib_per_conn_by_pid={}",
         (after as f64 - before as f64) / held.len() as f64,
-        held.len()
+        held.len(),
+        by_pid.join(",")
     );
     if let Some(err) = first_error {
         eprintln!("{failed} connections failed; first: {err}");
@@ -434,8 +474,8 @@ async fn idle(target: &str, connections: usize, pids: &[u32]) -> Result<()> {
     Ok(())
 }
 
-fn total_rss_kib(pids: &[u32]) -> Result<u64> {
-    let mut total = 0;
+fn rss_kib_each(pids: &[u32]) -> Result<Vec<u64>> {
+    let mut each = Vec::with_capacity(pids.len());
     for pid in pids {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .with_context(|| format!("cannot read /proc/{pid}/status"))?;
@@ -444,7 +484,7 @@ fn total_rss_kib(pids: &[u32]) -> Result<u64> {
             .find_map(|line| line.strip_prefix("VmRSS:"))
             .and_then(|value| value.split_whitespace().next()?.parse::<u64>().ok())
             .with_context(|| format!("no VmRSS for pid {pid}"))?;
-        total += rss;
+        each.push(rss);
     }
-    Ok(total)
+    Ok(each)
 }
