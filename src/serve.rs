@@ -199,6 +199,10 @@ impl Connections {
         F: Future<Output = ()> + Send + 'static,
     {
         let cut_off = self.cut_off.clone();
+        // Boxed: moved into the task's own future, `connection` would be stored twice over (a
+        // captured value and the value being awaited), doubling what every open connection
+        // holds. Boxed, the task keeps a pointer.
+        let connection = Box::pin(connection);
         self.tracker.spawn(async move {
             tokio::select! {
                 () = connection => {}

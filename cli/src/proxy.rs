@@ -2,12 +2,13 @@
 //! server) and `connect` (beside an unmodified client).
 
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use linkgate::proxy_protocol::{self, Tlvs, Version};
-use linkgate::{Admission, Admitted, Credentials, KeyId, Peer};
+use linkgate::{Admission, Admitted, Credentials, KeyId, Peer, SealedParts};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::broadcast;
 
@@ -65,57 +66,96 @@ impl Drop for CloseOnDrop<'_> {
 /// Serves one admitted connection: connects to the upstream (only now, after admission) and
 /// forwards both ways in the admitted mode. If the upstream cannot be reached, the client is
 /// reset, so it sees a failure rather than an empty answer.
-pub(crate) async fn serve_one<IO>(admitted: Admitted<IO>, context: Arc<ServeContext>)
+///
+/// Written as a plain function returning an `async move` block: an `async fn` would store its
+/// arguments twice over for as long as the connection lives.
+#[expect(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
+pub(crate) fn serve_one<IO>(
+    admitted: Admitted<IO>,
+    context: Arc<ServeContext>,
+) -> impl Future<Output = ()> + Send
 where
     IO: Socket + AsyncRead + AsyncWrite,
 {
-    let who = admitted.admission().clone();
-    tracing::info!(service = %context.service, conn = %who.connection_id(), peer = %peer_text(&who),
-        via = via_field(&who), key_id = %who.key_id(), mode = %who.mode(), "admitted");
-    // Subscribe before anything else, so a revocation from now on is seen.
-    let mut revocations = context.revoked.as_ref().map(broadcast::Sender::subscribe);
-    let started = Instant::now();
-    let upstream = match context.upstream.connect(context.connect_timeout).await {
-        None => None,
-        Some(Ok(stream)) => Some(stream),
-        Some(Err(err)) => {
-            tracing::warn!(service = %context.service, conn = %who.connection_id(), peer = %peer_text(&who),
-                key_id = %who.key_id(), upstream = %context.upstream, error = %err,
-                "upstream unreachable: resetting the admitted connection");
-            admitted.get_ref().set_reset_on_close();
-            if let Some(metrics) = &context.metrics {
-                metrics.upstream_failed();
+    async move {
+        let who = admitted.admission().clone();
+        tracing::info!(service = %context.service, conn = %who.connection_id(), peer = %peer_text(&who),
+            via = via_field(&who), key_id = %who.key_id(), mode = %who.mode(), "admitted");
+        // Subscribe before anything else, so a revocation from now on is seen.
+        let mut revocations = context.revoked.as_ref().map(broadcast::Sender::subscribe);
+        let started = Instant::now();
+        // Boxed: a step that is over by the time the connection idles should not size the task
+        // that idles.
+        let upstream = match Box::pin(context.upstream.connect(context.connect_timeout)).await {
+            None => None,
+            Some(Ok(stream)) => Some(stream),
+            Some(Err(err)) => {
+                tracing::warn!(service = %context.service, conn = %who.connection_id(), peer = %peer_text(&who),
+                    key_id = %who.key_id(), upstream = %context.upstream, error = %err,
+                    "upstream unreachable: resetting the admitted connection");
+                admitted.get_ref().set_reset_on_close();
+                if let Some(metrics) = &context.metrics {
+                    metrics.upstream_failed();
+                }
+                return;
             }
-            return;
+        };
+        if let Some(metrics) = &context.metrics {
+            metrics.connection_opened();
         }
-    };
-    if let Some(metrics) = &context.metrics {
-        metrics.connection_opened();
+        let mut guard = CloseOnDrop {
+            context: &context,
+            who: &who,
+            started,
+            armed: true,
+        };
+        let forwarding = forwarding(admitted, upstream, &context);
+        let ended = match &mut revocations {
+            None => Ended::Done(forwarding.await),
+            Some(revocations) => {
+                tokio::select! {
+                    result = forwarding => Ended::Done(result),
+                    () = revoked(revocations, who.key_id()) => Ended::Revoked,
+                }
+            }
+        };
+        guard.armed = false;
+        log_close(&context, &who, started, ended);
     }
-    let mut guard = CloseOnDrop {
-        context: &context,
-        who: &who,
-        started,
-        armed: true,
+}
+
+/// Forwarding for one admitted connection, boxed: the task holds exactly the state of the way
+/// this connection is served (echo, TCP or Unix upstream; plain or sealed) and nothing twice.
+type Forwarding = Pin<Box<dyn Future<Output = io::Result<Bytes>> + Send>>;
+
+fn forwarding<IO>(
+    admitted: Admitted<IO>,
+    upstream: Option<UpstreamStream>,
+    context: &ServeContext,
+) -> Forwarding
+where
+    IO: Socket + AsyncRead + AsyncWrite,
+{
+    let Some(upstream) = upstream else {
+        return Box::pin(echo(admitted));
     };
-    let forwarding = async {
-        match upstream {
-            None => echo(admitted).await,
-            Some(UpstreamStream::Tcp(server)) => to_upstream(admitted, server, &context).await,
-            Some(UpstreamStream::Unix(server)) => to_upstream(admitted, server, &context).await,
+    let header = context
+        .send_proxy
+        .map(|(version, key_id_as_authority)| proxy_header(&admitted, version, key_id_as_authority))
+        .transpose();
+    let header = match header {
+        Ok(header) => header,
+        Err(err) => {
+            admitted.get_ref().set_reset_on_close();
+            return Box::pin(std::future::ready(Err(err)));
         }
     };
-    let ended = match &mut revocations {
-        None => Ended::Done(forwarding.await),
-        Some(revocations) => {
-            tokio::select! {
-                result = forwarding => Ended::Done(result),
-                () = revoked(revocations, who.key_id()) => Ended::Revoked,
-            }
-        }
-    };
-    guard.armed = false;
-    log_close(&context, &who, started, ended);
+    let (client, _, sealed) = admitted.into_parts();
+    let sealed = sealed.map(Box::new);
+    match upstream {
+        UpstreamStream::Tcp(server) => Box::pin(to_upstream(client, server, sealed, header)),
+        UpstreamStream::Unix(server) => Box::pin(to_upstream(client, server, sealed, header)),
+    }
 }
 
 /// Completes when a reload revokes `key_id`.
@@ -131,35 +171,42 @@ async fn revoked(revocations: &mut broadcast::Receiver<Arc<Vec<KeyId>>>, key_id:
 
 /// Forwards between the admitted client and the upstream, sending the PROXY header first if
 /// asked; on any failure both sides are reset.
-async fn to_upstream<C, U>(
-    admitted: Admitted<C>,
+#[expect(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
+fn to_upstream<C: Socket, U: Socket>(
+    client: C,
     server: U,
-    context: &ServeContext,
-) -> io::Result<Bytes>
-where
-    C: Socket + AsyncRead + AsyncWrite,
-    U: Socket,
-{
-    if let Some((version, key_id_as_authority)) = context.send_proxy {
-        let header = proxy_header(&admitted, version, key_id_as_authority)?;
-        write_all(&server, &header).await?;
+    sealed: Option<Box<SealedParts>>,
+    header: Option<Vec<u8>>,
+) -> impl Future<Output = io::Result<Bytes>> + Send {
+    async move {
+        let mut guard = ResetUnlessDone::new(&client, &server);
+        if let Some(header) = header {
+            Box::pin(write_all(&server, &header)).await?;
+        }
+        let result = forward_mode(&client, sealed, &server).await;
+        guard.done = result.is_ok();
+        result
     }
-    let (client, _, sealed) = admitted.into_parts();
-    let mut guard = ResetUnlessDone::new(&client, &server);
-    let result = match sealed {
-        None => forward::forward(&client, &server).await.map(|t| Bytes {
+}
+
+/// Forwards between an admitted stream's socket and the plain side in the admitted mode.
+async fn forward_mode<A: Socket, P: Socket>(
+    admitted: &A,
+    sealed: Option<Box<SealedParts>>,
+    plain: &P,
+) -> io::Result<Bytes> {
+    match sealed {
+        None => forward::forward(admitted, plain).await.map(|t| Bytes {
             inbound: t.a_to_b,
             outbound: t.b_to_a,
         }),
-        Some(parts) => sealed::forward(&client, parts, &server)
+        Some(parts) => sealed::forward(admitted, parts, plain)
             .await
             .map(|t| Bytes {
                 inbound: t.opened,
                 outbound: t.sealed,
             }),
-    };
-    guard.done = result.is_ok();
-    result
+    }
 }
 
 /// The PROXY protocol header for the upstream: the real client as source, the gate's own address
@@ -263,46 +310,48 @@ pub(crate) struct ConnectContext {
 
 /// Authenticates one local connection to the gate and forwards. A failed authentication resets
 /// the local connection and logs why.
-pub(crate) async fn connect_one<L: Socket>(local: L, peer: String, context: Arc<ConnectContext>) {
-    let credentials = context.credentials.load_full();
-    let key_id = credentials.key_id();
-    let remote = match linkgate::connect(context.server.as_str(), &credentials).await {
-        Ok(remote) => remote,
-        Err(err) => {
-            tracing::warn!(%peer, server = %context.server, %key_id, reason = %err.reason(), "{err}");
-            local.set_reset_on_close();
-            return;
-        }
-    };
-    let who = remote.admission().clone();
-    tracing::info!(conn = %who.connection_id(), %peer, server = %context.server, %key_id,
-        mode = %who.mode(), "authenticated to the gate");
-    let started = Instant::now();
-    let (remote, _, sealed) = remote.into_parts();
-    let mut guard = ResetUnlessDone::new(&local, &remote);
-    let result = match sealed {
-        None => forward::forward(&local, &remote).await.map(|t| Bytes {
-            inbound: t.a_to_b,
-            outbound: t.b_to_a,
-        }),
-        Some(parts) => sealed::forward(&remote, parts, &local)
+#[expect(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
+pub(crate) fn connect_one<L: Socket>(
+    local: L,
+    peer: String,
+    context: Arc<ConnectContext>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let credentials = context.credentials.load_full();
+        let key_id = credentials.key_id();
+        // Boxed: the handshake's state is gone by the time the connection idles.
+        let connecting = Box::pin(linkgate::connect(context.server.as_str(), &credentials));
+        let (remote, who, sealed) = match connecting.await {
+            Ok(remote) => remote.into_parts(),
+            Err(err) => {
+                tracing::warn!(%peer, server = %context.server, %key_id, reason = %err.reason(), "{err}");
+                local.set_reset_on_close();
+                return;
+            }
+        };
+        tracing::info!(conn = %who.connection_id(), %peer, server = %context.server, %key_id,
+            mode = %who.mode(), "authenticated to the gate");
+        let started = Instant::now();
+        let mut guard = ResetUnlessDone::new(&local, &remote);
+        // As seen from the local client: what it sends is inbound.
+        let result = forward_mode(&remote, sealed.map(Box::new), &local)
             .await
-            .map(|t| Bytes {
-                inbound: t.sealed,
-                outbound: t.opened,
-            }),
-    };
-    guard.done = result.is_ok();
-    drop(guard);
-    let duration_ms = started.elapsed().as_millis() as u64;
-    let conn = who.connection_id();
-    match result {
-        Ok(bytes) => tracing::info!(%conn, %peer, %key_id, bytes_in = bytes.inbound,
-            bytes_out = bytes.outbound, duration_ms, "closed"),
-        Err(err) => {
-            let reason = reason_of(&err);
-            tracing::info!(%conn, %peer, %key_id, duration_ms, %reason, error = %err,
-                "closed after an error (both sides reset)");
+            .map(|bytes| Bytes {
+                inbound: bytes.outbound,
+                outbound: bytes.inbound,
+            });
+        guard.done = result.is_ok();
+        drop(guard);
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let conn = who.connection_id();
+        match result {
+            Ok(bytes) => tracing::info!(%conn, %peer, %key_id, bytes_in = bytes.inbound,
+                bytes_out = bytes.outbound, duration_ms, "closed"),
+            Err(err) => {
+                let reason = reason_of(&err);
+                tracing::info!(%conn, %peer, %key_id, duration_ms, %reason, error = %err,
+                    "closed after an error (both sides reset)");
+            }
         }
     }
 }

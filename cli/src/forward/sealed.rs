@@ -35,27 +35,44 @@ pub(crate) struct SealedTransfer {
 /// failure, truncation (EOF without close_notify) or bytes after close_notify stop both
 /// directions with an error, after nothing of the failed record was written; the caller resets
 /// both connections.
+///
+/// `parts` comes boxed and stays boxed: a waiting connection's task then holds a pointer, not a
+/// copy of the record state.
 pub(crate) async fn forward<S: Socket, P: Socket>(
     sealed: &S,
-    parts: SealedParts,
+    mut parts: Box<SealedParts>,
     plain: &P,
 ) -> io::Result<SealedTransfer> {
     let SealedParts {
-        mut sealer,
-        mut opener,
+        sealer,
+        opener,
         unread_plaintext,
         unread_ciphertext,
         unsent_ciphertext,
         ..
-    } = parts;
+    } = &mut *parts;
+    let (unread_plaintext, unread_ciphertext, unsent_ciphertext) = (
+        std::mem::take(unread_plaintext),
+        std::mem::take(unread_ciphertext),
+        std::mem::take(unsent_ciphertext),
+    );
+    // What the handshake left over is written first (boxed and dropped right after, so the
+    // waiting pumps hold neither it nor the write's state).
     let opening = async {
-        write_all(plain, &unread_plaintext).await?;
-        let opened = open_pump(sealed, plain, &mut opener, unread_ciphertext).await?;
-        Ok::<_, io::Error>(opened + unread_plaintext.len() as u64)
+        let early = unread_plaintext.len() as u64;
+        if early > 0 {
+            Box::pin(write_all(plain, &unread_plaintext)).await?;
+        }
+        drop(unread_plaintext);
+        let opened = open_pump(sealed, plain, opener, unread_ciphertext).await?;
+        Ok::<_, io::Error>(opened + early)
     };
     let sealing = async {
-        write_all(sealed, &unsent_ciphertext).await?;
-        seal_pump(plain, sealed, &mut sealer).await
+        if !unsent_ciphertext.is_empty() {
+            Box::pin(write_all(sealed, &unsent_ciphertext)).await?;
+        }
+        drop(unsent_ciphertext);
+        seal_pump(plain, sealed, sealer).await
     };
     let (opened, sealed) = tokio::try_join!(opening, sealing)?;
     Ok(SealedTransfer { opened, sealed })
@@ -74,37 +91,54 @@ async fn open_pump<F: Socket, T: Socket>(
     already_read: Vec<u8>,
 ) -> io::Result<u64> {
     let mut total = 0u64;
-    let mut pieces: Vec<Range<usize>> = Vec::with_capacity(SLOTS);
-    // Ciphertext read but not yet opened is `buf[..filled]`.
-    let mut buf: Option<Burst> = None;
-    let mut filled = 0;
+    let mut carried = None;
     if !already_read.is_empty() {
         let mut burst = Burst::take();
         burst[..already_read.len()].copy_from_slice(&already_read);
-        filled = already_read.len();
-        buf = Some(burst);
+        carried = Some((burst, already_read.len()));
     }
+    drop(already_read);
     loop {
-        let burst = match &mut buf {
-            Some(burst) => burst,
-            None => {
-                // Idle: hold neither a buffer nor the AEAD key object while waiting.
-                opener.release_key();
-                from.readable().await?;
-                buf.insert(Burst::take())
-            }
-        };
+        if carried.is_none() {
+            // Idle: hold neither a buffer nor the AEAD key object while waiting.
+            opener.release_key();
+            from.readable().await?;
+        }
+        // Boxed: the burst's state is allocated only while records arrive, so an idle
+        // connection's task is sized for waiting, not for opening.
+        let (opened, closed) = Box::pin(open_burst(from, to, opener, carried.take())).await?;
+        total += opened;
+        if closed {
+            shutdown_write(to)?;
+            expect_end(from).await?;
+            return Ok(total);
+        }
+    }
+}
+
+/// Opens and writes what `from` has now: returns the plaintext bytes written and whether
+/// close_notify ended the stream. A record split across reads is waited for here.
+async fn open_burst<F: Socket, T: Socket>(
+    from: &F,
+    to: &T,
+    opener: &mut Opener,
+    carried: Option<(Burst, usize)>,
+) -> io::Result<(u64, bool)> {
+    let mut total = 0u64;
+    // Ciphertext read but not yet opened is `burst[..filled]`.
+    let (mut burst, mut filled) = carried.unwrap_or_else(|| (Burst::take(), 0));
+    let mut pieces: Vec<Range<usize>> = Vec::with_capacity(SLOTS);
+    loop {
         tokio::task::consume_budget().await;
         let n = match from.try_read(&mut burst[filled..]) {
             Ok(0) => return Err(record_error(RecordError::Truncated)),
             Ok(n) => n,
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                if filled > 0 {
-                    // Part of a record is here; wait for the rest, keeping it.
-                    from.readable().await?;
-                } else {
-                    buf = None;
+                if filled == 0 {
+                    return Ok((total, false));
                 }
+                // Part of a record is here; wait for the rest, keeping it.
+                from.readable().await?;
                 continue;
             }
             Err(err) => return Err(err),
@@ -134,11 +168,9 @@ async fn open_pump<F: Socket, T: Socket>(
                 break;
             }
         }
-        total += write_pieces(to, burst, &mut pieces).await?;
+        total += write_pieces(to, &burst, &mut pieces).await?;
         if closed {
-            shutdown_write(to)?;
-            expect_end(from).await?;
-            return Ok(total);
+            return Ok((total, true));
         }
         burst.copy_within(start..filled, 0);
         filled -= start;
@@ -182,31 +214,47 @@ async fn seal_pump<F: Socket, T: Socket>(from: &F, to: &T, sealer: &mut Sealer) 
         // Idle: no buffer, no AEAD key object.
         sealer.release_key();
         from.readable().await?;
-        let mut buf = Burst::take();
-        loop {
-            tokio::task::consume_budget().await;
-            let read = {
-                let mut slots: Vec<IoSliceMut<'_>> = buf
-                    .chunks_mut(MAX_RECORD_LEN)
-                    .map(|slot| IoSliceMut::new(&mut slot[5..5 + MAX_DATA_LEN]))
-                    .collect();
-                from.try_read_vectored(&mut slots)
-            };
-            let n = match read {
-                Ok(0) => {
-                    let mut close = Vec::new();
-                    sealer.seal_close_notify(&mut close).map_err(record_error)?;
-                    write_all(to, &close).await?;
-                    shutdown_write(to)?;
-                    return Ok(total);
-                }
-                Ok(n) => n,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                Err(err) => return Err(err),
-            };
-            seal_slots(to, sealer, &mut buf, n).await?;
-            total += n as u64;
+        // Boxed, as in `open_pump`: an idle connection holds no sealing state.
+        let (sealed, ended) = Box::pin(seal_burst(from, to, sealer)).await?;
+        total += sealed;
+        if ended {
+            return Ok(total);
         }
+    }
+}
+
+/// Seals and writes what `from` has now: returns the plaintext bytes sealed and whether `from`
+/// reached EOF (close_notify sent, `to`'s write half shut down).
+async fn seal_burst<F: Socket, T: Socket>(
+    from: &F,
+    to: &T,
+    sealer: &mut Sealer,
+) -> io::Result<(u64, bool)> {
+    let mut total = 0u64;
+    let mut buf = Burst::take();
+    loop {
+        tokio::task::consume_budget().await;
+        let read = {
+            let mut slots: Vec<IoSliceMut<'_>> = buf
+                .chunks_mut(MAX_RECORD_LEN)
+                .map(|slot| IoSliceMut::new(&mut slot[5..5 + MAX_DATA_LEN]))
+                .collect();
+            from.try_read_vectored(&mut slots)
+        };
+        let n = match read {
+            Ok(0) => {
+                let mut close = Vec::new();
+                sealer.seal_close_notify(&mut close).map_err(record_error)?;
+                write_all(to, &close).await?;
+                shutdown_write(to)?;
+                return Ok((total, true));
+            }
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok((total, false)),
+            Err(err) => return Err(err),
+        };
+        seal_slots(to, sealer, &mut buf, n).await?;
+        total += n as u64;
     }
 }
 
