@@ -46,12 +46,16 @@ pub(crate) async fn run(args: ServeArgs, systemd_sockets: SystemdSockets) -> Res
             (vec![args.service], operations, true)
         }
     };
-    // Each handshake holds one descriptor, each forwarded connection two.
+    // Each handshake holds one descriptor, each forwarded connection two. Checked once every
+    // service is ready, so a command that fails to start prints only its error.
     let needed: u64 = services
         .iter()
-        .map(|s| (s.max_handshakes + 2 * s.max_connections + 16) as u64)
-        .sum();
-    systemd::raise_open_files_limit(needed + 64);
+        .map(|s| {
+            (s.max_handshakes as u64)
+                .saturating_add((s.max_connections as u64).saturating_mul(2))
+                .saturating_add(16)
+        })
+        .fold(64, u64::saturating_add);
     let metrics = operations.metrics.as_ref().map(|_| Metrics::new());
     let mut prepared = Vec::with_capacity(services.len());
     for options in services {
@@ -68,6 +72,7 @@ pub(crate) async fn run(args: ServeArgs, systemd_sockets: SystemdSockets) -> Res
         }
         prepared.push(service);
     }
+    systemd::raise_open_files_limit(needed);
     tokio::spawn(report_dropped_log_lines(metrics.clone()));
     if let (Some(addr), Some(metrics)) = (&operations.metrics, &metrics) {
         let (listener, local) = metrics::bind(addr).await?;

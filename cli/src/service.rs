@@ -115,8 +115,8 @@ pub(crate) struct ServiceOptions {
     #[arg(long, value_name = "CIDRS", value_delimiter = ',', value_parser = cidr)]
     #[serde(default, deserialize_with = "cidrs")]
     pub(crate) penalty_exempt: Vec<IpNet>,
-    /// Penalty a source must accrue before its connections are refused (each failed proof adds
-    /// 5s, a timeout or refused header 10s, closing early 1s).
+    /// Penalty a source must accrue before its connections are refused (each failed proof or
+    /// refused mode adds 5s, a timeout, malformed RESPONSE or refused header 10s, closing early 1s).
     #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = duration)]
     #[serde(default = "fifteen_seconds", deserialize_with = "serde_duration")]
     pub(crate) penalty_min: Duration,

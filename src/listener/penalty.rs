@@ -15,8 +15,9 @@ use crate::admitted::Peer;
 use crate::telemetry::Outcome;
 
 /// How failed handshakes are penalized (see [`crate::ListenerConfig::with_penalties`]). The
-/// defaults follow OpenSSH's: 5 s for a failed proof, 1 s for a client that closes without
-/// trying, 10 s for one that runs out the handshake timeout or sends something refused outright,
+/// defaults follow OpenSSH's: 5 s for a failed proof (or a mode the policy refuses), 1 s for a
+/// client that closes without trying, 10 s for one that runs out the handshake timeout or sends
+/// something malformed,
 /// enforcement once 15 s have accrued, at most 10 minutes, 65,536 sources tracked (beyond that,
 /// new sources go untracked rather than evicting penalized ones).
 ///
@@ -83,7 +84,7 @@ impl PenaltyConfig {
         self
     }
 
-    /// Penalty for a failed proof (default 5 s).
+    /// Penalty for a failed proof or a mode the policy refuses (default 5 s).
     pub fn with_denied(mut self, penalty: Duration) -> Self {
         self.denied = penalty;
         self
@@ -95,7 +96,7 @@ impl PenaltyConfig {
         self
     }
 
-    /// Penalty for a malformed RESPONSE, a refused mode or a bad PROXY header (default 10 s).
+    /// Penalty for a malformed RESPONSE or a bad PROXY header (default 10 s).
     pub fn with_refused(mut self, penalty: Duration) -> Self {
         self.refused = penalty;
         self
@@ -127,10 +128,10 @@ impl PenaltyConfig {
 
     fn penalty_for(&self, outcome: Outcome) -> Option<Duration> {
         match outcome {
-            Outcome::Denied => Some(self.denied),
-            Outcome::Malformed | Outcome::RefusedByPolicy | Outcome::ProxyHeader => {
-                Some(self.refused)
-            }
+            // A mode the policy refuses costs what a failed proof does: it may be a client
+            // with a valid key and an old setting, and it learns nothing more than a denial.
+            Outcome::Denied | Outcome::RefusedByPolicy => Some(self.denied),
+            Outcome::Malformed | Outcome::ProxyHeader => Some(self.refused),
             Outcome::Timeout => Some(self.timeout),
             Outcome::ClosedEarly | Outcome::Shed => Some(self.closed_early),
             _ => None,
