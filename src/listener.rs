@@ -465,8 +465,8 @@ impl<L: Listen> GatedListener<L> {
                         "every handshake slot taken: ended the oldest handshake to make room");
                 }
                 charge(
+                    &self.bounds,
                     &self.penalties,
-                    source,
                     &victim.peer,
                     Outcome::Shed,
                     "shed to make room",
@@ -490,15 +490,16 @@ struct TaskContext {
 
 /// Charges a source for a failed handshake, logging once when its penalty starts.
 fn charge(
+    bounds: &Bounds,
     penalties: &Penalties,
-    source: bounds::Source,
     peer: &Peer,
     outcome: Outcome,
     reason: &str,
     now: Instant,
 ) {
+    let source = bounds.source_of(peer);
     if let Some(Charged::Started(penalty)) = penalties.charge(source, peer, outcome, now) {
-        tracing::warn!(source = %peer, penalty_s = penalty.as_secs(), last = %reason,
+        tracing::warn!(source = %bounds.describe(peer), %peer, penalty_s = penalty.as_secs(), last = %reason,
             "source penalized after repeated failed handshakes: its connections are closed at accept until the penalty runs out");
     }
 }
@@ -545,7 +546,7 @@ where
             let via = via.map(tracing::field::display);
             tracing::info!(conn = %id, %peer, via, %reason, "connection rejected");
         }
-        charge(&penalties, source, peer, outcome, &reason.to_string(), now);
+        charge(&bounds, &penalties, peer, outcome, &reason.to_string(), now);
         timer.finish(outcome, None);
     };
     let (peer, via) = if from_balancer {

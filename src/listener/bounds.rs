@@ -64,6 +64,24 @@ impl SourcePrefix {
     }
 }
 
+impl SourcePrefix {
+    /// The source a peer belongs to, for logs: an address, a network, or a user id.
+    pub(crate) fn describe(&self, peer: &Peer) -> String {
+        match peer {
+            Peer::Ip(addr) => match addr.ip().to_canonical() {
+                IpAddr::V4(v4) if self.v4 == 32 => v4.to_string(),
+                IpAddr::V6(v6) if self.v6 == 128 => v6.to_string(),
+                ip => {
+                    let len = if ip.is_ipv4() { self.v4 } else { self.v6 };
+                    ipnet::IpNet::new(ip, len)
+                        .map_or_else(|_| ip.to_string(), |net| net.trunc().to_string())
+                }
+            },
+            Peer::Unix(unix) => format!("uid {}", unix.uid()),
+        }
+    }
+}
+
 fn mask32(bits: u8) -> u32 {
     u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0)
 }
@@ -149,6 +167,11 @@ impl Bounds {
     /// The source `peer` counts as.
     pub(crate) fn source_of(&self, peer: &Peer) -> Source {
         self.inner.prefix.source_of(peer)
+    }
+
+    /// The source a peer belongs to, for logs.
+    pub(crate) fn describe(&self, peer: &Peer) -> String {
+        self.inner.prefix.describe(peer)
     }
 }
 
@@ -313,6 +336,24 @@ mod tests {
         );
         let unix = Peer::Unix(UnixPeer::new(1000, 1000, Some(5)));
         assert_eq!(prefix.source_of(&unix), Source::User(1000));
+    }
+
+    #[test]
+    fn sources_are_described_as_the_group_they_stand_for() {
+        let peer = |text: &str| Peer::Ip(text.parse().unwrap());
+        let default = SourcePrefix::default();
+        assert_eq!(default.describe(&peer("10.1.2.3:9")), "10.1.2.3");
+        assert_eq!(
+            default.describe(&peer("[2001:db8:1::abcd]:9")),
+            "2001:db8:1::/64"
+        );
+        assert_eq!(default.describe(&peer("[::ffff:10.1.2.3]:9")), "10.1.2.3");
+        let wide: SourcePrefix = "24:48".parse().unwrap();
+        assert_eq!(wide.describe(&peer("10.1.2.3:9")), "10.1.2.0/24");
+        assert_eq!(
+            wide.describe(&peer("[2001:db8:1:2::1]:9")),
+            "2001:db8:1::/48"
+        );
     }
 
     #[test]

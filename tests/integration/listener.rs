@@ -387,7 +387,7 @@ async fn repeated_failures_from_a_source_are_refused_at_accept_and_logged_once()
         let denied = linkgate::authenticate(stream, &Credentials::new(key("alice"))).await;
         assert!(matches!(denied, Err(Error::Rejected(Rejection::Denied))));
     }
-    wait_for_log_line(&["source penalized", "source=127.0.0.30:"]).await;
+    wait_for_log_line(&["source penalized", "source=127.0.0.30 peer=127.0.0.30:"]).await;
     // From now on the source gets nothing at all, not even a challenge, and no log line each.
     for _ in 0..20 {
         let mut stream = connect_from(attacker, addr).await;

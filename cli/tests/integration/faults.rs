@@ -227,7 +227,7 @@ async fn a_source_that_keeps_failing_is_refused_at_accept_but_not_its_neighbours
         let _ = stream.read_to_end(&mut Vec::new()).await;
     }
     serve
-        .wait_for_log(&["source penalized", "source=127.0.0.40:"])
+        .wait_for_log(&["source penalized", "source=127.0.0.40 peer=127.0.0.40:"])
         .await;
     let mut stream = connect_from(attacker, gate).await;
     let mut got = Vec::new();
