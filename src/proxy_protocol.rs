@@ -182,7 +182,12 @@ fn v1_min_remaining(so_far: &[u8]) -> usize {
 /// Parses one complete header (exactly its bytes).
 pub fn parse(bytes: &[u8]) -> Result<Received, HeaderError> {
     if bytes.starts_with(b"PROXY ") {
-        if bytes.len() > V1_MAX_LEN || !bytes.ends_with(b"\r\n") {
+        // Exactly what `read_header` takes: up to the first LF, which must end the line.
+        let first_lf = bytes.iter().position(|&b| b == b'\n');
+        if bytes.len() > V1_MAX_LEN
+            || !bytes.ends_with(b"\r\n")
+            || first_lf != Some(bytes.len() - 1)
+        {
             return Err(bad("a v1 header must end with CRLF within 107 bytes"));
         }
         // proxy-header is lenient about port spellings; the line's fields must be canonical.
@@ -230,6 +235,12 @@ fn check_v1_fields(line: &[u8]) -> Result<(), HeaderError> {
 
 /// The v2 checks proxy-header leaves out: a strict TLV walk, and the CRC32C if one is there.
 fn check_v2(header: &[u8]) -> Result<(), HeaderError> {
+    if header.len() > V2_MAX_LEN {
+        return Err(bad(format!(
+            "a v2 header of {} bytes (more than {V2_MAX_LEN})",
+            header.len()
+        )));
+    }
     if header.len() < 16
         || header.len() != 16 + usize::from(u16::from_be_bytes([header[14], header[15]]))
     {

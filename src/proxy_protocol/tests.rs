@@ -190,3 +190,16 @@ proptest::proptest! {
         let _ = parse(&wire);
     }
 }
+
+#[test]
+fn parse_refuses_what_read_header_would_never_return() {
+    // An LF inside a v1 line ends it for read_header, so parse must not accept it as one line.
+    assert!(parse(b"PROXY UNKNOWN \nmore\r\n").is_err());
+    assert!(parse(b"PROXY UNKNOWN\r\n").is_ok());
+    // A v2 header over the limit read_header enforces.
+    let mut huge = V2_SIGNATURE.to_vec();
+    huge.extend_from_slice(&[0x20, 0x00, 0xff, 0xff]);
+    huge.resize(16 + 0xffff, 0);
+    let err = parse(&huge).unwrap_err();
+    assert!(err.to_string().contains("more than"), "{err}");
+}
