@@ -212,8 +212,9 @@ pub struct GatedListener<L: Listen = TcpListener> {
     log_limit: Arc<LogLimit>,
     /// Handshakes in progress, oldest first (finished ones are dropped lazily), for shedding.
     in_flight: VecDeque<InFlight>,
-    /// When refusal summaries were last written.
-    last_flush: Instant,
+    /// When refusal summaries are next written and the penalized count reported (once a
+    /// second, whether or not connections arrive, so neither goes stale while all is quiet).
+    next_flush: Pin<Box<Sleep>>,
     /// After an accept error that is not about one connection (e.g. out of descriptors), wait a
     /// little before accepting again, as axum and hyper do.
     backoff: Option<Pin<Box<Sleep>>>,
@@ -286,7 +287,7 @@ impl<L: Listen> GatedListener<L> {
             penalties,
             log_limit: Arc::new(LogLimit::default()),
             in_flight: VecDeque::new(),
-            last_flush: Instant::now(),
+            next_flush: Box::pin(tokio::time::sleep(FLUSH_EVERY)),
             backoff: None,
         }
     }
@@ -331,8 +332,10 @@ impl<L: Listen> GatedListener<L> {
         cx: &mut Context<'_>,
     ) -> Poll<(Admitted<L::Io>, L::Addr)> {
         let now = Instant::now();
-        if now.duration_since(self.last_flush) >= Duration::from_secs(1) {
-            self.last_flush = now;
+        if self.next_flush.as_mut().poll(cx).is_ready() {
+            self.next_flush.as_mut().reset(now + FLUSH_EVERY);
+            // Registers the waker for the next one.
+            let _ = self.next_flush.as_mut().poll(cx);
             self.log_limit.flush(now);
             let sources = self.penalties.penalized(now);
             self.config.telemetry.event(&Event::Penalized { sources });
@@ -630,6 +633,8 @@ where
 
 /// How long to wait after an accept error that is not about one connection.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How often refusal summaries are written and the penalized count reported.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// Errors that concern one incoming connection, not the listener: retry at once.
 fn is_connection_error(err: &io::Error) -> bool {

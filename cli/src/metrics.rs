@@ -170,6 +170,16 @@ impl Metrics {
             "Key reloads by result (ok, failed)",
             reloads.clone(),
         );
+        registry.register(
+            "sources_penalized",
+            "Sources (addresses or prefixes) whose connections are refused at accept for now",
+            penalized.clone(),
+        );
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because stderr could not keep up (the gate never waits for it)",
+            log_dropped.clone(),
+        );
         Arc::new(Self {
             registry,
             accepted,

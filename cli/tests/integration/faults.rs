@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::support::process::{self, keygen, run, start_serve};
+use crate::operations::{sample, scrape};
 use crate::support::start_connect;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -219,7 +220,8 @@ async fn a_client_reset_reaches_the_upstream_as_a_reset() {
 async fn a_source_that_keeps_failing_is_refused_at_accept_but_not_its_neighbours() {
     let dir = TempDir::new().unwrap();
     let key = Key::from_file(keygen(dir.path(), "alice")).unwrap();
-    let (serve, gate) = start_serve(dir.path(), None, &[]).await;
+    let metrics = free_port().await;
+    let (serve, gate) = start_serve(dir.path(), None, &["--metrics", &metrics]).await;
     let attacker = Ipv4Addr::new(127, 0, 0, 40);
     for _ in 0..4 {
         let mut stream = connect_from(attacker, gate).await;
@@ -233,6 +235,20 @@ async fn a_source_that_keeps_failing_is_refused_at_accept_but_not_its_neighbours
     let mut got = Vec::new();
     let _ = stream.read_to_end(&mut got).await;
     assert!(got.is_empty(), "no challenge while penalized");
+    // The gauge is reported within a second, with no further connection needed.
+    let mut penalized = 0.0;
+    for _ in 0..30 {
+        let text = scrape(&metrics).await;
+        let gauge = "linkgate_sources_penalized{service=\"default\"}";
+        if text.contains(gauge) {
+            penalized = sample(&text, gauge);
+            if penalized == 1.0 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(penalized, 1.0, "one source penalized");
     // A neighbour in another /32, and the exempt-by-flag case.
     let neighbour = connect_from(Ipv4Addr::new(127, 0, 0, 41), gate).await;
     assert!(
@@ -255,4 +271,10 @@ async fn connect_from(source: Ipv4Addr, addr: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::new(IpAddr::V4(source), 0)).unwrap();
     socket.connect(addr).await.unwrap()
+}
+
+/// A loopback address with a port nothing listens on (for --metrics).
+async fn free_port() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().to_string()
 }

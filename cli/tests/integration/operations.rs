@@ -210,7 +210,7 @@ async fn watch_keys_follows_a_kubernetes_style_symlink_swap() {
 }
 
 /// `GET /metrics` over a plain TCP connection; the body.
-async fn scrape(addr: &str) -> String {
+pub(crate) async fn scrape(addr: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
@@ -223,7 +223,7 @@ async fn scrape(addr: &str) -> String {
 }
 
 /// The value of the sample whose line starts with `prefix` (name and labels).
-fn sample(text: &str, prefix: &str) -> f64 {
+pub(crate) fn sample(text: &str, prefix: &str) -> f64 {
     text.lines()
         .find(|line| line.starts_with(prefix))
         .and_then(|line| line.rsplit(' ').next())
@@ -327,6 +327,8 @@ async fn metrics_count_what_happened_and_parse() {
         30.0
     );
     assert_eq!(s("linkgate_keys_loaded{service=\"default\"}"), 1.0);
+    assert_eq!(s("linkgate_sources_penalized{service=\"default\"}"), 0.0);
+    assert_eq!(s("linkgate_log_lines_dropped_total"), 0.0);
     assert_eq!(s("linkgate_connections_open{service=\"default\"}"), 0.0);
     assert!(
         !text.contains("made-up-id"),
