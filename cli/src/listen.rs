@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use anyhow::{Context, Result, bail};
 use listenfd::ListenFd;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpSocket, UnixListener};
 
 use crate::addr::ListenAddr;
 
@@ -108,7 +108,7 @@ pub(crate) async fn bind(
 ) -> Result<Bound> {
     match addr {
         ListenAddr::Tcp(addr) => Ok(Bound::Tcp(
-            TcpListener::bind(addr)
+            bind_tcp(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?,
         )),
@@ -116,6 +116,38 @@ pub(crate) async fn bind(
             .with_context(|| format!("cannot listen on unix:{}", path.display())),
         ListenAddr::Systemd(name) => systemd.take(name),
     }
+}
+
+/// The accept queue asked for (the kernel caps it at net.core.somaxconn). Larger than tokio's
+/// 1024: under a connection flood a full queue drops SYNs, and a legitimate client's dropped SYN
+/// is retried only after a second.
+const TCP_BACKLOG: u32 = 4096;
+
+/// Binds the first address `addr` resolves to that can be bound, as `TcpListener::bind` does,
+/// with a [`TCP_BACKLOG`] accept queue.
+async fn bind_tcp(addr: &str) -> io::Result<TcpListener> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        let bound = socket
+            .set_reuseaddr(true)
+            .and_then(|()| socket.bind(addr))
+            .and_then(|()| socket.listen(TCP_BACKLOG));
+        match bound {
+            Ok(listener) => return Ok(listener),
+            Err(err) => last_error = Some(err),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the address resolved to nothing",
+        )
+    }))
 }
 
 fn bind_unix(path: &Path, mode: Option<u32>) -> Result<Bound> {
