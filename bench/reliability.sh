@@ -14,6 +14,8 @@
 #   d-*-v6       the same three from 1,100 addresses of one IPv6 /64 (2001:db8:1::/64), in a
 #                network namespace this script creates (`unshare -n`; needs root)
 #   e-blocked    c-flood with the gate's stderr on a pipe nobody reads
+#   *-nopen      a-hold, b-reopen and c-flood against a gate run with --no-penalties: what
+#                shedding and the bounds hold up alone
 #   baseline     no attack
 #
 #   bench/reliability.sh                       # everything (about 5 minutes)
@@ -29,7 +31,7 @@ cd "$(dirname "$0")/.."
 ATTEMPTS=${ATTEMPTS:-100}
 WARMUP=${WARMUP:-5}
 PORT=${PORT:-29300}
-ALL="baseline a-hold b-reopen c-flood d-hold-v6 d-reopen-v6 d-flood-v6 e-blocked"
+ALL="baseline a-hold b-reopen c-flood d-hold-v6 d-reopen-v6 d-flood-v6 e-blocked a-hold-nopen b-reopen-nopen c-flood-nopen"
 SCENARIOS=${SCENARIOS:-$ALL}
 BUILD=${BUILD:-1}
 
@@ -38,9 +40,9 @@ log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 # The attack each scenario runs (after --target/--sources, which depend on the family).
 attack_of() {
     case $1 in
-    a-hold | d-hold-v6) echo "hold --connections 3072" ;;
-    b-reopen | d-reopen-v6) echo "reopen --rate 400" ;;
-    c-flood | d-flood-v6 | e-blocked) echo "flood --concurrency 4096" ;;
+    a-hold* | d-hold-v6) echo "hold --connections 3072" ;;
+    b-reopen* | d-reopen-v6) echo "reopen --rate 400" ;;
+    c-flood* | d-flood-v6 | e-blocked) echo "flood --concurrency 4096" ;;
     baseline) echo "" ;;
     esac
 }
@@ -53,6 +55,8 @@ run_one() {
     mkdir -p "$dir"
     local listen="$host:$PORT" target="$host:$PORT"
     [[ $host == *:* ]] && { listen="[$host]:$PORT"; target="[$host]:$PORT"; }
+    local flags=()
+    [[ $name == *-nopen ]] && flags=(--no-penalties)
     "$LOADGEN" echo --listen "127.0.0.1:$((PORT + 1))" > /dev/null 2>&1 &
     pids+=($!)
     if [ "$name" = e-blocked ]; then
@@ -60,10 +64,10 @@ run_one() {
         mkfifo "$dir/stderr.fifo"
         exec 7<> "$dir/stderr.fifo"
         "$LG" serve --listen "$listen" --upstream "127.0.0.1:$((PORT + 1))" --keys "$WORK/keys" \
-            --metrics "127.0.0.1:$((PORT + 2))" 2> "$dir/stderr.fifo" &
+            --metrics "127.0.0.1:$((PORT + 2))" "${flags[@]}" 2> "$dir/stderr.fifo" &
     else
         "$LG" serve --listen "$listen" --upstream "127.0.0.1:$((PORT + 1))" --keys "$WORK/keys" \
-            --metrics "127.0.0.1:$((PORT + 2))" 2> "$dir/serve.log" &
+            --metrics "127.0.0.1:$((PORT + 2))" "${flags[@]}" 2> "$dir/serve.log" &
     fi
     local serve=$!
     pids+=("$serve")
@@ -173,7 +177,7 @@ echo "| scenario | legitimate attempts within 1 s | p50 / p99 / max ms | attacke
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 for name in $SCENARIOS; do
     case $name in
-    baseline | a-hold | b-reopen | c-flood | e-blocked)
+    baseline | a-hold* | b-reopen* | c-flood* | e-blocked)
         run_one "$name" 127.0.0.1 127.0.1.0/24 48 127.0.2.1
         ;;
     esac

@@ -27,7 +27,7 @@ use crate::proxy_protocol::{self, Received};
 use crate::telemetry::{Bound, Event, HandshakeTimer, Outcome, Sink, Telemetry};
 
 pub use bounds::SourcePrefix;
-use bounds::{Bounds, HandshakeSlot, SlotHandle};
+use bounds::{Bounds, HandshakeSlot, SlotHandle, Source};
 use log_limit::LogLimit;
 pub use penalty::PenaltyConfig;
 use penalty::{Charged, Penalties};
@@ -145,9 +145,11 @@ impl ListenerConfig {
         &self.penalties
     }
 
-    /// When every handshake slot is taken, a new connection evicts the oldest handshake in
-    /// progress if it has run at least this long (default 100 ms: an honest handshake takes one
-    /// round trip, so the oldest is the likeliest attacker); otherwise the new one is refused.
+    /// When every handshake slot is taken, a new connection ends a handshake in progress
+    /// rather than being refused: the oldest from the source holding the most slots, at once if
+    /// that source holds at least two more than the newcomer's, otherwise only if it has run at
+    /// least this long (default 100 ms: an honest handshake takes one round trip) and its source
+    /// holds no fewer slots than the newcomer's. Otherwise the new connection is refused.
     pub fn with_shed_after(mut self, age: Duration) -> Self {
         self.shed_after = age;
         self
@@ -390,7 +392,8 @@ impl<L: Listen> GatedListener<L> {
             return;
         }
         let mut slot = self.take_slot(&peer, from_balancer);
-        if matches!(slot, Err(Bound::Global)) && self.shed_oldest(now) {
+        let newcomer = (!from_balancer).then(|| self.bounds.source_of(&peer));
+        if matches!(slot, Err(Bound::Global)) && self.shed_for(newcomer, now) {
             slot = self.take_slot(&peer, from_balancer);
         }
         let slot = match slot {
@@ -446,39 +449,83 @@ impl<L: Listen> GatedListener<L> {
         }
     }
 
-    /// Makes room by ending the oldest handshake in progress, if it has run long enough to be
-    /// the likeliest attacker. Its source is charged as for closing early.
-    fn shed_oldest(&mut self, now: Instant) -> bool {
-        while let Some(oldest) = self.in_flight.front() {
-            if oldest.slot.is_released() {
-                self.in_flight.pop_front();
-                continue;
-            }
-            if now.duration_since(oldest.started) < self.config.shed_after {
-                return false;
-            }
-            let Some(victim) = self.in_flight.pop_front() else {
-                return false;
-            };
-            victim.task.abort();
-            victim.slot.release();
-            if let Some(source) = victim.slot.source() {
-                if self.log_limit.allow(source, "shed", &victim.peer, now) {
-                    tracing::info!(peer = %victim.peer, age_ms = now.duration_since(victim.started).as_millis() as u64,
-                        "every handshake slot taken: ended the oldest handshake to make room");
-                }
-                charge(
-                    &self.bounds,
-                    &self.penalties,
-                    &victim.peer,
-                    Outcome::Shed,
-                    "shed to make room",
-                    now,
-                );
-            }
-            return true;
+    /// Makes room for a newcomer from `newcomer`'s source (unknown behind a balancer) by ending
+    /// one of the oldest handshakes in progress, always the oldest from the busiest source among
+    /// them: at once if that source holds at least two slots more than the newcomer's (so a lone
+    /// client gets in even while a few sources churn through every slot), otherwise only among
+    /// handshakes older than `shed_after` (the likeliest attackers, an honest handshake taking
+    /// one round trip) and never for a newcomer whose source holds more slots than the victim's.
+    /// Against many single-slot sources it comes down to age. The victim's source is charged as
+    /// for closing early.
+    fn shed_for(&mut self, newcomer: Option<Source>, now: Instant) -> bool {
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|oldest| oldest.slot.is_released())
+        {
+            self.in_flight.pop_front();
         }
-        false
+        // The oldest live handshakes, oldest first, with their sources' weights.
+        let candidates: Vec<(usize, Option<Source>, bool)> = self
+            .in_flight
+            .iter()
+            .enumerate()
+            .filter(|(_, entry)| !entry.slot.is_released())
+            .take(SHED_CANDIDATES)
+            .map(|(index, entry)| {
+                let old_enough = now.duration_since(entry.started) >= self.config.shed_after;
+                (index, entry.slot.source(), old_enough)
+            })
+            .collect();
+        let weights = self.bounds.weights(
+            candidates
+                .iter()
+                .map(|&(_, source, _)| source)
+                .chain([newcomer]),
+        );
+        let Some((&newcomer_weight, weights)) = weights.split_last() else {
+            return false;
+        };
+        let heaviest = |old_only: bool| {
+            candidates
+                .iter()
+                .zip(weights)
+                .filter(|((_, _, old_enough), _)| *old_enough || !old_only)
+                // The first of the heaviest: the oldest of the busiest source.
+                .fold(
+                    None,
+                    |best: Option<(usize, usize)>, ((index, _, _), &weight)| match best {
+                        Some((_, heaviest)) if heaviest >= weight => best,
+                        _ => Some((*index, weight)),
+                    },
+                )
+        };
+        let index = match (heaviest(false), heaviest(true)) {
+            (Some((index, weight)), _) if weight >= newcomer_weight + 2 => index,
+            // Never a lighter source's handshake for a busier source's newcomer.
+            (_, Some((index, weight))) if weight >= newcomer_weight => index,
+            _ => return false,
+        };
+        let Some(victim) = self.in_flight.remove(index) else {
+            return false;
+        };
+        victim.task.abort();
+        victim.slot.release();
+        if let Some(source) = victim.slot.source() {
+            if self.log_limit.allow(source, "shed", &victim.peer, now) {
+                tracing::info!(peer = %victim.peer, age_ms = now.duration_since(victim.started).as_millis() as u64,
+                    "every handshake slot taken: ended an old handshake from the busiest source to make room");
+            }
+            charge(
+                &self.bounds,
+                &self.penalties,
+                &victim.peer,
+                Outcome::Shed,
+                "shed to make room",
+                now,
+            );
+        }
+        true
     }
 }
 
@@ -633,6 +680,8 @@ where
 
 /// How long to wait after an accept error that is not about one connection.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How many of the oldest sheddable handshakes are weighed when choosing which to shed.
+const SHED_CANDIDATES: usize = 32;
 /// How often refusal summaries are written and the penalized count reported.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 

@@ -173,6 +173,19 @@ impl Bounds {
     pub(crate) fn describe(&self, peer: &Peer) -> String {
         self.inner.prefix.describe(peer)
     }
+
+    /// Handshakes in progress from each source; an unknown source (behind a balancer, before
+    /// its header) counts as one.
+    pub(crate) fn weights(&self, sources: impl Iterator<Item = Option<Source>>) -> Vec<usize> {
+        let counts = self.lock();
+        sources
+            .map(|source| {
+                source.map_or(1, |source| {
+                    counts.per_source.get(&source).copied().unwrap_or(0)
+                })
+            })
+            .collect()
+    }
 }
 
 /// One handshake's place within the bounds; released when dropped, however the task ends, or

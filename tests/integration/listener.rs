@@ -370,7 +370,131 @@ async fn when_every_slot_is_taken_the_oldest_handshake_is_shed() {
             .is_err(),
         "the newest slow client is still waiting"
     );
-    wait_for_log_line(&["ended the oldest handshake to make room", "127.0.0.20:"]).await;
+    wait_for_log_line(&[
+        "ended an old handshake from the busiest source",
+        "127.0.0.20:",
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn shedding_picks_the_source_holding_the_most_slots_not_a_lone_older_client() {
+    capture_logs();
+    let alice = key("alice");
+    let gate = Gate::with_config(
+        keyring(&[&alice]),
+        GateConfig::new().with_handshake_timeout(Duration::from_secs(30)),
+    )
+    .unwrap();
+    let config = ListenerConfig::new()
+        .with_max_handshakes(4)
+        .with_shed_after(Duration::from_millis(100));
+    let (addr, mut admissions) = gated_echo_with(gate, config).await;
+
+    // The oldest handshake is a lone client's (127.0.0.26, slow this time); three newer ones
+    // come from one busy source (127.0.0.25).
+    let mut lone = connect_from(Ipv4Addr::new(127, 0, 0, 26), addr).await;
+    assert!(got_challenge(&mut lone).await);
+    let mut busy = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut stream = connect_from(Ipv4Addr::new(127, 0, 0, 25), addr).await;
+        assert!(got_challenge(&mut stream).await);
+        busy.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut client = linkgate::connect(addr, &Credentials::new(alice))
+        .await
+        .unwrap();
+    assert_eq!(admissions.recv().await.unwrap().key_id().as_str(), "alice");
+    assert_eq!(echo_once(&mut client, b"in").await, b"in");
+    assert!(
+        closed_without_a_byte(&mut busy[0]).await,
+        "the busy source's oldest was ended"
+    );
+    let mut byte = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), lone.read(&mut byte))
+            .await
+            .is_err(),
+        "the lone client, though older, is still waiting"
+    );
+    wait_for_log_line(&[
+        "ended an old handshake from the busiest source",
+        "127.0.0.25:",
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn a_source_holding_every_slot_makes_room_for_another_at_once() {
+    capture_logs();
+    let alice = key("alice");
+    let gate = Gate::with_config(
+        keyring(&[&alice]),
+        GateConfig::new().with_handshake_timeout(Duration::from_secs(30)),
+    )
+    .unwrap();
+    // Too young to shed by age for the whole test: only fairness between sources can help.
+    let config = ListenerConfig::new()
+        .with_max_handshakes(4)
+        .with_shed_after(Duration::from_secs(60));
+    let (addr, mut admissions) = gated_echo_with(gate, config).await;
+    let mut busy = Vec::new();
+    for _ in 0..4 {
+        let mut stream = connect_from(Ipv4Addr::new(127, 0, 0, 27), addr).await;
+        assert!(got_challenge(&mut stream).await);
+        busy.push(stream);
+    }
+    // One more from the same source gets nothing: it holds no fewer slots than the victim's.
+    let mut same = connect_from(Ipv4Addr::new(127, 0, 0, 27), addr).await;
+    assert!(
+        closed_without_a_byte(&mut same).await,
+        "refused, not let in"
+    );
+    // Another source is let in at once.
+    let mut client = linkgate::connect(addr, &Credentials::new(alice))
+        .await
+        .unwrap();
+    assert_eq!(admissions.recv().await.unwrap().key_id().as_str(), "alice");
+    assert_eq!(echo_once(&mut client, b"in").await, b"in");
+    assert!(
+        closed_without_a_byte(&mut busy[0]).await,
+        "the busy source's oldest was ended"
+    );
+}
+
+#[tokio::test]
+async fn a_busy_source_never_sheds_a_lone_clients_handshake_however_old() {
+    let alice = key("alice");
+    let gate = Gate::with_config(
+        keyring(&[&alice]),
+        GateConfig::new().with_handshake_timeout(Duration::from_secs(30)),
+    )
+    .unwrap();
+    let config = ListenerConfig::new()
+        .with_max_handshakes(4)
+        .with_shed_after(Duration::from_millis(100));
+    let (addr, _admissions) = gated_echo_with(gate, config).await;
+    let mut lone = connect_from(Ipv4Addr::new(127, 0, 0, 28), addr).await;
+    assert!(got_challenge(&mut lone).await);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut busy = Vec::new();
+    for _ in 0..3 {
+        let mut stream = connect_from(Ipv4Addr::new(127, 0, 0, 29), addr).await;
+        assert!(got_challenge(&mut stream).await);
+        busy.push(stream);
+    }
+    // The lone handshake is old enough to shed, but the newcomer's source holds more slots.
+    let mut newcomer = connect_from(Ipv4Addr::new(127, 0, 0, 29), addr).await;
+    assert!(closed_without_a_byte(&mut newcomer).await, "refused");
+    let mut byte = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), lone.read(&mut byte))
+            .await
+            .is_err(),
+        "the lone client is still waiting"
+    );
 }
 
 #[tokio::test]
