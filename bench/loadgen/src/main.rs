@@ -2,6 +2,8 @@
 //! BENCHMARKS.md. Each measurement prints one `key=value` line on stdout. Not published: it
 //! exists to measure the `linkgate` command and its peers.
 
+mod soak;
+
 use std::future::pending;
 use std::io;
 use std::sync::Arc;
@@ -65,6 +67,41 @@ enum BenchCommand {
         /// Give up on a stream when one write, or the sink's answer, takes longer than this.
         #[arg(long, default_value = "20s", value_parser = duration)]
         stall_timeout: Duration,
+    },
+    /// The soak's upstream: hashes each request, answers a patterned response, or resets the
+    /// connection halfway when the request asks it to.
+    SoakUpstream {
+        /// Address to listen on.
+        #[arg(long, value_name = "ADDR")]
+        listen: String,
+    },
+    /// The soak: connections of mixed sizes through each mode's connect entry and an impostor's,
+    /// every transfer checked by SHA-256 and every reset required to arrive as a reset.
+    Soak {
+        /// An honest entry, as MODE=ADDR (repeat: connections go to each in turn).
+        #[arg(long = "entry", value_name = "MODE=ADDR", required = true)]
+        entries: Vec<String>,
+        /// A connect entry whose key the gate does not know.
+        #[arg(long, value_name = "ADDR")]
+        impostor: String,
+        /// The soak upstream (asked directly for its counts at the end).
+        #[arg(long, value_name = "ADDR")]
+        upstream: String,
+        /// Connections in all.
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Connections in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Percent of honest connections the upstream resets halfway.
+        #[arg(long, default_value_t = 3)]
+        reset_pct: u64,
+        /// Percent of connections made through the impostor.
+        #[arg(long, default_value_t = 1)]
+        impostor_pct: u64,
+        /// Seed of the sizes and payloads (the same seed repeats the same soak).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Idle memory: open N connections (each echoes one byte), hold them, report RSS growth.
     Idle {
@@ -151,6 +188,37 @@ async fn run(args: BenchArgs) -> Result<()> {
             connections,
             pids,
         } => idle(&target, connections, &pids).await,
+        BenchCommand::SoakUpstream { listen } => soak::upstream(&listen).await,
+        BenchCommand::Soak {
+            entries,
+            impostor,
+            upstream,
+            connections,
+            concurrency,
+            reset_pct,
+            impostor_pct,
+            seed,
+        } => {
+            let honest = entries
+                .iter()
+                .map(|entry| {
+                    entry
+                        .split_once('=')
+                        .map(|(mode, addr)| (mode.to_owned(), addr.to_owned()))
+                        .with_context(|| format!("--entry {entry:?} is not MODE=ADDR"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let entries = soak::Entries { honest, impostor };
+            let plan = soak::SoakPlan {
+                connections,
+                concurrency,
+                reset_pct,
+                impostor_pct,
+                upstream,
+                seed,
+            };
+            soak::run(entries, plan).await
+        }
     }
 }
 
