@@ -69,7 +69,10 @@ impl Drop for CloseOnDrop<'_> {
 ///
 /// Written as a plain function returning an `async move` block: an `async fn` would store its
 /// arguments twice over for as long as the connection lives.
-#[expect(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice"
+)]
 pub(crate) fn serve_one<IO>(
     admitted: Admitted<IO>,
     context: Arc<ServeContext>,
@@ -171,7 +174,10 @@ async fn revoked(revocations: &mut broadcast::Receiver<Arc<Vec<KeyId>>>, key_id:
 
 /// Forwards between the admitted client and the upstream, sending the PROXY header first if
 /// asked; on any failure both sides are reset.
-#[expect(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice"
+)]
 fn to_upstream<C: Socket, U: Socket>(
     client: C,
     server: U,
@@ -310,7 +316,10 @@ pub(crate) struct ConnectContext {
 
 /// Authenticates one local connection to the gate and forwards. A failed authentication resets
 /// the local connection and logs why.
-#[expect(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice"
+)]
 pub(crate) fn connect_one<L: Socket>(
     local: L,
     peer: String,
