@@ -11,8 +11,8 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use crate::support::process::{self, keygen, run, start_serve};
 use crate::operations::{sample, scrape};
+use crate::support::process::{self, keygen, run, start_serve};
 use crate::support::start_connect;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -67,25 +67,27 @@ async fn a_stderr_nobody_reads_never_stalls_the_gate() {
     let dir = TempDir::new().unwrap();
     let key = Key::from_file(keygen(dir.path(), "alice")).unwrap();
     // stderr is a pipe this test never reads: it fills after a few hundred lines.
-    let mut child = Command::new(process::BIN)
-        .args([
-            "-v",
-            "--log-buffer-lines",
-            "64",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--keys",
-            dir.path().to_str().unwrap(),
-            "--allow-plain",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = KillOnDrop(
+        Command::new(process::BIN)
+            .args([
+                "-v",
+                "--log-buffer-lines",
+                "64",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--keys",
+                dir.path().to_str().unwrap(),
+                "--allow-plain",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     // The address: this test's only way in is the port it can find by probing /proc.
-    let pid = child.id();
+    let pid = child.0.id();
     let gate = listening_port(pid).await;
     let credentials = Credentials::new(key).with_mode(Mode::Plain);
     let started = Instant::now();
@@ -107,8 +109,16 @@ async fn a_stderr_nobody_reads_never_stalls_the_gate() {
         started.elapsed()
     );
     // The writer counted what it dropped (reported every 10 s; the test does not wait for it).
-    let _ = child.kill();
-    let _ = child.wait();
+}
+
+/// A child process killed when the test ends, passed or failed.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The TCP port process `pid` listens on, from /proc (it logs it to the blocked stderr).
