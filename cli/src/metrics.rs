@@ -151,7 +151,7 @@ impl Metrics {
         );
         registry.register(
             "connections_closed",
-            "Admitted connections closed (ok, error, revoked, upstream_unreachable)",
+            "Admitted connections closed (ok, error, revoked, cut_off at the drain deadline)",
             closed.clone(),
         );
         registry.register(
