@@ -56,6 +56,12 @@ impl Credentials {
         self
     }
 
+    /// The key presented (for the impostor probe, which builds handshakes by hand).
+    #[cfg(feature = "testing")]
+    pub(crate) fn key(&self) -> &Key {
+        &self.key
+    }
+
     /// The id presented to the server.
     pub fn key_id(&self) -> &KeyId {
         self.key.id()

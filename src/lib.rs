@@ -65,6 +65,8 @@
 
 #[cfg(feature = "axum")]
 pub mod axum;
+#[cfg(feature = "testing")]
+pub mod testing;
 #[cfg(feature = "tonic")]
 pub mod tonic;
 

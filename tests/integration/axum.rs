@@ -143,3 +143,60 @@ async fn a_silent_client_does_not_hold_up_the_app() {
             .is_err()
     );
 }
+
+/// What a user of `linkgate::testing` writes in their own test: the impostor probe against
+/// their app, every impostor examined (no penalties, so none is merely refused at accept), and
+/// their handler never run.
+#[cfg(feature = "testing")]
+#[tokio::test]
+async fn the_impostor_probe_passes_against_an_axum_app_and_no_handler_runs() {
+    use linkgate::testing::{Probe, Status, assert_refuses_impostors};
+    use linkgate::{ListenerConfig, PenaltyConfig};
+
+    let alice = key("alice");
+    let config = GateConfig::new().with_handshake_timeout(Duration::from_millis(500));
+    let gate = Gate::with_config(keyring(&[&alice]), config).unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let no_penalties = ListenerConfig::new().with_penalties(PenaltyConfig::disabled());
+    let listener = GatedListener::with_config(tcp, gate, no_penalties);
+    let calls = Calls::default();
+    let app = Router::new()
+        .route("/", get(whoami))
+        .with_state(calls.clone());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<Admission>(),
+        )
+        .await
+    });
+
+    let report = Probe::new(addr.to_string())
+        .with_credentials(Credentials::new(alice.clone()))
+        .with_silent_limit(Duration::from_secs(3))
+        .run()
+        .await;
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.refused_at_accept(), 0, "{report}");
+    assert_eq!(report.findings.len(), 13, "{report}");
+    assert!(
+        report
+            .findings
+            .iter()
+            .all(|finding| finding.status == Status::Pass),
+        "{report}"
+    );
+    // The one-liner, without a key.
+    let keyless = assert_refuses_impostors(addr.to_string()).await;
+    assert_eq!(keyless.findings.len(), 9, "{keyless}");
+    // Admitted sessions sent no request, and impostors never got past the gate.
+    assert_eq!(calls.0.load(Ordering::SeqCst), 0);
+    // And the app still serves its real client.
+    let (status, body, _) = get_as(addr, &alice).await;
+    assert_eq!(
+        (status, body.starts_with("hello alice")),
+        (200, true),
+        "{body}"
+    );
+}
