@@ -18,6 +18,7 @@ use crate::service::ServiceOptions;
   linkgate connect --listen 127.0.0.1:6380 --server gate.example:7700 --key alice.key
   linkgate check --server gate.example:7700 --key alice.key
   linkgate keygen --out keys/alice.key
+  linkgate probe gate.example:7700 --key alice.key
   linkgate demo")]
 pub(crate) struct Cli {
     #[command(flatten)]
@@ -40,6 +41,47 @@ pub(crate) enum Command {
     Demo(DemoArgs),
     /// Check a config file (TOML, several services) without starting: keys, addresses, options.
     CheckConfig(CheckConfigArgs),
+    /// Try impostors against a gate and report what it did with each: exit 0 only if every one
+    /// was refused (and, with --key, the key's holder admitted).
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  linkgate probe gate.example:7700                       # impostors only
+  linkgate probe gate.example:7700 --key alice.key      # also: admission, plain mode, replay, tampering
+  linkgate probe 127.0.0.1:7700 --key alice.key --json  # one JSON object per check
+
+Run it from an address the gate exempts from penalties (--penalty-exempt) to test every impostor
+itself: otherwise the gate soon refuses the probe at accept, which is right but tests less.")]
+pub(crate) struct ProbeArgs {
+    /// The gate (HOST:PORT).
+    #[arg(value_name = "ADDR")]
+    pub(crate) addr: String,
+    /// A real key: check that its holder is admitted, and try plain mode, a replayed RESPONSE,
+    /// the real id with a wrong key, and a tampered record after admission.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) key: Option<PathBuf>,
+    /// Read the real key from this environment variable instead (with --id).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) key_env: Option<String>,
+    /// Key id to present (default: the key file's stem).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) id: Option<String>,
+    /// The mode the legitimate client asks for.
+    #[arg(long, value_name = "MODE", default_value = "sealed-fs")]
+    pub(crate) mode: Mode,
+    /// How long to wait for each reply.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
+    pub(crate) wait: Duration,
+    /// How long a silent client may stay connected before that counts as a failure.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    pub(crate) silent_limit: Duration,
+    /// One JSON object per check, then one for the summary.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) key_files: KeyFileArgs,
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,7 @@ mod keys;
 mod listen;
 mod logging;
 mod metrics;
+mod probe;
 mod proxy;
 mod reload;
 mod serve;
@@ -57,6 +58,7 @@ fn main() -> ExitCode {
             Command::Check(args) => connect::check(args, format).await,
             Command::Keygen(args) => keygen::run(&args.out, args.force),
             Command::Demo(args) => demo::run(args).await,
+            Command::Probe(args) => probe::run(args, format).await,
         }
     });
     // Connections cut at the drain deadline must not hold the process up.

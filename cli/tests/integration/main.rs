@@ -7,5 +7,6 @@ mod balancer;
 mod cli;
 mod faults;
 mod operations;
+mod probe;
 mod python;
 mod sealed;
