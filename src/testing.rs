@@ -48,12 +48,13 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::client::Credentials;
+use crate::error::{Error, Rejection};
 use crate::keys::{Key, KeyId, fill_random};
 use crate::mode::Mode;
 use crate::protocol::{
     self, CHALLENGE_LEN, ClientHello, Nonce, VERDICT_ADMITTED, VERDICT_DENIED, VERDICT_MALFORMED,
 };
-use crate::record::Sealer;
+use crate::record::{Opened, Opener, Sealer, TrafficSecret};
 
 /// Whether a check came out as it should.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +64,7 @@ pub enum Status {
     Pass,
     /// It did not: the detail says what it did instead.
     Fail,
-    /// Not run (it needs a key, or a sealed mode).
+    /// Not run (the probe's key asks for plain mode, so there is no record to tamper with).
     Skipped,
 }
 
@@ -125,9 +126,19 @@ pub struct Report {
 }
 
 impl Report {
-    /// No check failed.
+    /// No check failed, and at least one impostor got past accept to be examined (a target
+    /// that closes every connection at once proves nothing).
     pub fn passed(&self) -> bool {
-        self.failures().next().is_none()
+        self.failures().next().is_none() && !self.inconclusive()
+    }
+
+    /// Every check that passed was only refused at accept: nothing was examined.
+    pub fn inconclusive(&self) -> bool {
+        !self.findings.iter().any(|finding| {
+            finding.status == Status::Pass
+                && !finding.refused_at_accept
+                && finding.check != "legitimate"
+        })
     }
 
     /// The checks that failed.
@@ -153,9 +164,15 @@ impl Report {
                 .filter(|finding| finding.status == status)
                 .count()
         };
+        let verdict = if self.passed() {
+            "ok"
+        } else if self.failures().next().is_none() {
+            "INCONCLUSIVE (every connection was closed at accept, before a CHALLENGE)"
+        } else {
+            "FAILED"
+        };
         let mut line = format!(
-            "{}: {} passed, {} failed, {} skipped",
-            if self.passed() { "ok" } else { "FAILED" },
+            "{verdict}: {} passed, {} failed, {} skipped",
             count(Status::Pass),
             count(Status::Fail),
             count(Status::Skipped),
@@ -208,7 +225,9 @@ impl Reply {
     pub fn is_refusal(&self) -> bool {
         match self {
             Self::ClosedAtAccept | Self::ClosedAfterChallenge => true,
-            Self::Verdict { byte, more: 0 } => *byte != VERDICT_ADMITTED,
+            Self::Verdict { byte, more: 0 } => {
+                *byte == VERDICT_DENIED || *byte == VERDICT_MALFORMED
+            }
             _ => false,
         }
     }
@@ -242,6 +261,9 @@ impl fmt::Display for Reply {
     }
 }
 
+/// Longest wait the probe accepts (a longer one could overflow the clock's arithmetic).
+const LONGEST_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Runs impostors (and, with a key, legitimate clients) against a gate.
 #[derive(Debug, Clone)]
 pub struct Probe {
@@ -266,20 +288,21 @@ impl Probe {
     /// mode), tries plain mode, replays a real RESPONSE, presents the real id with a wrong key,
     /// and tampers with a record after admission.
     pub fn with_credentials(mut self, credentials: Credentials) -> Self {
-        self.credentials = Some(credentials);
+        // The seed scheme has no verdict: any server that sends 32 bytes would "admit" it.
+        self.credentials = Some(credentials.with_protocol(crate::Protocol::Linkgate1));
         self
     }
 
-    /// How long to wait for each reply (default 2 s).
+    /// How long to wait for each reply (default 2 s; at most a day).
     pub fn with_wait(mut self, wait: Duration) -> Self {
-        self.wait = wait;
+        self.wait = wait.min(LONGEST_WAIT);
         self
     }
 
     /// How long a silent client may stay connected before the probe calls it a failure (default
     /// 10 s: twice the default handshake timeout).
     pub fn with_silent_limit(mut self, limit: Duration) -> Self {
-        self.silent_limit = limit;
+        self.silent_limit = limit.min(LONGEST_WAIT);
         self
     }
 
@@ -289,9 +312,9 @@ impl Probe {
         let mut findings = Vec::new();
         if let Some(credentials) = &self.credentials {
             findings.push(self.legitimate(credentials).await);
-            findings.push(self.plain_mode(credentials).await);
             findings.push(self.tampered_record(credentials).await);
             findings.push(self.replayed_response(credentials).await);
+            findings.push(self.plain_mode(credentials).await);
         }
         findings.push(self.wrong_key().await);
         findings.push(self.unknown_id().await);
@@ -375,7 +398,7 @@ impl Probe {
 
     /// A RESPONSE whose key id length (200) is past the 64-byte limit, with 300 bytes after it.
     pub async fn oversized_response(&self) -> Finding {
-        let mut response = vec![Mode::Sealed.wire_byte(), 200];
+        let mut response = vec![Mode::SealedFs.wire_byte(), 200];
         response.extend(std::iter::repeat_n(b'a', 300));
         self.single(
             "oversized-response",
@@ -389,7 +412,7 @@ impl Probe {
     /// stops at the first wrong answer.
     pub async fn reserved_modes(&self) -> Finding {
         let check = "reserved-modes";
-        let (mut malformed, mut at_accept, mut other) = (0usize, 0usize, 0usize);
+        let (mut malformed, mut at_accept) = (0usize, 0usize);
         let reserved = (0..=u8::MAX).filter(|byte| Mode::from_wire_byte(*byte).is_none());
         for mode in reserved {
             let stream = match self.connect().await {
@@ -406,7 +429,6 @@ impl Probe {
                     more: 0,
                 } => malformed += 1,
                 Reply::ClosedAtAccept => at_accept += 1,
-                Reply::ClosedAfterChallenge => other += 1,
                 wrong => {
                     return Finding::new(
                         check,
@@ -416,15 +438,15 @@ impl Probe {
                 }
             }
         }
-        let total = malformed + at_accept + other;
+        let total = malformed + at_accept;
         let mut finding = Finding::new(
             check,
             Status::Pass,
             format!(
-                "{total} reserved mode bytes: {malformed} refused as malformed, {other} closed after the CHALLENGE, {at_accept} refused at accept"
+                "{total} reserved mode bytes: {malformed} refused as malformed, {at_accept} refused at accept"
             ),
         );
-        finding.refused_at_accept = malformed + other == 0;
+        finding.refused_at_accept = malformed == 0;
         finding
     }
 
@@ -564,7 +586,9 @@ impl Probe {
         match crate::connect(self.addr.as_str(), &credentials).await {
             Ok(admitted) => {
                 let peer = admitted.get_ref().peer_addr().ok();
-                if peer.is_some_and(|addr: SocketAddr| addr.ip().is_loopback()) {
+                // Only as seen from here: through a port forward (ssh -L, kubectl
+                // port-forward) a remote gate looks local.
+                if peer.is_some_and(|addr: SocketAddr| addr.ip().to_canonical().is_loopback()) {
                     Finding::new(
                         check,
                         Status::Pass,
@@ -578,11 +602,15 @@ impl Probe {
                     )
                 }
             }
-            Err(err) => {
-                let mut finding = Finding::new(check, Status::Pass, format!("refused ({err})"));
-                finding.refused_at_accept = self.refuses_at_accept().await;
-                finding
-            }
+            Err(
+                err @ (Error::Rejected(Rejection::RefusedAsMalformed(_) | Rejection::Denied)
+                | Error::ClosedEarly),
+            ) => Finding::new(check, Status::Pass, format!("refused ({err})")),
+            Err(err) => Finding::new(
+                check,
+                Status::Fail,
+                format!("no verdict on plain mode: {err}"),
+            ),
         }
     }
 
@@ -616,22 +644,24 @@ impl Probe {
         };
         // A session the gate ends by itself (its upstream unreachable, say) proves nothing
         // about tampering: make sure this one is still open first. Records the upstream sends
-        // (a banner) are fine.
+        // (a banner) are fine, and kept to be opened below.
+        let mut received = Vec::new();
         let mut buf = vec![0u8; 4096];
         let settle = self.wait.min(Duration::from_millis(200));
-        if let Ok(Ok(0) | Err(_)) = timeout(settle, stream.read(&mut buf)).await {
-            return Finding::new(
-                check,
-                Status::Fail,
-                "the gate ended the admitted session before anything was tampered with (is its upstream reachable?)",
-            );
+        match timeout(settle, stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => {
+                return Finding::new(
+                    check,
+                    Status::Fail,
+                    "the gate ended the admitted session before anything was tampered with (is its upstream reachable?)",
+                );
+            }
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+            Err(_) => {}
         }
         let mut record = Vec::new();
         if Sealer::new(secrets.client_to_server())
-            .seal(
-                b"linkgate probe: this record was tampered with",
-                &mut record,
-            )
+            .seal(TAMPERED_TEXT, &mut record)
             .is_err()
         {
             return Finding::new(check, Status::Fail, "could not seal a record");
@@ -641,8 +671,8 @@ impl Probe {
         if stream.write_all(&record).await.is_err() {
             return Finding::new(
                 check,
-                Status::Pass,
-                "the connection was closed before the record could be sent",
+                Status::Fail,
+                "inconclusive: the connection closed before the tampered record could be sent",
             );
         }
         let ended = timeout(self.wait, async {
@@ -650,24 +680,45 @@ impl Probe {
                 match stream.read(&mut buf).await {
                     Ok(0) => return "closed",
                     Err(_) => return "reset",
-                    // Records the upstream sent (a banner) may arrive first: keep reading.
-                    Ok(_) => {}
+                    // Records the upstream sent may arrive first: keep them and read on.
+                    Ok(n) => received.extend_from_slice(&buf[..n]),
                 }
             }
         })
         .await;
-        match ended {
-            Ok(how) => Finding::new(
-                check,
-                Status::Pass,
-                format!("the gate {how} the connection after a tampered record"),
-            ),
-            Err(_) => Finding::new(
+        let Ok(how) = ended else {
+            return Finding::new(
                 check,
                 Status::Fail,
                 "the connection stayed open after a tampered record",
-            ),
+            );
+        };
+        // What the gate sent back, opened: the tampered bytes must not have reached the
+        // upstream (and come back from an echoing one), and the end must be an error, not a
+        // clean close_notify.
+        let (data, close_notify) = open_all(secrets.server_to_client(), &mut received);
+        if data
+            .windows(TAMPERED_TEXT.len())
+            .any(|window| window == TAMPERED_TEXT)
+        {
+            return Finding::new(
+                check,
+                Status::Fail,
+                "the tampered record's bytes came back: the gate passed them to its upstream",
+            );
         }
+        if close_notify {
+            return Finding::new(
+                check,
+                Status::Fail,
+                "the gate ended the session cleanly (close_notify) after a tampered record: it must be an error",
+            );
+        }
+        Finding::new(
+            check,
+            Status::Pass,
+            format!("the gate {how} the connection after a tampered record"),
+        )
     }
 
     /// A RESPONSE recorded from an admitted session, sent again on a new connection: the new
@@ -755,7 +806,8 @@ where
     };
     let wrong_answer = |id: &KeyId, client_nonce: Nonce| {
         let key = random_key(id)?;
-        ClientHello::new(&key, id, Mode::Sealed, &server_nonce, client_nonce, None)
+        // Sealed-fs: the one mode every gate admits, so the answer can only be a denial.
+        ClientHello::new(&key, id, Mode::SealedFs, &server_nonce, client_nonce, None)
             .ok()
             .map(|hello| hello.response().encode())
     };
@@ -879,6 +931,29 @@ async fn handshake_by_hand(
     Ok((session, response))
 }
 
+/// What the tampered record carries (and what must never come back).
+const TAMPERED_TEXT: &[u8] = b"linkgate probe: this record was tampered with";
+
+/// Opens the records in `wire` under `secret` as far as they go: the application data, and
+/// whether a close_notify came.
+fn open_all(secret: &TrafficSecret, wire: &mut [u8]) -> (Vec<u8>, bool) {
+    let mut opener = Opener::new(secret);
+    let (mut data, mut start) = (Vec::new(), 0);
+    while let Ok(Some(len)) = Opener::record_len(&wire[start..]) {
+        let Some(record) = wire.get_mut(start..start + len) else {
+            break;
+        };
+        match opener.open_in_place(record) {
+            Ok(Opened::Data(range)) => data.extend_from_slice(&record[range]),
+            Ok(Opened::KeyUpdate) => {}
+            Ok(Opened::CloseNotify) => return (data, true),
+            Err(_) => break,
+        }
+        start += len;
+    }
+    (data, false)
+}
+
 /// Ends a session opened by [`handshake_by_hand`] cleanly: close_notify in the sealed modes,
 /// then the write half shut.
 async fn close_by_hand(stream: &mut TcpStream, session: &protocol::ClientSession) {
@@ -896,11 +971,14 @@ async fn close_by_hand(stream: &mut TcpStream, session: &protocol::ClientSession
 
 fn judge_refusal(check: &'static str, reply: &Reply, expected: Option<u8>) -> Finding {
     let right = match (reply, expected) {
+        (Reply::ClosedAtAccept, _) => true,
+        // The gate read a whole RESPONSE: it owes a VERDICT, and exactly this one.
         (Reply::Verdict { byte, more: 0 }, Some(expected)) => *byte == expected,
-        (reply, _) => reply.is_refusal(),
+        (_, Some(_)) => false,
+        (reply, None) => reply.is_refusal(),
     };
     let mut detail = reply.to_string();
-    if !right && reply.is_refusal() && expected == Some(VERDICT_DENIED) {
+    if !right && expected == Some(VERDICT_DENIED) && reply.is_refusal() {
         detail.push_str(
             ": a well-formed RESPONSE with an unknown id or a wrong proof must be denied (0x01), the same way whichever it was",
         );

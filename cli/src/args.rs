@@ -65,12 +65,12 @@ pub(crate) struct ProbeArgs {
     /// Read the real key from this environment variable instead (with --id).
     #[arg(long, value_name = "NAME")]
     pub(crate) key_env: Option<String>,
-    /// Key id to present (default: the key file's stem).
+    /// Key id to present (default: the key file's stem; needs --key or --key-env).
     #[arg(long, value_name = "NAME")]
     pub(crate) id: Option<String>,
-    /// The mode the legitimate client asks for.
-    #[arg(long, value_name = "MODE", default_value = "sealed-fs")]
-    pub(crate) mode: Mode,
+    /// The mode the legitimate client asks for (default sealed-fs; needs --key or --key-env).
+    #[arg(long, value_name = "MODE")]
+    pub(crate) mode: Option<Mode>,
     /// How long to wait for each reply.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
     pub(crate) wait: Duration,

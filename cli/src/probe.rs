@@ -17,12 +17,16 @@ pub(crate) async fn run(args: ProbeArgs, format: LogFormat) -> Result<()> {
             key: args.key,
             key_env: args.key_env,
             id: args.id,
-            mode: args.mode,
+            mode: args.mode.unwrap_or_default(),
             protocol: Protocol::Linkgate1,
             timeout: args.wait,
             key_files: args.key_files,
         };
         probe = probe.with_credentials(keys::credentials(&client)?);
+    } else if args.id.is_some() || args.mode.is_some() {
+        bail!(
+            "--id and --mode describe the legitimate client: give its key with --key or --key-env"
+        );
     }
     let report = probe.run().await;
     let json = args.json || format == LogFormat::Json;
@@ -62,6 +66,11 @@ fn finding_json(finding: &Finding) -> serde_json::Value {
 
 fn failure_line(addr: &str, report: &Report) -> String {
     let failed: Vec<&str> = report.failures().map(|finding| finding.check).collect();
+    if failed.is_empty() {
+        return format!(
+            "{addr} closed every connection before a CHALLENGE, so no impostor was examined (a penalty on this address? a stopping gate? not a gate?)"
+        );
+    }
     format!(
         "{addr} failed {} of {} checks: {}",
         failed.len(),

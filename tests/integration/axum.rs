@@ -150,6 +150,7 @@ async fn a_silent_client_does_not_hold_up_the_app() {
 #[cfg(feature = "testing")]
 #[tokio::test]
 async fn the_impostor_probe_passes_against_an_axum_app_and_no_handler_runs() {
+    use axum::serve::ListenerExt;
     use linkgate::testing::{Probe, Status, assert_refuses_impostors};
     use linkgate::{ListenerConfig, PenaltyConfig};
 
@@ -159,18 +160,18 @@ async fn the_impostor_probe_passes_against_an_axum_app_and_no_handler_runs() {
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
     let no_penalties = ListenerConfig::new().with_penalties(PenaltyConfig::disabled());
-    let listener = GatedListener::with_config(tcp, gate, no_penalties);
-    let calls = Calls::default();
-    let app = Router::new()
-        .route("/", get(whoami))
-        .with_state(calls.clone());
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<Admission>(),
-        )
-        .await
+    // Count what the gate lets through to axum: only the probe's legitimate sessions may pass.
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&admitted);
+    let listener = GatedListener::with_config(tcp, gate, no_penalties).tap_io(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
     });
+    let calls = Calls::default();
+    // (tap_io hides the Admission from ConnectInfo, so this app's handler does without it.)
+    let app = Router::new()
+        .route("/", get(hello))
+        .with_state(calls.clone());
+    tokio::spawn(async move { axum::serve(listener, app.into_make_service()).await });
 
     let report = Probe::new(addr.to_string())
         .with_credentials(Credentials::new(alice.clone()))
@@ -187,16 +188,24 @@ async fn the_impostor_probe_passes_against_an_axum_app_and_no_handler_runs() {
             .all(|finding| finding.status == Status::Pass),
         "{report}"
     );
-    // The one-liner, without a key.
+    // Three admissions (the legitimate client, the session then tampered with, the one whose
+    // RESPONSE was replayed), and no impostor among what reached axum.
+    assert_eq!(admitted.load(Ordering::SeqCst), 3, "{report}");
+    // The one-liner, without a key: nothing more gets through.
     let keyless = assert_refuses_impostors(addr.to_string()).await;
     assert_eq!(keyless.findings.len(), 9, "{keyless}");
-    // Admitted sessions sent no request, and impostors never got past the gate.
+    assert_eq!(admitted.load(Ordering::SeqCst), 3, "{keyless}");
+    // The admitted sessions sent no request, so no handler ran.
     assert_eq!(calls.0.load(Ordering::SeqCst), 0);
     // And the app still serves its real client.
     let (status, body, _) = get_as(addr, &alice).await;
-    assert_eq!(
-        (status, body.starts_with("hello alice")),
-        (200, true),
-        "{body}"
-    );
+    assert_eq!((status, body.as_str()), (200, "hello"));
+    assert_eq!(admitted.load(Ordering::SeqCst), 4);
+    assert_eq!(calls.0.load(Ordering::SeqCst), 1);
+}
+
+#[cfg(feature = "testing")]
+async fn hello(State(calls): State<Calls>) -> &'static str {
+    calls.0.fetch_add(1, Ordering::SeqCst);
+    "hello"
 }

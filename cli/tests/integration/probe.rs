@@ -65,7 +65,7 @@ async fn every_impostor_is_refused_by_a_correct_gate_and_only_admissions_reach_t
         "PASS redis-ping: refused as malformed (VERDICT 0x02)",
         "PASS truncated-response: closed after the CHALLENGE",
         "PASS oversized-response: refused as malformed (VERDICT 0x02)",
-        "PASS reserved-modes: 253 reserved mode bytes: 253 refused as malformed, 0 closed after the CHALLENGE, 0 refused at accept",
+        "PASS reserved-modes: 253 reserved mode bytes: 253 refused as malformed, 0 refused at accept",
         "PASS silent-client: closed after 1.",
         "ok: 13 passed, 0 failed, 0 skipped",
     ] {
@@ -88,6 +88,75 @@ async fn every_impostor_is_refused_by_a_correct_gate_and_only_admissions_reach_t
     // Only the three admissions (the legitimate client, the session that was then tampered with,
     // and the one whose RESPONSE was replayed) ever reached the upstream.
     assert_eq!(upstream.accepts.load(Ordering::SeqCst), 3, "{stdout}");
+    // None of them delivered a byte: not the tampered record, not the replayed session.
+    assert_eq!(upstream.bytes.load(Ordering::SeqCst), 0, "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gate_requiring_forward_secrecy_passes_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "alice");
+    let upstream = echo_upstream().await;
+    let (_serve, addr) = start_serve(
+        dir.path(),
+        Some(upstream.addr),
+        &[
+            "--require-forward-secrecy",
+            "--penalty-exempt",
+            "127.0.0.1/32",
+            "--handshake-timeout",
+            "1s",
+        ],
+    )
+    .await;
+    let addr = addr.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        probe(&[
+            &addr,
+            "--key",
+            key.to_str().unwrap(),
+            "--silent-limit",
+            "5s",
+        ])
+    })
+    .await
+    .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert!(
+        stdout.contains("ok: 13 passed, 0 failed, 0 skipped"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("PASS unknown-id: denied (VERDICT 0x01)"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_that_closes_every_connection_at_once_is_inconclusive_not_a_pass() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    let out = tokio::task::spawn_blocking(move || probe(&[&addr, "--wait", "500ms"]))
+        .await
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("INCONCLUSIVE (every connection was closed at accept, before a CHALLENGE): 9 passed, 0 failed"),
+        "{stdout}"
+    );
+    let refused = probe(&["127.0.0.1:1", "--id", "alice"]);
+    assert!(!refused.status.success());
+    assert_eq!(
+        text(&refused.stderr).trim(),
+        "linkgate: --id and --mode describe the legitimate client: give its key with --key or --key-env"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
