@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use linkgate::{
-    Credentials, Error, Gate, GateConfig, GatedListener, Key, KeyId, Keyring, Rejection,
-    ServeOptions,
+    Credentials, Error, Gate, GateConfig, GatedListener, Key, KeyId, Keyring, ListenerConfig,
+    PenaltyConfig, Rejection, ServeOptions,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -26,8 +26,13 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     let key = Key::from_file(&key_path)?;
 
     let config = GateConfig::new().with_handshake_timeout(args.handshake_timeout);
+    // Every client here, impostors included, comes from 127.0.0.1: with per-source penalties
+    // the gate would soon refuse them all at accept (and warn), which is right for a real gate
+    // but would hide what the demo shows.
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let no_penalties = ListenerConfig::new().with_penalties(PenaltyConfig::disabled());
     let gate_listener =
-        GatedListener::bind("127.0.0.1:0", Gate::with_config(keyring, config)?).await?;
+        GatedListener::with_config(tcp, Gate::with_config(keyring, config)?, no_penalties);
     let gate = gate_listener.local_addr()?;
     let serve = Arc::new(ServeContext {
         service: "demo".into(),
