@@ -783,3 +783,24 @@ async fn huge_limits_are_clamped_not_a_panic() {
     stream.read_exact(&mut [0u8; 2]).await.unwrap();
     assert!(!serve.stderr().contains("panicked"), "{}", serve.stderr());
 }
+
+/// The README's first command: the demo tells its story on stdout, exits 0, and nothing else
+/// (no warning) interrupts it.
+#[test]
+fn the_demo_admits_its_client_and_refuses_its_three_impostors() {
+    let out = run(&["demo", "--handshake-timeout", "300ms"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for line in [
+        "admitted  plain client via `connect`",
+        "got it back",
+        "refused   impostor with a wrong key for \"demo\": denied by the server",
+        "refused   plain HTTP client that skips the handshake",
+        "refused   silent client: got only the 40-byte challenge, closed after",
+        "demo ok: 1 client admitted, 3 refused",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    assert_eq!(stderr, "", "the demo's story was interrupted");
+}
