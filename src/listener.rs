@@ -439,6 +439,12 @@ impl<L: Listen> GatedListener<L> {
             task,
             peer,
         });
+        // Finished handshakes leave the queue from the front only, so one slow handshake can
+        // keep thousands of finished ones (and their task allocations) behind it: sweep them
+        // out once the queue is twice as long as the handshakes that can be in progress.
+        if self.in_flight.len() > 2 * self.config.max_handshakes.max(SHED_CANDIDATES) {
+            self.in_flight.retain(|entry| !entry.slot.is_released());
+        }
     }
 
     fn take_slot(&self, peer: &Peer, from_balancer: bool) -> Result<HandshakeSlot, Bound> {
@@ -516,9 +522,12 @@ impl<L: Listen> GatedListener<L> {
                 tracing::info!(peer = %victim.peer, age_ms = now.duration_since(victim.started).as_millis() as u64,
                     "every handshake slot taken: ended an old handshake from the busiest source to make room");
             }
-            charge(
+            // The slot's source is the real client's, also behind a balancer (whose own
+            // address is `victim.peer`).
+            charge_source(
                 &self.bounds,
                 &self.penalties,
+                source,
                 &victim.peer,
                 Outcome::Shed,
                 "shed to make room",
@@ -548,6 +557,19 @@ fn charge(
     now: Instant,
 ) {
     let source = bounds.source_of(peer);
+    charge_source(bounds, penalties, source, peer, outcome, reason, now);
+}
+
+/// As [`charge`], for a source known already (`peer` only names it in the log).
+fn charge_source(
+    bounds: &Bounds,
+    penalties: &Penalties,
+    source: Source,
+    peer: &Peer,
+    outcome: Outcome,
+    reason: &str,
+    now: Instant,
+) {
     if let Some(Charged::Started(penalty)) = penalties.charge(source, peer, outcome, now) {
         tracing::warn!(source = %bounds.describe(peer), %peer, penalty_s = penalty.as_secs(), last = %reason,
             "source penalized after repeated failed handshakes: its connections are closed at accept until the penalty runs out");
@@ -640,7 +662,7 @@ where
             }
         };
         if penalties.refuses(bounds.source_of(&client), &client, Instant::now()) {
-            drop(timer);
+            timer.discard();
             telemetry.event(&Event::Refused(Bound::Penalty));
             return None;
         }
@@ -649,7 +671,7 @@ where
                 tracing::warn!(conn = %id, peer = %client, via = %socket_peer,
                     "connection refused: too many handshakes in progress");
             }
-            drop(timer);
+            timer.discard();
             telemetry.event(&Event::Refused(Bound::PerSource));
             return None;
         }
@@ -658,6 +680,9 @@ where
         (socket_peer, None)
     };
     match gate.handshake_until(&mut stream, deadline).await {
+        // Shed while its last poll was finishing: the listener has already ended it (and charged
+        // its source), so it must not come out of accept() after all.
+        Ok(_) if slot.is_released() => None,
         Ok(session) => {
             let mut admitted = session.into_admitted(stream, gate.config(), id);
             tracing::debug!(conn = %id, %peer, via = via.as_ref().map(tracing::field::display),

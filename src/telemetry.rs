@@ -208,6 +208,14 @@ impl HandshakeTimer {
     }
 }
 
+impl HandshakeTimer {
+    /// Ends the timer without a handshake outcome: the connection was refused by a bound or a
+    /// penalty, which is reported as such and must not also count as a shed handshake.
+    pub(crate) fn discard(mut self) {
+        self.done = true;
+    }
+}
+
 impl Drop for HandshakeTimer {
     fn drop(&mut self) {
         if !self.done {

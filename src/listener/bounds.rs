@@ -215,8 +215,10 @@ impl SlotShared {
         if self.released.swap(true, Ordering::AcqRel) {
             return;
         }
-        let source = *self.source.lock().unwrap_or_else(PoisonError::into_inner);
+        // The counts lock first, then the source: `add_source` sets the source under the counts
+        // lock, so a source counted by a racing `add_source` is always seen here.
         let mut counts = self.bounds.lock();
+        let source = *self.source.lock().unwrap_or_else(PoisonError::into_inner);
         counts.total -= 1;
         if let Some(source) = source
             && let Some(n) = counts.per_source.get_mut(&source)
@@ -230,14 +232,28 @@ impl SlotShared {
 }
 
 impl HandshakeSlot {
-    /// A slot counted globally and for `peer`'s source, or the bound that is full.
+    /// A slot counted globally and for `peer`'s source, or the bound that is full. The
+    /// per-source bound is checked first: a source at its bound is refused as such, and never
+    /// makes the listener shed someone else's handshake for a slot it could not have.
     pub(crate) fn take(bounds: &Bounds, peer: &Peer) -> Result<Self, Bound> {
-        let slot = Self::take_global(bounds).ok_or(Bound::Global)?;
-        if slot.add_source(peer) {
-            Ok(slot)
-        } else {
-            Err(Bound::PerSource)
+        let source = bounds.source_of(peer);
+        let mut counts = bounds.lock();
+        let from_source = counts.per_source.get(&source).copied().unwrap_or(0);
+        if from_source >= bounds.inner.max_per_source {
+            return Err(Bound::PerSource);
         }
+        if counts.total >= bounds.inner.max_total {
+            return Err(Bound::Global);
+        }
+        counts.total += 1;
+        counts.per_source.insert(source, from_source + 1);
+        Ok(Self {
+            shared: Arc::new(SlotShared {
+                bounds: bounds.clone(),
+                source: Mutex::new(Some(source)),
+                released: AtomicBool::new(false),
+            }),
+        })
     }
 
     /// A slot counted globally only, if there is room.
@@ -257,22 +273,32 @@ impl HandshakeSlot {
     }
 
     /// Counts this handshake for `peer`'s source too; `false` if that source is at its bound.
+    /// `false` too if the listener has shed it meanwhile.
     pub(crate) fn add_source(&self, peer: &Peer) -> bool {
         let bounds = &self.shared.bounds;
         let source = bounds.source_of(peer);
         let mut counts = bounds.lock();
+        // Checked under the counts lock, which `release` takes before reading the source: a
+        // slot released meanwhile must not count for a source it will never uncount.
+        if self.shared.released.load(Ordering::Acquire) {
+            return false;
+        }
         let from_source = counts.per_source.get(&source).copied().unwrap_or(0);
         if from_source >= bounds.inner.max_per_source {
             return false;
         }
         counts.per_source.insert(source, from_source + 1);
-        drop(counts);
         *self
             .shared
             .source
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(source);
         true
+    }
+
+    /// Whether the listener has shed this handshake.
+    pub(crate) fn is_released(&self) -> bool {
+        self.shared.released.load(Ordering::Acquire)
     }
 
     pub(crate) fn handle(&self) -> SlotHandle {
@@ -398,5 +424,40 @@ mod tests {
         drop(first);
         assert_eq!(bounds.in_progress(), 2);
         assert!(HandshakeSlot::take(&bounds, &a).is_ok());
+    }
+
+    #[test]
+    fn a_source_at_its_bound_is_refused_as_such_even_when_every_slot_is_taken() {
+        let config = ListenerConfig::new()
+            .with_max_handshakes(2)
+            .with_max_handshakes_per_source(2);
+        let bounds = Bounds::new(&config);
+        let a = peer("10.0.0.1:1");
+        let _slots = [
+            HandshakeSlot::take(&bounds, &a).unwrap(),
+            HandshakeSlot::take(&bounds, &a).unwrap(),
+        ];
+        // Global and per-source bounds are both full: the per-source one answers, so the
+        // listener does not shed another handshake for a slot this source could not have.
+        assert_eq!(
+            HandshakeSlot::take(&bounds, &a).err(),
+            Some(Bound::PerSource)
+        );
+    }
+
+    #[test]
+    fn a_slot_shed_before_its_balancer_header_arrives_counts_for_no_source() {
+        let bounds = Bounds::new(&ListenerConfig::new());
+        let client = peer("10.0.0.7:1");
+        let slot = HandshakeSlot::take_global(&bounds).unwrap();
+        // The listener sheds it, then the task (not yet stopped) reads the PROXY header.
+        slot.handle().release();
+        assert!(!slot.add_source(&client));
+        drop(slot);
+        assert_eq!(bounds.in_progress(), 0);
+        assert_eq!(
+            bounds.weights([Some(bounds.source_of(&client))].into_iter()),
+            [0]
+        );
     }
 }

@@ -156,8 +156,22 @@ pub(crate) struct Penalties {
 
 #[derive(Debug, Default)]
 struct Table {
-    expiry: HashMap<Source, Instant>,
+    entries: HashMap<Source, Entry>,
     last_purge: Option<Instant>,
+}
+
+/// One source's penalty: when it runs out, and whether it has crossed the minimum. Once it
+/// has, the source is refused until the whole penalty runs out (as OpenSSH's `active` flag).
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    expiry: Instant,
+    enforced: bool,
+}
+
+impl Entry {
+    fn refuses(&self, now: Instant) -> bool {
+        self.enforced && self.expiry > now
+    }
 }
 
 /// What charging a source did.
@@ -189,9 +203,9 @@ impl Penalties {
             return false;
         }
         self.lock()
-            .expiry
+            .entries
             .get(&source)
-            .is_some_and(|expiry| expiry.saturating_duration_since(now) >= self.config.min)
+            .is_some_and(|entry| entry.refuses(now))
     }
 
     /// Charges `source` for a handshake that ended with `outcome`.
@@ -208,7 +222,7 @@ impl Penalties {
         let penalty = self.config.penalty_for(outcome)?;
         let (min, max) = (self.config.min, self.config.max);
         let mut table = self.lock();
-        if !table.expiry.contains_key(&source) && table.expiry.len() >= self.config.max_sources {
+        if !table.entries.contains_key(&source) && table.entries.len() >= self.config.max_sources {
             // Full: drop what has run out (at most once a second), else leave this source
             // untracked (permissive, like OpenSSH's default overflow).
             let due = table
@@ -216,30 +230,39 @@ impl Penalties {
                 .is_none_or(|last| now.duration_since(last) >= Duration::from_secs(1));
             if due {
                 table.last_purge = Some(now);
-                table.expiry.retain(|_, expiry| *expiry > now);
+                table.entries.retain(|_, entry| entry.expiry > now);
             }
-            if table.expiry.len() >= self.config.max_sources {
+            if table.entries.len() >= self.config.max_sources {
                 return None;
             }
         }
-        let expiry = table.expiry.entry(source).or_insert(now);
-        let before = expiry.saturating_duration_since(now);
-        let after = (before + penalty).min(max);
-        *expiry = now + after;
-        Some(match (before >= min, after >= min) {
-            (true, _) => Charged::Extended,
-            (false, true) => Charged::Started(after),
-            (false, false) => Charged::Accrued,
+        let entry = table.entries.entry(source).or_insert(Entry {
+            expiry: now,
+            enforced: false,
+        });
+        if entry.expiry <= now {
+            // What had accrued has run out: start afresh.
+            entry.enforced = false;
+        }
+        let before = entry.expiry.saturating_duration_since(now);
+        let after = before.saturating_add(penalty).min(max);
+        entry.expiry = now.checked_add(after).unwrap_or(entry.expiry);
+        Some(if entry.enforced {
+            Charged::Extended
+        } else if after >= min {
+            entry.enforced = true;
+            Charged::Started(after)
+        } else {
+            Charged::Accrued
         })
     }
 
     /// Sources being refused now.
     pub(crate) fn penalized(&self, now: Instant) -> usize {
-        let min = self.config.min;
         self.lock()
-            .expiry
+            .entries
             .values()
-            .filter(|expiry| expiry.saturating_duration_since(now) >= min)
+            .filter(|entry| entry.refuses(now))
             .count()
     }
 }
@@ -277,9 +300,17 @@ mod tests {
             Some(Charged::Extended)
         );
         assert_eq!(penalties.penalized(t0), 1);
-        // 25 s accrued: refused for the first 10 s, then under the minimum again.
-        assert!(penalties.refuses(source, &p, t0 + Duration::from_secs(10)));
-        assert!(!penalties.refuses(source, &p, t0 + Duration::from_secs(11)));
+        // 25 s accrued: refused until all of it has run out, not only while 15 s remain.
+        assert!(penalties.refuses(source, &p, t0 + Duration::from_secs(24)));
+        assert!(!penalties.refuses(source, &p, t0 + Duration::from_secs(25)));
+        assert_eq!(penalties.penalized(t0 + Duration::from_secs(25)), 0);
+        // Once it has run out, failures accrue from nothing again before enforcement.
+        let later = t0 + Duration::from_secs(30);
+        assert_eq!(
+            penalties.charge(source, &p, Outcome::Denied, later),
+            Some(Charged::Accrued)
+        );
+        assert!(!penalties.refuses(source, &p, later));
         // Admissions and health checks cost nothing; other sources are unaffected.
         assert_eq!(penalties.charge(source, &p, Outcome::Admitted, t0), None);
         assert!(!penalties.refuses(Source::V4(2), &peer("10.0.0.2:1"), t0));
@@ -296,9 +327,9 @@ mod tests {
         for _ in 0..100 {
             penalties.charge(Source::V4(1), &p, Outcome::Timeout, t0);
         }
-        assert!(penalties.refuses(Source::V4(1), &p, t0 + Duration::from_secs(15)));
+        assert!(penalties.refuses(Source::V4(1), &p, t0 + Duration::from_secs(29)));
         assert!(
-            !penalties.refuses(Source::V4(1), &p, t0 + Duration::from_secs(16)),
+            !penalties.refuses(Source::V4(1), &p, t0 + Duration::from_secs(30)),
             "capped at 30 s"
         );
         let exempt = peer("10.9.1.1:1");
