@@ -798,7 +798,7 @@ where
 {
     if let Impostor::Raw(bytes) = impostor {
         // A peer that closed at once makes this fail; reading tells what it did.
-        let _ = stream.write_all(bytes).await;
+        let _ = timeout(wait, stream.write_all(bytes)).await;
     }
     let server_nonce = match read_challenge(&mut stream, wait).await {
         Ok(nonce) => nonce,
@@ -822,10 +822,10 @@ where
         }),
     };
     if let Some(answer) = answer {
-        let _ = stream.write_all(&answer).await;
+        let _ = timeout(wait, stream.write_all(&answer)).await;
     }
     if matches!(impostor, Impostor::Truncated) {
-        let _ = stream.shutdown().await;
+        let _ = timeout(wait, stream.shutdown()).await;
     }
     read_verdict(&mut stream, wait).await
 }
