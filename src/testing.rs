@@ -378,14 +378,18 @@ impl Probe {
 
     /// A well-formed RESPONSE under a key id the gate cannot know.
     pub async fn unknown_id(&self) -> Finding {
-        let id = made_up_id();
+        let Some(id) = made_up_id() else {
+            return no_id("unknown-id");
+        };
         self.single("unknown-id", Impostor::WrongKey(id), Some(VERDICT_DENIED))
             .await
     }
 
     /// The real key id (with a key; else a made-up one) with a random key.
     pub async fn wrong_key(&self) -> Finding {
-        let id = self.id_to_claim();
+        let Some(id) = self.id_to_claim() else {
+            return no_id("wrong-key");
+        };
         self.single("wrong-key", Impostor::WrongKey(id), Some(VERDICT_DENIED))
             .await
     }
@@ -467,8 +471,11 @@ impl Probe {
             Ok(stream) => stream,
             Err(finding) => return Finding { check, ..finding },
         };
+        let Some(id) = self.id_to_claim() else {
+            return no_id(check);
+        };
         let impostor = Impostor::Reflect {
-            id: self.id_to_claim(),
+            id,
             client_nonce: first_nonce,
         };
         let reply = try_impostor(second, &impostor, self.wait).await;
@@ -751,10 +758,11 @@ impl Probe {
         judge_refusal(check, &reply, Some(VERDICT_DENIED))
     }
 
-    fn id_to_claim(&self) -> KeyId {
-        self.credentials
-            .as_ref()
-            .map_or_else(made_up_id, |credentials| credentials.key_id().clone())
+    fn id_to_claim(&self) -> Option<KeyId> {
+        match &self.credentials {
+            Some(credentials) => Some(credentials.key_id().clone()),
+            None => made_up_id(),
+        }
     }
 }
 
@@ -816,10 +824,12 @@ where
         Impostor::Response(bytes) => Some(bytes.clone()),
         Impostor::WrongKey(id) => wrong_answer(id, random_nonce()),
         Impostor::Reflect { id, client_nonce } => wrong_answer(id, *client_nonce),
-        Impostor::Truncated => wrong_answer(&made_up_id(), random_nonce()).map(|mut bytes| {
-            bytes.truncate(bytes.len() / 2);
-            bytes
-        }),
+        Impostor::Truncated => made_up_id()
+            .and_then(|id| wrong_answer(&id, random_nonce()))
+            .map(|mut bytes| {
+                bytes.truncate(bytes.len() / 2);
+                bytes
+            }),
     };
     if let Some(answer) = answer {
         let _ = timeout(wait, stream.write_all(&answer)).await;
@@ -1002,11 +1012,13 @@ fn random_key(id: &KeyId) -> Option<Key> {
     Key::generate(id.clone()).ok()
 }
 
-fn made_up_id() -> KeyId {
+/// A key id no gate will know: `probe-` and 12 random hex digits (always a valid id).
+fn made_up_id() -> Option<KeyId> {
     let mut bytes = [0u8; 6];
     let _ = fill_random(&mut bytes);
-    KeyId::new(format!("probe-{}", hex::encode(bytes))).unwrap_or_else(|_| {
-        // A fixed, valid id: only reached if the line above ever made an invalid one.
-        KeyId::new("linkgate-probe").expect("a valid key id")
-    })
+    KeyId::new(format!("probe-{}", hex::encode(bytes))).ok()
+}
+
+fn no_id(check: &'static str) -> Finding {
+    Finding::new(check, Status::Fail, "could not make a key id to present")
 }
