@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::support::echo_upstream;
-use crate::support::process::{BIN, keygen, run, start_serve};
+use crate::support::process::{BIN, Linkgate, keygen, run, start_serve};
+use crate::support::{Upstream, echo_upstream};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -22,35 +22,33 @@ fn probe(args: &[&str]) -> Output {
     run(&all)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_impostor_is_refused_by_a_correct_gate_and_only_admissions_reach_the_upstream() {
+/// A real gate (key `alice`, handshake timeout 1 s, `serve_flags` added) in front of an echo
+/// upstream that counts what reaches it, probed with alice's key when `with_key`, silent limit
+/// 5 s. The gate is returned for its log.
+async fn probe_a_gate(serve_flags: &[&str], with_key: bool) -> (Output, Upstream, Linkgate) {
     let dir = tempfile::tempdir().unwrap();
     let key = keygen(dir.path(), "alice");
     let upstream = echo_upstream().await;
-    let (serve, addr) = start_serve(
-        dir.path(),
-        Some(upstream.addr),
-        // Exempt, so that every impostor is examined rather than refused at accept.
-        &[
-            "--penalty-exempt",
-            "127.0.0.1/32",
-            "--handshake-timeout",
-            "1s",
-        ],
-    )
-    .await;
+    let mut flags = vec!["--handshake-timeout", "1s"];
+    flags.extend_from_slice(serve_flags);
+    let (serve, addr) = start_serve(dir.path(), Some(upstream.addr), &flags).await;
     let addr = addr.to_string();
     let out = tokio::task::spawn_blocking(move || {
-        probe(&[
-            &addr,
-            "--key",
-            key.to_str().unwrap(),
-            "--silent-limit",
-            "5s",
-        ])
+        let mut args = vec![addr.as_str(), "--silent-limit", "5s"];
+        if with_key {
+            args.extend(["--key", key.to_str().unwrap()]);
+        }
+        probe(&args)
     })
     .await
     .unwrap();
+    (out, upstream, serve)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_impostor_is_refused_by_a_correct_gate_and_only_admissions_reach_the_upstream() {
+    // Exempt, so that every impostor is examined rather than refused at accept.
+    let (out, upstream, serve) = probe_a_gate(&["--penalty-exempt", "127.0.0.1/32"], true).await;
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
     for line in [
@@ -94,33 +92,12 @@ async fn every_impostor_is_refused_by_a_correct_gate_and_only_admissions_reach_t
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gate_requiring_forward_secrecy_passes_too() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = keygen(dir.path(), "alice");
-    let upstream = echo_upstream().await;
-    let (_serve, addr) = start_serve(
-        dir.path(),
-        Some(upstream.addr),
-        &[
-            "--require-forward-secrecy",
-            "--penalty-exempt",
-            "127.0.0.1/32",
-            "--handshake-timeout",
-            "1s",
-        ],
-    )
-    .await;
-    let addr = addr.to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        probe(&[
-            &addr,
-            "--key",
-            key.to_str().unwrap(),
-            "--silent-limit",
-            "5s",
-        ])
-    })
-    .await
-    .unwrap();
+    let flags = [
+        "--require-forward-secrecy",
+        "--penalty-exempt",
+        "127.0.0.1/32",
+    ];
+    let (out, _upstream, _serve) = probe_a_gate(&flags, true).await;
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
     assert!(
@@ -161,19 +138,7 @@ async fn a_target_that_closes_every_connection_at_once_is_inconclusive_not_a_pas
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gate_with_penalties_still_passes_and_the_summary_says_what_was_only_refused_at_accept() {
-    let dir = tempfile::tempdir().unwrap();
-    keygen(dir.path(), "alice");
-    let upstream = echo_upstream().await;
-    let (_serve, addr) = start_serve(
-        dir.path(),
-        Some(upstream.addr),
-        &["--handshake-timeout", "1s"],
-    )
-    .await;
-    let addr = addr.to_string();
-    let out = tokio::task::spawn_blocking(move || probe(&[&addr, "--silent-limit", "5s"]))
-        .await
-        .unwrap();
+    let (out, upstream, _serve) = probe_a_gate(&[], false).await;
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
     assert!(
