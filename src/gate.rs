@@ -103,6 +103,20 @@ impl GateConfig {
         self.policy.forward_secrecy_required
     }
 
+    /// Admit the multiplexed modes ([`Mode::SealedMux`], [`Mode::SealedFsMux`]) when the sealed
+    /// mode underneath is admitted. Off by default: a multiplexed session carries
+    /// [`crate::mux`] frames, so only a server that hands such sessions to
+    /// [`crate::mux::MuxServer`] may admit them (`linkgate serve` does, unless `--no-mux`).
+    pub fn with_multiplexing_allowed(mut self, allowed: bool) -> Self {
+        self.policy.multiplexing_allowed = allowed;
+        self
+    }
+
+    /// Whether the multiplexed modes are admitted.
+    pub fn multiplexing_allowed(&self) -> bool {
+        self.policy.multiplexing_allowed
+    }
+
     /// The modes admitted, as one policy.
     pub fn mode_policy(&self) -> ModePolicy {
         self.policy

@@ -78,6 +78,8 @@ mod key_file;
 mod keys;
 mod listener;
 mod mode;
+#[cfg(feature = "mux")]
+pub mod mux;
 mod net;
 pub mod protocol;
 pub mod proxy_protocol;

@@ -112,9 +112,13 @@ impl std::str::FromStr for Protocol {
 pub struct ModePolicy {
     /// Admit [`Mode::Plain`] (default: no).
     pub plain_allowed: bool,
-    /// Refuse [`Mode::Sealed`], admitting only [`Mode::SealedFs`] among the sealed modes
-    /// (default: no).
+    /// Refuse [`Mode::Sealed`] and [`Mode::SealedMux`], admitting only the modes with forward
+    /// secrecy among the sealed ones (default: no).
     pub forward_secrecy_required: bool,
+    /// Admit the multiplexed modes ([`Mode::SealedMux`], [`Mode::SealedFsMux`]) when the sealed
+    /// mode underneath is admitted (default: no; only a server that runs [`crate::mux`] on the
+    /// admitted stream should say yes).
+    pub multiplexing_allowed: bool,
 }
 
 impl ModePolicy {
@@ -123,7 +127,14 @@ impl ModePolicy {
         Self {
             plain_allowed,
             forward_secrecy_required,
+            multiplexing_allowed: false,
         }
+    }
+
+    /// The same policy, with the multiplexed modes admitted or not.
+    pub fn with_multiplexing_allowed(mut self, allowed: bool) -> Self {
+        self.multiplexing_allowed = allowed;
+        self
     }
 
     /// `Ok` if `mode` is admitted, else the name of the setting that refuses it.
@@ -132,8 +143,14 @@ impl ModePolicy {
             Mode::Plain if !self.plain_allowed => {
                 Err("plain mode is not allowed (the gate needs --allow-plain)")
             }
-            Mode::Sealed if self.forward_secrecy_required => {
+            _ if mode.is_sealed()
+                && !mode.has_forward_secrecy()
+                && self.forward_secrecy_required =>
+            {
                 Err("forward secrecy is required (--require-forward-secrecy)")
+            }
+            _ if mode.is_multiplexed() && !self.multiplexing_allowed => {
+                Err("multiplexed tunnels are not allowed (the gate has --no-mux)")
             }
             _ => Ok(()),
         }
@@ -447,7 +464,7 @@ impl ClientHello {
             key_id: &self.key_id,
         };
         let (server_share, server_proof) = match self.mode {
-            Mode::SealedFs => {
+            mode if mode.has_forward_secrecy() => {
                 let (share, proof) = rest
                     .split_first_chunk::<PUBLIC_KEY_LEN>()
                     .ok_or(Rejection::ImpostorServer)?;
@@ -470,7 +487,7 @@ impl ClientHello {
         // Keys only after the server's proof verifies.
         let secrets = match (self.mode, &self.ephemeral, shares) {
             (Mode::Plain, _, _) => None,
-            (Mode::SealedFs, Some(secret), Some((client, server))) => {
+            (mode, Some(secret), Some((client, server))) if mode.has_forward_secrecy() => {
                 let shared = secret.agree(server).map_err(|()| Rejection::KeyExchange)?;
                 Some(SessionSecrets::derive(
                     &self.key,
@@ -478,7 +495,9 @@ impl ClientHello {
                     Some((&shared, client, server)),
                 ))
             }
-            (Mode::SealedFs, _, _) => return Err(Rejection::KeyExchange.into()),
+            (mode, _, _) if mode.has_forward_secrecy() => {
+                return Err(Rejection::KeyExchange.into());
+            }
             _ => Some(SessionSecrets::derive(&self.key, &transcript, None)),
         };
         Ok(ClientSession {
@@ -629,7 +648,7 @@ pub fn judge(
             verdict.extend_from_slice(&proof_of(transcript.server_mac(key, None)));
             None
         }
-        (Mode::SealedFs, Some(client_share)) => {
+        (mode, Some(client_share)) if mode.has_forward_secrecy() => {
             let secret = ephemeral()?;
             let server_share = secret.public_key();
             let Ok(shared) = secret.agree(client_share) else {
@@ -644,8 +663,8 @@ pub fn judge(
                 Some((&shared, client_share, &server_share)),
             ))
         }
-        // Response::decode gives mode 0x02 a share and no other mode one.
-        (Mode::SealedFs, None) => {
+        // Response::decode gives the forward-secret modes a share and no other mode one.
+        (mode, None) if mode.has_forward_secrecy() => {
             return Ok(Judgement::Refused(Refusal::Malformed(Malformed::Length)));
         }
         _ => {

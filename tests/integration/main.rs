@@ -8,6 +8,8 @@ mod axum;
 mod handshake;
 mod keys;
 mod listener;
+#[cfg(feature = "mux")]
+mod mux;
 mod proptest;
 mod proxy;
 mod sealed;

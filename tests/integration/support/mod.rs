@@ -28,9 +28,12 @@ pub(crate) fn gate(keys: &[&Key]) -> Gate {
     Gate::new(keyring(keys)).unwrap()
 }
 
-/// A gate for `keys` that also admits plain mode.
+/// A gate for `keys` that admits every mode (plain and the multiplexed ones too).
 pub(crate) fn plain_gate(keys: &[&Key]) -> Gate {
-    Gate::with_config(keyring(keys), GateConfig::new().with_plain_allowed(true)).unwrap()
+    let config = GateConfig::new()
+        .with_plain_allowed(true)
+        .with_multiplexing_allowed(true);
+    Gate::with_config(keyring(keys), config).unwrap()
 }
 
 static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();

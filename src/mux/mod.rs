@@ -1,0 +1,338 @@
+//! Multiplexed tunnels: many connections carried as streams of one admitted, sealed connection.
+//!
+//! A client admitted in a multiplexed mode ([`Mode::SealedMux`], [`Mode::SealedFsMux`]) speaks
+//! HTTP/2 (RFC 9113, by the `h2` crate) inside the sealed records; each carried connection is
+//! one `CONNECT` stream, the way Envoy tunnels TCP over HTTP/2. The server answers `200` once
+//! it has connected the stream's upstream, or `502` when it cannot (that stream alone fails).
+//! HTTP/2 gives each stream its own flow-control window, half-close (`END_STREAM`) and reset
+//! (`RST_STREAM`), so a carried connection behaves like a direct one, and a slow reader stalls
+//! only its own stream. A short connection then costs one stream open, not a TCP and a
+//! linkgate handshake: on a network with delay, its first byte can arrive sooner than over a
+//! direct TCP connection.
+//!
+//! The client side is [`Tunnel`] (one tunnel) or [`Pool`] (a few, re-established with backoff);
+//! the server side is [`MuxServer`], fed by a [`crate::Gate`] that allows multiplexing
+//! ([`crate::GateConfig::with_multiplexing_allowed`]).
+//!
+//! ```no_run
+//! # async fn demo(key: linkgate::Key) -> Result<(), Box<dyn std::error::Error>> {
+//! use linkgate::mux::{MuxConfig, Tunnel};
+//! use linkgate::{Credentials, Mode};
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! let credentials = Credentials::new(key).with_mode(Mode::SealedFsMux);
+//! let admitted = linkgate::connect("gate.example:27820", &credentials).await?;
+//! let tunnel = Tunnel::new(admitted, &MuxConfig::default()).await?;
+//! // Every open is a new connection to the gate's upstream, with no new handshake.
+//! let mut stream = tunnel.open().await?;
+//! stream.write_all(b"PING\r\n").await?;
+//! let mut reply = [0u8; 7];
+//! stream.read_exact(&mut reply).await?;
+//! # Ok(()) }
+//! ```
+
+mod pool;
+mod stream;
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+use crate::admitted::{Admission, Admitted};
+use crate::mode::Mode;
+
+pub use pool::{Pool, PoolConfig};
+pub use stream::{MuxReadHalf, MuxStream, MuxWriteHalf};
+
+/// The `:authority` of every open: the server forwards to its own upstream, whatever is named.
+const AUTHORITY: &str = "upstream.linkgate.invalid:0";
+
+/// Bounds and windows of a multiplexed tunnel; the same on both sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MuxConfig {
+    stream_window: u32,
+    connection_window: u32,
+    max_streams: u32,
+}
+
+impl Default for MuxConfig {
+    fn default() -> Self {
+        Self {
+            stream_window: 512 * 1024,
+            connection_window: 32 * 1024 * 1024,
+            max_streams: 1024,
+        }
+    }
+}
+
+impl MuxConfig {
+    /// Bytes a stream may have in flight toward a reader that has not read them (default
+    /// 512 KiB): the most a stalled reader holds, and one stream's speed limit at a given
+    /// round-trip time.
+    pub fn with_stream_window(mut self, bytes: u32) -> Self {
+        self.stream_window = bytes.clamp(65_535, (1 << 31) - 1);
+        self
+    }
+
+    /// The per-stream window.
+    pub fn stream_window(&self) -> u32 {
+        self.stream_window
+    }
+
+    /// Bytes all streams of a tunnel together may have in flight (default 32 MiB): with the
+    /// default stream window, 64 stalled readers before the others slow down.
+    pub fn with_connection_window(mut self, bytes: u32) -> Self {
+        self.connection_window = bytes.clamp(65_535, (1 << 31) - 1);
+        self
+    }
+
+    /// The tunnel-wide window.
+    pub fn connection_window(&self) -> u32 {
+        self.connection_window
+    }
+
+    /// Streams open at once in one tunnel (default 1,024; set by the server, and a client
+    /// waits for a free one).
+    pub fn with_max_streams(mut self, streams: u32) -> Self {
+        self.max_streams = streams.max(1);
+        self
+    }
+
+    /// Streams open at once in one tunnel.
+    pub fn max_streams(&self) -> u32 {
+        self.max_streams
+    }
+}
+
+fn not_multiplexed(mode: Mode) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("the session was admitted in mode {mode}, not a multiplexed one"),
+    )
+}
+
+/// The client side of one multiplexed tunnel: opens streams. Cheap to clone; the tunnel closes
+/// when every clone and every stream is gone, or when it fails.
+#[derive(Clone)]
+pub struct Tunnel {
+    sender: h2::client::SendRequest<Bytes>,
+    admission: Arc<Admission>,
+    closed: CancellationToken,
+}
+
+impl std::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tunnel")
+            .field("admission", &self.admission)
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tunnel {
+    /// Starts the tunnel on a stream admitted in a multiplexed mode; its frames are then read
+    /// and written by a task on the current tokio runtime.
+    pub async fn new<S>(admitted: Admitted<S>, config: &MuxConfig) -> io::Result<Self>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mode = admitted.mode();
+        if !mode.is_multiplexed() {
+            return Err(not_multiplexed(mode));
+        }
+        let admission = Arc::new(admitted.admission().clone());
+        let (sender, connection) = h2::client::Builder::new()
+            .enable_push(false)
+            .initial_window_size(config.stream_window)
+            .initial_connection_window_size(config.connection_window)
+            .handshake(admitted)
+            .await
+            .map_err(stream::stream_error)?;
+        let closed = CancellationToken::new();
+        let done = closed.clone();
+        let conn = admission.connection_id();
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%conn, error = %err, "tunnel ended with an error");
+            }
+            done.cancel();
+        });
+        Ok(Self {
+            sender,
+            admission,
+            closed,
+        })
+    }
+
+    /// Opens a stream: a new connection to the gate's upstream. It may be written at once;
+    /// its first read also reports whether the server could connect it.
+    pub async fn open(&self) -> io::Result<MuxStream> {
+        let mut sender = self
+            .sender
+            .clone()
+            .ready()
+            .await
+            .map_err(stream::stream_error)?;
+        let request = Request::builder()
+            .method(Method::CONNECT)
+            .uri(AUTHORITY)
+            .body(())
+            .map_err(io::Error::other)?;
+        let (answer, send) = sender
+            .send_request(request, false)
+            .map_err(stream::stream_error)?;
+        Ok(MuxStream::new(
+            MuxReadHalf::awaiting(answer),
+            MuxWriteHalf::new(send),
+        ))
+    }
+
+    /// Who the tunnel was admitted as.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// True once the tunnel's connection has ended (its streams have failed with it).
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Completes when the tunnel's connection has ended.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await;
+    }
+}
+
+/// The server side of a multiplexed tunnel: yields each stream the client opens.
+///
+/// The connection's frames move only while [`MuxServer::next_stream`] is being awaited, so
+/// call it in a loop and handle each stream in its own task.
+pub struct MuxServer<S> {
+    connection: h2::server::Connection<Admitted<S>, Bytes>,
+    admission: Admission,
+}
+
+impl<S> std::fmt::Debug for MuxServer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MuxServer")
+            .field("admission", &self.admission)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> MuxServer<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Starts serving a stream admitted in a multiplexed mode.
+    pub async fn new(admitted: Admitted<S>, config: &MuxConfig) -> io::Result<Self> {
+        let mode = admitted.mode();
+        if !mode.is_multiplexed() {
+            return Err(not_multiplexed(mode));
+        }
+        let admission = admitted.admission().clone();
+        let connection = h2::server::Builder::new()
+            .initial_window_size(config.stream_window)
+            .initial_connection_window_size(config.connection_window)
+            .max_concurrent_streams(config.max_streams)
+            .handshake(admitted)
+            .await
+            .map_err(stream::stream_error)?;
+        Ok(Self {
+            connection,
+            admission,
+        })
+    }
+
+    /// Who the tunnel was admitted as.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// The next stream the client opens; `None` once the tunnel has closed cleanly. An error
+    /// means the tunnel failed: the streams still open fail with it.
+    pub async fn next_stream(&mut self) -> Option<io::Result<IncomingStream>> {
+        loop {
+            let (request, respond) = match self.connection.accept().await? {
+                Ok(opened) => opened,
+                Err(err) => return Some(Err(stream::stream_error(err))),
+            };
+            let is_connect = request.method() == Method::CONNECT;
+            let mut incoming = IncomingStream {
+                recv: request.into_body(),
+                respond,
+            };
+            if is_connect {
+                return Some(Ok(incoming));
+            }
+            // Nothing but CONNECT is spoken here.
+            incoming.respond.send_reset(h2::Reason::PROTOCOL_ERROR);
+        }
+    }
+
+    /// Asks the client to open no more streams (GOAWAY); those already open go on, and
+    /// [`MuxServer::next_stream`] returns `None` once they are done.
+    pub fn graceful_shutdown(&mut self) {
+        self.connection.graceful_shutdown();
+    }
+}
+
+/// A stream the client has opened, not yet accepted or refused.
+pub struct IncomingStream {
+    recv: h2::RecvStream,
+    respond: h2::server::SendResponse<Bytes>,
+}
+
+impl std::fmt::Debug for IncomingStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IncomingStream")
+            .field("stream_id", &self.stream_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl IncomingStream {
+    /// The HTTP/2 stream id (unique within its tunnel), for logs.
+    pub fn stream_id(&self) -> u32 {
+        u32::from(self.respond.stream_id())
+    }
+
+    /// Accepts the stream (once its upstream is connected): the client's first read succeeds,
+    /// and what it sent so far can now be read.
+    pub fn accept(mut self) -> io::Result<MuxStream> {
+        let answer = response(StatusCode::OK)?;
+        let send = self
+            .respond
+            .send_response(answer, false)
+            .map_err(stream::stream_error)?;
+        Ok(MuxStream::new(
+            MuxReadHalf::answered(self.recv),
+            MuxWriteHalf::new(send),
+        ))
+    }
+
+    /// Refuses this stream alone (its upstream cannot be reached): the client's reads fail
+    /// with [`io::ErrorKind::ConnectionRefused`]; the tunnel and its other streams go on.
+    pub fn refuse(mut self) {
+        match response(StatusCode::BAD_GATEWAY) {
+            Ok(answer) => {
+                if self.respond.send_response(answer, true).is_err() {
+                    self.respond.send_reset(h2::Reason::REFUSED_STREAM);
+                }
+            }
+            Err(_) => self.respond.send_reset(h2::Reason::REFUSED_STREAM),
+        }
+    }
+}
+
+fn response(status: StatusCode) -> io::Result<Response<()>> {
+    Response::builder()
+        .status(status)
+        .body(())
+        .map_err(io::Error::other)
+}

@@ -1,0 +1,259 @@
+//! A few tunnels to one gate, kept open and re-established with backoff when they drop.
+
+use std::hash::{BuildHasher, Hasher};
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{MuxConfig, MuxStream, Tunnel};
+use crate::client::Credentials;
+
+/// Settings of a [`Pool`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolConfig {
+    tunnels: usize,
+    mux: MuxConfig,
+    min_backoff: Duration,
+    max_backoff: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            tunnels: 2,
+            mux: MuxConfig::default(),
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+impl PoolConfig {
+    /// Tunnels kept open (default 2, at least 1): streams are spread over them, and one
+    /// dropping leaves the others to carry new connections while it is re-established.
+    pub fn with_tunnels(mut self, tunnels: usize) -> Self {
+        self.tunnels = tunnels.max(1);
+        self
+    }
+
+    /// Tunnels kept open.
+    pub fn tunnels(&self) -> usize {
+        self.tunnels
+    }
+
+    /// The tunnels' windows.
+    pub fn with_mux(mut self, mux: MuxConfig) -> Self {
+        self.mux = mux;
+        self
+    }
+
+    /// The tunnels' windows.
+    pub fn mux(&self) -> &MuxConfig {
+        &self.mux
+    }
+
+    /// The first and the longest wait before a failed tunnel is tried again (default 100 ms
+    /// and 10 s); the wait doubles after each failure, with jitter.
+    pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.min_backoff = min;
+        self.max_backoff = max.max(min);
+        self
+    }
+}
+
+/// A small set of multiplexed tunnels to one gate: [`Pool::open`] carries a new connection
+/// over whichever is up, and each tunnel that drops is re-established in the background, with
+/// exponential backoff while the gate cannot be reached. Dropping the pool closes the tunnels
+/// once their streams are done.
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    server: String,
+    credentials: ArcSwap<Credentials>,
+    slots: Vec<ArcSwapOption<Tunnel>>,
+    /// Woken when a tunnel comes up.
+    up: Notify,
+    last_error: ArcSwapOption<String>,
+    next: AtomicUsize,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("server", &self.inner.server)
+            .field("tunnels_up", &self.tunnels_up())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// Starts keeping `config.tunnels()` tunnels to `server` (host:port), in the multiplexed
+    /// form of the credentials' mode. Needs a tokio runtime; fails only if the mode cannot be
+    /// multiplexed (plain).
+    pub fn new(
+        server: impl Into<String>,
+        credentials: Credentials,
+        config: PoolConfig,
+    ) -> io::Result<Self> {
+        let credentials = multiplexed(credentials)?;
+        let inner = Arc::new(Inner {
+            server: server.into(),
+            credentials: ArcSwap::from_pointee(credentials),
+            slots: (0..config.tunnels)
+                .map(|_| ArcSwapOption::empty())
+                .collect(),
+            up: Notify::new(),
+            last_error: ArcSwapOption::empty(),
+            next: AtomicUsize::new(0),
+            stop: CancellationToken::new(),
+        });
+        for slot in 0..config.tunnels {
+            tokio::spawn(keep_up(Arc::clone(&inner), slot, config));
+        }
+        Ok(Self { inner })
+    }
+
+    /// Uses `credentials` for tunnels established from now on (a key reload); tunnels already
+    /// up stay as they are.
+    pub fn set_credentials(&self, credentials: Credentials) -> io::Result<()> {
+        self.inner
+            .credentials
+            .store(Arc::new(multiplexed(credentials)?));
+        Ok(())
+    }
+
+    /// How many tunnels are up now.
+    pub fn tunnels_up(&self) -> usize {
+        self.inner
+            .slots
+            .iter()
+            .filter(|slot| slot.load().as_ref().is_some_and(|t| !t.is_closed()))
+            .count()
+    }
+
+    /// Opens a stream over a tunnel that is up, waiting up to `wait` for one to come up.
+    pub async fn open(&self, wait: Duration) -> io::Result<MuxStream> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let came_up = self.inner.up.notified();
+            tokio::pin!(came_up);
+            // Registered before looking, so a tunnel that comes up in between is not missed.
+            came_up.as_mut().enable();
+            if let Some(tunnel) = self.pick() {
+                match tunnel.open().await {
+                    Ok(stream) => return Ok(stream),
+                    // It dropped just now; its slot is being re-established.
+                    Err(_) if tunnel.is_closed() => continue,
+                    Err(err) => return Err(err),
+                }
+            }
+            if tokio::time::timeout_at(deadline, came_up).await.is_err() {
+                let why = self
+                    .inner
+                    .last_error
+                    .load()
+                    .as_deref()
+                    .map_or_else(|| "still connecting".to_owned(), Clone::clone);
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "no tunnel to {} came up within {wait:?}: {why}",
+                        self.inner.server
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// The next tunnel that is up, round robin.
+    fn pick(&self) -> Option<Tunnel> {
+        let slots = &self.inner.slots;
+        let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        (0..slots.len()).find_map(|i| {
+            let tunnel = slots[(start + i) % slots.len()].load_full()?;
+            (!tunnel.is_closed()).then(|| Tunnel::clone(&tunnel))
+        })
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.inner.stop.cancel();
+    }
+}
+
+fn multiplexed(credentials: Credentials) -> io::Result<Credentials> {
+    let mode = credentials.mode();
+    let mux = mode.multiplexed().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("mode {mode} cannot be multiplexed: tunnels are sealed"),
+        )
+    })?;
+    Ok(credentials.with_mode(mux))
+}
+
+/// Keeps one slot's tunnel up until the pool is dropped.
+async fn keep_up(inner: Arc<Inner>, slot: usize, config: PoolConfig) {
+    let mut backoff = config.min_backoff;
+    loop {
+        let credentials = inner.credentials.load_full();
+        let attempt = async {
+            let admitted = crate::connect(inner.server.as_str(), &credentials)
+                .await
+                .map_err(io::Error::from)?;
+            Tunnel::new(admitted, &config.mux).await
+        };
+        let tunnel = tokio::select! {
+            () = inner.stop.cancelled() => return,
+            tunnel = attempt => tunnel,
+        };
+        match tunnel {
+            Ok(tunnel) => {
+                backoff = config.min_backoff;
+                let conn = tunnel.admission().connection_id();
+                tracing::info!(server = %inner.server, %conn, key_id = %credentials.key_id(),
+                    mode = %credentials.mode(), slot, "tunnel up");
+                inner.slots[slot].store(Some(Arc::new(tunnel.clone())));
+                inner.up.notify_waiters();
+                tokio::select! {
+                    () = inner.stop.cancelled() => return,
+                    () = tunnel.closed() => {}
+                }
+                inner.slots[slot].store(None);
+                tracing::warn!(server = %inner.server, %conn, slot,
+                    "tunnel closed: its open streams are reset; establishing a new one");
+            }
+            Err(err) => {
+                tracing::warn!(server = %inner.server, slot, error = %err,
+                    retry_in_ms = backoff.as_millis() as u64, "tunnel could not be established");
+                inner.last_error.store(Some(Arc::new(err.to_string())));
+                let pause = jittered(backoff);
+                tokio::select! {
+                    () = inner.stop.cancelled() => return,
+                    () = tokio::time::sleep(pause) => {}
+                }
+                backoff = (backoff * 2).min(config.max_backoff);
+            }
+        }
+    }
+}
+
+/// Between half and all of `backoff`, so tunnels that failed together do not retry together.
+fn jittered(backoff: Duration) -> Duration {
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let half = backoff / 2;
+    let spread = half.as_micros().max(1) as u64;
+    half + Duration::from_micros(random % spread)
+}

@@ -1,0 +1,452 @@
+//! Multiplexed tunnels over real loopback TCP: many streams through one admitted connection,
+//! per-stream flow control, half-close, reset and refusal, the tunnel failing under its
+//! streams, and gates that do not allow the mode.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use linkgate::mux::{IncomingStream, MuxConfig, MuxServer, MuxStream, Pool, PoolConfig, Tunnel};
+use linkgate::{Credentials, Error, Gate, GateConfig, Key, Mode, Refusal, Rejection};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::support::{key, keyring, payload};
+
+/// What the test server does with each stream.
+#[derive(Clone, Copy)]
+enum Service {
+    /// Echoes what it reads, then ends its side after the client's end.
+    Echo,
+    /// Reads an 8-byte length, then sends that many bytes of `payload(len, 7)` and ends.
+    Source,
+    /// Refuses every stream whose id is 3 modulo 4, echoes the others.
+    RefuseSome,
+}
+
+fn mux_gate(keys: &[&Key]) -> Gate {
+    let config = GateConfig::new().with_multiplexing_allowed(true);
+    Gate::with_config(keyring(keys), config).unwrap()
+}
+
+/// Serves tunnels on a loopback port: each admitted tunnel's streams get `service`. The
+/// returned sender aborts the tunnels (dropping their connections) when sent `()`.
+async fn serve_tunnels(
+    gate: Gate,
+    service: Service,
+) -> (SocketAddr, tokio::sync::broadcast::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (abort, _) = tokio::sync::broadcast::channel::<()>(1);
+    let aborts = abort.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let gate = gate.clone();
+            let mut aborted = aborts.subscribe();
+            tokio::spawn(async move {
+                let Ok(admitted) = gate.admit(tcp).await else {
+                    return;
+                };
+                let mut server = MuxServer::new(admitted, &MuxConfig::default())
+                    .await
+                    .unwrap();
+                loop {
+                    let incoming = tokio::select! {
+                        incoming = server.next_stream() => incoming,
+                        _ = aborted.recv() => return,
+                    };
+                    match incoming {
+                        Some(Ok(incoming)) => {
+                            tokio::spawn(handle(incoming, service));
+                        }
+                        Some(Err(_)) | None => return,
+                    }
+                }
+            });
+        }
+    });
+    (addr, abort)
+}
+
+async fn handle(incoming: IncomingStream, service: Service) {
+    if matches!(service, Service::RefuseSome) && incoming.stream_id() % 4 == 3 {
+        incoming.refuse();
+        return;
+    }
+    let Ok(stream) = incoming.accept() else {
+        return;
+    };
+    let (mut read, mut write) = stream.into_split();
+    match service {
+        Service::Echo | Service::RefuseSome => {
+            if tokio::io::copy(&mut read, &mut write).await.is_ok() {
+                let _ = write.shutdown().await;
+            }
+        }
+        Service::Source => {
+            let mut len = [0u8; 8];
+            if read.read_exact(&mut len).await.is_err() {
+                return;
+            }
+            let data = payload(u64::from_be_bytes(len) as usize, 7);
+            if write.write_all(&data).await.is_ok() {
+                let _ = write.shutdown().await;
+            }
+        }
+    }
+}
+
+async fn tunnel_to(addr: SocketAddr, alice: Key) -> Tunnel {
+    let credentials = Credentials::new(alice).with_mode(Mode::SealedFsMux);
+    let admitted = linkgate::connect(addr, &credentials).await.unwrap();
+    assert_eq!(admitted.mode(), Mode::SealedFsMux);
+    Tunnel::new(admitted, &MuxConfig::default()).await.unwrap()
+}
+
+/// Writes `data`, ends the direction, and reads everything back.
+async fn echo_through(stream: MuxStream, data: Vec<u8>) -> io::Result<Vec<u8>> {
+    let (mut read, mut write) = stream.into_split();
+    let sending = async move {
+        write.write_all(&data).await?;
+        write.shutdown().await
+    };
+    let mut got = Vec::new();
+    let (sent, received) = tokio::join!(sending, read.read_to_end(&mut got));
+    sent?;
+    received?;
+    Ok(got)
+}
+
+async fn fetch(stream: MuxStream, len: u64) -> io::Result<Vec<u8>> {
+    let (mut read, mut write) = stream.into_split();
+    write.write_all(&len.to_be_bytes()).await?;
+    write.shutdown().await?;
+    let mut got = Vec::new();
+    read.read_to_end(&mut got).await?;
+    Ok(got)
+}
+
+#[tokio::test]
+async fn thousands_of_short_streams_through_one_tunnel() {
+    let alice = key("alice");
+    let (addr, _abort) = serve_tunnels(mux_gate(&[&alice]), Service::Echo).await;
+    let tunnel = tunnel_to(addr, alice).await;
+    let streams = 3_000u64;
+    let batch = 100;
+    for start in (0..streams).step_by(batch) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in start..start + batch as u64 {
+            let tunnel = tunnel.clone();
+            tasks.spawn(async move {
+                let data = payload(64 + (i % 200) as usize, i);
+                let got = echo_through(tunnel.open().await.unwrap(), data.clone()).await;
+                assert_eq!(got.unwrap(), data, "stream {i}");
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+    }
+    assert!(!tunnel.is_closed());
+}
+
+#[tokio::test]
+async fn large_transfers_at_once_arrive_whole() {
+    let alice = key("alice");
+    let (addr, _abort) = serve_tunnels(mux_gate(&[&alice]), Service::Echo).await;
+    let tunnel = tunnel_to(addr, alice).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..3u8 {
+        let tunnel = tunnel.clone();
+        tasks.spawn(async move {
+            let data = payload(8 << 20, u64::from(i));
+            let want = Sha256::digest(&data);
+            let got = echo_through(tunnel.open().await.unwrap(), data)
+                .await
+                .unwrap();
+            assert_eq!(Sha256::digest(&got), want, "transfer {i}");
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_reader_that_stops_reading_stalls_only_its_own_stream() {
+    let alice = key("alice");
+    let (addr, _abort) = serve_tunnels(mux_gate(&[&alice]), Service::Source).await;
+    let tunnel = tunnel_to(addr, alice).await;
+    // The stalled stream asks for far more than its window, then reads nothing for now.
+    let stalled_len = 8u64 << 20;
+    let (mut stalled_read, mut stalled_write) = tunnel.open().await.unwrap().into_split();
+    stalled_write
+        .write_all(&stalled_len.to_be_bytes())
+        .await
+        .unwrap();
+    stalled_write.shutdown().await.unwrap();
+    let mut first = [0u8; 1];
+    stalled_read.read_exact(&mut first).await.unwrap();
+    // Meanwhile a 32 MiB transfer on the same tunnel completes (bounded wait: a stall fails).
+    let fast = tokio::time::timeout(
+        Duration::from_secs(60),
+        fetch(tunnel.open().await.unwrap(), 32 << 20),
+    )
+    .await
+    .expect("the fast stream stalled behind the slow one")
+    .unwrap();
+    assert_eq!(Sha256::digest(&fast), Sha256::digest(payload(32 << 20, 7)));
+    // The stalled stream lost nothing.
+    let mut rest = Vec::new();
+    stalled_read.read_to_end(&mut rest).await.unwrap();
+    let mut whole = first.to_vec();
+    whole.extend_from_slice(&rest);
+    assert_eq!(whole, payload(stalled_len as usize, 7));
+}
+
+#[tokio::test]
+async fn half_close_passes_through_each_stream() {
+    let alice = key("alice");
+    let (addr, _abort) = serve_tunnels(mux_gate(&[&alice]), Service::Source).await;
+    let tunnel = tunnel_to(addr, alice).await;
+    // The client ends its side first (after the length); the server still sends everything.
+    let got = fetch(tunnel.open().await.unwrap(), 300_000).await.unwrap();
+    assert_eq!(got, payload(300_000, 7));
+}
+
+#[tokio::test]
+async fn a_reset_stays_a_reset_both_ways() {
+    let alice = key("alice");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let gate = mux_gate(&[&alice]);
+    let (seen_tx, mut seen) = tokio::sync::mpsc::channel::<io::Result<usize>>(4);
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let admitted = gate.admit(tcp).await.unwrap();
+        let mut server = MuxServer::new(admitted, &MuxConfig::default())
+            .await
+            .unwrap();
+        // Stream 1: the client resets it; report what the server's read sees.
+        let first = server
+            .next_stream()
+            .await
+            .unwrap()
+            .unwrap()
+            .accept()
+            .unwrap();
+        let seen_tx2 = seen_tx.clone();
+        tokio::spawn(async move {
+            let mut first = first;
+            let mut buf = [0u8; 16];
+            let mut total = 0;
+            loop {
+                match first.read(&mut buf).await {
+                    Ok(0) => break seen_tx2.send(Ok(total)).await.unwrap(),
+                    Ok(n) => total += n,
+                    Err(err) => break seen_tx2.send(Err(err)).await.unwrap(),
+                }
+            }
+        });
+        // Stream 3: the server resets it after one byte (in its own task: the tunnel's frames
+        // move only while next_stream is awaited).
+        let mut second = server
+            .next_stream()
+            .await
+            .unwrap()
+            .unwrap()
+            .accept()
+            .unwrap();
+        tokio::spawn(async move {
+            second.write_all(b"x").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            second.reset();
+        });
+        while server.next_stream().await.is_some() {}
+    });
+    let tunnel = tunnel_to(addr, alice).await;
+    let mut first = tunnel.open().await.unwrap();
+    first.write_all(b"hello").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    first.reset();
+    let server_saw = seen.recv().await.unwrap();
+    assert_eq!(
+        server_saw.expect_err("the server read a clean end").kind(),
+        io::ErrorKind::ConnectionReset
+    );
+
+    let mut second = tunnel.open().await.unwrap();
+    let mut byte = [0u8; 1];
+    second.read_exact(&mut byte).await.unwrap();
+    let err = second
+        .read(&mut byte)
+        .await
+        .expect_err("a reset read as a clean end");
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+    // The tunnel carries on.
+    assert!(!tunnel.is_closed());
+}
+
+#[tokio::test]
+async fn a_refused_stream_fails_alone() {
+    let alice = key("alice");
+    let (addr, _abort) = serve_tunnels(mux_gate(&[&alice]), Service::RefuseSome).await;
+    let tunnel = tunnel_to(addr, alice).await;
+    // Client stream ids are 1, 3, 5, 7…: the second is refused, the others echo.
+    for i in 0..4u8 {
+        let stream = tunnel.open().await.unwrap();
+        let id = stream.stream_id();
+        let result = echo_through(stream, vec![i; 10]).await;
+        if id % 4 == 3 {
+            let err = result.expect_err("a refused stream read data");
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+            assert!(err.to_string().contains("502"), "{err}");
+        } else {
+            assert_eq!(result.unwrap(), vec![i; 10]);
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_tunnel_failing_resets_its_streams_never_a_clean_end() {
+    let alice = key("alice");
+    let (addr, abort) = serve_tunnels(mux_gate(&[&alice]), Service::Source).await;
+    let tunnel = tunnel_to(addr, alice).await;
+    let (mut read, mut write) = tunnel.open().await.unwrap().into_split();
+    write.write_all(&(64u64 << 20).to_be_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    read.read_exact(&mut buf).await.unwrap();
+    // The server side drops the tunnel's connection mid-transfer.
+    abort.send(()).unwrap();
+    let outcome = async {
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(err) => return Err(err),
+            }
+        }
+    };
+    let err = outcome
+        .await
+        .expect_err("a dropped tunnel looked like a complete transfer");
+    assert!(
+        matches!(
+            err.kind(),
+            io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+        ),
+        "{err}"
+    );
+    tokio::time::timeout(Duration::from_secs(5), tunnel.closed())
+        .await
+        .expect("the tunnel still looks open");
+    assert!(tunnel.open().await.is_err());
+}
+
+#[tokio::test]
+async fn a_pool_replaces_a_tunnel_that_drops() {
+    let alice = key("alice");
+    let (addr, abort) = serve_tunnels(mux_gate(&[&alice]), Service::Echo).await;
+    let config = PoolConfig::default()
+        .with_tunnels(2)
+        .with_backoff(Duration::from_millis(10), Duration::from_millis(200));
+    let pool = Pool::new(addr.to_string(), Credentials::new(alice), config).unwrap();
+    let wait = Duration::from_secs(5);
+    let got = echo_through(pool.open(wait).await.unwrap(), b"one".to_vec()).await;
+    assert_eq!(got.unwrap(), b"one");
+    abort.send(()).unwrap();
+    // New connections get a new tunnel (bounded wait for the pool to notice and reconnect).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let attempt = async { echo_through(pool.open(wait).await?, b"two".to_vec()).await };
+        match attempt.await {
+            Ok(got) => {
+                assert_eq!(got, b"two");
+                break;
+            }
+            Err(err) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "no new tunnel: {err}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(pool.tunnels_up(), 2);
+}
+
+#[tokio::test]
+async fn a_pool_without_a_gate_says_why() {
+    let unused = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = unused.local_addr().unwrap();
+    drop(unused);
+    let pool = Pool::new(
+        addr.to_string(),
+        Credentials::new(key("alice")),
+        PoolConfig::default(),
+    )
+    .unwrap();
+    let err = pool.open(Duration::from_millis(500)).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    assert!(err.to_string().contains("no tunnel to"), "{err}");
+    let plain = Credentials::new(key("alice")).with_mode(Mode::Plain);
+    let err = Pool::new(addr.to_string(), plain, PoolConfig::default()).unwrap_err();
+    assert!(err.to_string().contains("cannot be multiplexed"), "{err}");
+}
+
+#[tokio::test]
+async fn gates_refuse_multiplexing_unless_allowed() {
+    let alice = key("alice");
+    let cases = [
+        (
+            GateConfig::new(),
+            Mode::SealedFsMux,
+            "multiplexed tunnels are not allowed",
+        ),
+        (
+            GateConfig::new()
+                .with_multiplexing_allowed(true)
+                .with_forward_secrecy_required(true),
+            Mode::SealedMux,
+            "forward secrecy is required",
+        ),
+    ];
+    for (config, mode, why) in cases {
+        let gate = Gate::with_config(keyring(&[&alice]), config).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            gate.admit(tcp).await
+        });
+        let credentials = Credentials::new(alice.clone()).with_mode(mode);
+        let client_err = linkgate::connect(addr, &credentials).await.unwrap_err();
+        assert!(
+            matches!(client_err, Error::Rejected(Rejection::RefusedAsMalformed(m)) if m == mode),
+            "{client_err}"
+        );
+        let server_err = server.await.unwrap().unwrap_err();
+        assert!(
+            matches!(&server_err, Error::Refused(Refusal::ModeNotAllowed { mode: m, .. }) if *m == mode),
+            "{server_err}"
+        );
+        assert!(server_err.to_string().contains(why), "{server_err}");
+    }
+    // A session admitted in a plain or sealed mode is not a tunnel.
+    let gate = mux_gate(&[&alice]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let _kept = gate.admit(tcp).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    });
+    let sealed = linkgate::connect(addr, &Credentials::new(alice))
+        .await
+        .unwrap();
+    let err = Tunnel::new(sealed, &MuxConfig::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not a multiplexed one"), "{err}");
+}
