@@ -6,6 +6,8 @@
 #   linkgate-plain     connect --mode plain → serve --allow-plain            (2 hops, no sealing)
 #   linkgate-sealed    connect --mode sealed → serve                         (2 hops, AES-256-GCM)
 #   linkgate-sealed-fs connect (default mode) → serve                        (2 hops, + X25519)
+#   linkgate-mux       connect --mux → serve: sealed-fs, every connection a stream of one of
+#                      two long-lived tunnels                                (2 hops, 1 TCP hop)
 #   haproxy            TCP mode, one hop, no auth, no crypto                  (reference only)
 #   spiped             spiped -e → spiped -d, default handshake (DH: forward secrecy)
 #   spiped-f           the same with -f (no DH, no forward secrecy)
@@ -25,7 +27,7 @@
 #
 # Settings (environment): ROUNDS (3), SECONDS_EACH (3: each loaded measurement), WORKERS (32),
 # UNLOADED_SECONDS (2: the 1-worker latency run), IDLE_CONNECTIONS (5000), PORT_BASE (19000;
-# the run listens on 127.0.0.1 ports PORT_BASE … PORT_BASE+199 only), CHAINS (all of the above),
+# the run listens on 127.0.0.1 ports PORT_BASE … PORT_BASE+209 only), CHAINS (all of the above),
 # BUILD (1: cargo build --release --workspace first; 0 to skip), LINKGATE and LOADGEN (binaries;
 # default target/release/…). The binaries are copied once at the start, so a concurrent build
 # cannot swap them mid-run.
@@ -43,13 +45,13 @@ WORKERS=${WORKERS:-32}
 UNLOADED_SECONDS=${UNLOADED_SECONDS:-2}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-5000}
 PORT_BASE=${PORT_BASE:-19000}
-ALL_CHAINS="direct linkgate-plain linkgate-sealed linkgate-sealed-fs haproxy spiped spiped-f stunnel-psk13 stunnel-psk12"
+ALL_CHAINS="direct linkgate-plain linkgate-sealed linkgate-sealed-fs linkgate-mux haproxy spiped spiped-f stunnel-psk13 stunnel-psk12"
 CHAINS=${CHAINS:-$ALL_CHAINS}
 BUILD=${BUILD:-1}
 for var in ROUNDS SECONDS_EACH WORKERS UNLOADED_SECONDS IDLE_CONNECTIONS PORT_BASE; do
     [[ ${!var} =~ ^[1-9][0-9]*$ ]] || { echo "$var must be a positive integer, not '${!var}'" >&2; exit 2; }
 done
-if ((PORT_BASE + 199 > 65535)); then echo "PORT_BASE too high: the run needs PORT_BASE … PORT_BASE+199" >&2; exit 2; fi
+if ((PORT_BASE + 209 > 65535)); then echo "PORT_BASE too high: the run needs PORT_BASE … PORT_BASE+209" >&2; exit 2; fi
 for chain in $CHAINS; do
     [[ " $ALL_CHAINS " == *" $chain "* ]] || { echo "unknown chain '$chain' (known: $ALL_CHAINS)" >&2; exit 2; }
 done
@@ -215,13 +217,14 @@ start_pair() {
     done
     case $chain in
     linkgate-*)
-        local mode=${chain#linkgate-} allow=()
+        local mode=${chain#linkgate-} allow=() mux=()
         [ "$mode" = plain ] && allow=(--allow-plain)
+        [ "$mode" = mux ] && mode=sealed-fs && mux=(--mux)
         start "$tag-serve" "$LG" -q serve --listen 127.0.0.1:$p1 --upstream 127.0.0.1:$up \
             --keys "$WORK/keys" --max-handshakes-per-source 1024 --drain-timeout 1s "${allow[@]}"
         mine+=("$LAST_PID"); wait_listening $p1 "$LAST_PID" || { stop_pids "${mine[@]}"; return 1; }
         start "$tag-connect" "$LG" -q connect --listen 127.0.0.1:$p2 --server 127.0.0.1:$p1 \
-            --key "$WORK/keys/bench.key" --mode "$mode" --drain-timeout 1s
+            --key "$WORK/keys/bench.key" --mode "$mode" --drain-timeout 1s "${mux[@]}"
         mine+=("$LAST_PID"); wait_listening $p2 "$LAST_PID" || { stop_pids "${mine[@]}"; return 1; }
         ;;
     haproxy)
@@ -468,9 +471,9 @@ have stunnel && echo "stunnel: $(stunnel -version 2>&1 | grep -m1 '^stunnel' | s
 have haproxy && echo "haproxy: $(version haproxy -v | sed 's/ - https.*//')."
 have openssl && echo "openssl (command): $(version openssl version)."
 echo
-echo "**Run.** ROUNDS=$ROUNDS SECONDS_EACH=$SECONDS_EACH WORKERS=$WORKERS UNLOADED_SECONDS=$UNLOADED_SECONDS IDLE_CONNECTIONS=$IDLE_CONNECTIONS PORT_BASE=$PORT_BASE (127.0.0.1:$PORT_BASE–$((PORT_BASE + 199))); rounds interleaved across chains, order rotated each round; medians of the rounds, spread = min–max over the rounds (± = half the spread over the median). $((ELAPSED / 60)) min $((ELAPSED % 60)) s of measuring."
+echo "**Run.** ROUNDS=$ROUNDS SECONDS_EACH=$SECONDS_EACH WORKERS=$WORKERS UNLOADED_SECONDS=$UNLOADED_SECONDS IDLE_CONNECTIONS=$IDLE_CONNECTIONS PORT_BASE=$PORT_BASE (127.0.0.1:$PORT_BASE–$((PORT_BASE + 209))); rounds interleaved across chains, order rotated each round; medians of the rounds, spread = min–max over the rounds (± = half the spread over the median). $((ELAPSED / 60)) min $((ELAPSED % 60)) s of measuring."
 echo
-echo "Chains: direct = no proxy; linkgate-* = \`connect\` → \`serve\` (2 hops, linkgate/1 handshake; plain: no sealing; sealed: AES-256-GCM records; sealed-fs: + X25519, the default); haproxy = TCP mode, one hop, no auth (reference only); spiped = \`-e\` → \`-d\` (2 hops, AES-256-CTR + HMAC-SHA256; default handshake with 2048-bit DH, -f without); stunnel-psk13 = client → server stunnel, TLS 1.3 PSK with X25519 (psk_dhe_ke, forward secrecy), TLS_AES_128_GCM_SHA256; stunnel-psk12 = TLS 1.2 PSK-AES256-GCM-SHA384 (no forward secrecy). stunnel resumes sessions by default (kept)."
+echo "Chains: direct = no proxy; linkgate-* = \`connect\` → \`serve\` (2 hops, linkgate/1 handshake; plain: no sealing; sealed: AES-256-GCM records; sealed-fs: + X25519, the default; mux: sealed-fs with `connect --mux`, each connection a stream of two tunnels opened before the run); haproxy = TCP mode, one hop, no auth (reference only); spiped = \`-e\` → \`-d\` (2 hops, AES-256-CTR + HMAC-SHA256; default handshake with 2048-bit DH, -f without); stunnel-psk13 = client → server stunnel, TLS 1.3 PSK with X25519 (psk_dhe_ke, forward secrecy), TLS_AES_128_GCM_SHA256; stunnel-psk12 = TLS 1.2 PSK-AES256-GCM-SHA384 (no forward secrecy). stunnel resumes sessions by default (kept)."
 for chain in $CHAINS; do
     [ "${STATUS[$chain]:-}" = ok ] || echo "- **$chain: ${STATUS[$chain]:-not run}**"
 done
@@ -516,10 +519,10 @@ done
 echo
 
 # Ratios of the linkgate sealed chains against their peers.
-cmp_cols="direct linkgate-plain spiped spiped-f stunnel-psk13 stunnel-psk12"
-echo "## linkgate sealed-fs and sealed against the others (ratios of medians; > 1 = linkgate higher)"
+cmp_cols="direct linkgate-plain linkgate-sealed-fs haproxy spiped spiped-f stunnel-psk13 stunnel-psk12"
+echo "## linkgate mux, sealed-fs and sealed against the others (ratios of medians; > 1 = linkgate higher)"
 echo
-for lg in linkgate-sealed-fs linkgate-sealed; do
+for lg in linkgate-mux linkgate-sealed-fs linkgate-sealed; do
     [ "${STATUS[$lg]:-}" = ok ] || continue
     echo "| $lg: metric | value |$(for c in $cmp_cols; do printf ' × %s |' "$c"; done)"
     echo "|---|---:|$(for _ in $cmp_cols; do printf -- '---:|'; done)"
@@ -557,7 +560,10 @@ target "sealed-fs conn/s ≥ 5× spiped (default)" conn linkgate-sealed-fs spipe
 target "sealed-fs conn/s ≥ 5× stunnel-PSK (TLS 1.3, forward secrecy)" conn linkgate-sealed-fs stunnel-psk13 5
 target "sealed-fs conn/s ≥ 5× stunnel-PSK (TLS 1.2, no forward secrecy)" conn linkgate-sealed-fs stunnel-psk12 5
 target "sealed conn/s ≥ spiped -f" conn linkgate-sealed spiped-f 1
-for lg in linkgate-sealed linkgate-sealed-fs; do
+target "mux conn/s ≥ 2× spiped -f" conn linkgate-mux spiped-f 2
+target "mux conn/s ≥ 0.9× haproxy (one hop, no crypto)" conn linkgate-mux haproxy 0.9
+target "mux 1 stream ≥ 0.7× sealed-fs without mux MiB/s" t1 linkgate-mux linkgate-sealed-fs 0.7
+for lg in linkgate-sealed linkgate-sealed-fs linkgate-mux; do
     v=$(medraw idle "$lg")
     mx=$(agg max "$(vals idle "$lg")")
     echo "| ${lg#linkgate-} idle ≤ 8 KiB per connection over both processes | $(fmt 2 "$v") KiB | 8 KiB | – | – | $(awk -v v="$v" 'BEGIN { if (v == "") print "not measured"; else if (v <= 8) print "yes"; else print "**no**" }') |"

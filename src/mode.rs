@@ -123,7 +123,7 @@ impl FromStr for Mode {
             .find(|mode| mode.as_str() == name)
             .ok_or_else(|| {
                 format!(
-                    "unknown mode {name:?} (use plain, sealed or sealed-fs; --mux carries streams over sealed modes)"
+                    "unknown mode {name:?} (use plain, sealed, sealed-fs, sealed+mux or sealed-fs+mux)"
                 )
             })
     }

@@ -69,7 +69,7 @@ pub(crate) struct ProbeArgs {
     #[arg(long, value_name = "NAME")]
     pub(crate) id: Option<String>,
     /// The mode the legitimate client asks for (default sealed-fs; needs --key or --key-env).
-    #[arg(long, value_name = "MODE")]
+    #[arg(long, value_name = "MODE", value_parser = session_mode)]
     pub(crate) mode: Option<Mode>,
     /// How long to wait for each reply.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
@@ -112,7 +112,7 @@ pub(crate) struct ServeArgs {
 }
 
 /// The service flags that a config file replaces.
-const SERVICE_FLAGS: [&str; 25] = [
+const SERVICE_FLAGS: [&str; 26] = [
     "no_penalties",
     "penalty_exempt",
     "penalty_min",
@@ -127,6 +127,7 @@ const SERVICE_FLAGS: [&str; 25] = [
     "allow_group_readable_keys",
     "allow_plain",
     "require_forward_secrecy",
+    "no_mux",
     "protocol",
     "handshake_timeout",
     "max_handshakes",
@@ -212,6 +213,14 @@ pub(crate) struct ConnectArgs {
     pub(crate) socket_mode: Option<u32>,
     #[command(flatten)]
     pub(crate) client: ClientArgs,
+    /// Carry every local connection as a stream of a few long-lived tunnels to the gate instead
+    /// of a gate connection each: no TCP or linkgate handshake per connection (sealed modes only;
+    /// the gate must not have --no-mux).
+    #[arg(long)]
+    pub(crate) mux: bool,
+    /// Tunnels kept open with --mux; each one that drops is re-established with backoff.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = at_least_one, requires = "mux")]
+    pub(crate) tunnels: usize,
     #[command(flatten)]
     pub(crate) service: ServiceArgs,
     #[command(flatten)]
@@ -236,7 +245,7 @@ pub(crate) struct ClientArgs {
     pub(crate) id: Option<String>,
     /// What the connection carries after admission: sealed-fs (sealed, with forward secrecy),
     /// sealed, or plain (only if the gate allows it).
-    #[arg(long, value_name = "MODE", default_value = "sealed-fs")]
+    #[arg(long, value_name = "MODE", default_value = "sealed-fs", value_parser = session_mode)]
     pub(crate) mode: Mode,
     /// Handshake: linkgate1, or seed (the original recipe's scheme, for its existing servers:
     /// no key id, and the server is not authenticated; short keys accepted with a warning).
@@ -313,6 +322,18 @@ pub(crate) enum LogFormat {
 pub(crate) fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|err| format!("{err} (write durations like 5s or 500ms)"))
+}
+
+/// A mode for --mode: the multiplexed ones are asked for with `connect --mux`.
+pub(crate) fn session_mode(text: &str) -> Result<Mode, String> {
+    let mode: Mode = text.parse()?;
+    if mode.is_multiplexed() {
+        return Err(format!(
+            "{mode} is not chosen with --mode: use `linkgate connect --mux --mode {}`",
+            mode.records()
+        ));
+    }
+    Ok(mode)
 }
 
 fn at_least_one(text: &str) -> Result<usize, String> {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow, bail};
 use arc_swap::ArcSwap;
 use linkgate::ServeOptions;
+use linkgate::mux::{Pool, PoolConfig};
 use linkgate::record::RecordLimits;
 use linkgate::{Credentials, Error, Protocol, Rejection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,6 +18,7 @@ use crate::keys;
 use crate::listen::{self, Bound, SystemdSockets};
 use crate::proxy::{self, ConnectContext};
 use crate::signals::Signals;
+use crate::tunnel::{self, MuxConnect};
 
 pub(crate) async fn run(args: ConnectArgs, systemd_sockets: SystemdSockets) -> Result<()> {
     let signals = Signals::install()?;
@@ -24,20 +26,44 @@ pub(crate) async fn run(args: ConnectArgs, systemd_sockets: SystemdSockets) -> R
     keys::warn_if_seed(args.client.protocol);
     crate::systemd::raise_open_files_limit(2 * args.service.max_connections as u64 + 64);
     let bound = listen::bind(&args.listen, args.socket_mode, &systemd_sockets).await?;
+    let mode = match credentials.mode().multiplexed() {
+        Some(mux) if args.mux => mux,
+        _ => credentials.mode(),
+    };
     tracing::info!(
         listen = %bound.describe(),
         server = %args.client.server,
         key_id = %credentials.key_id(),
-        mode = %credentials.mode(),
+        %mode,
+        tunnels = args.mux.then_some(args.tunnels),
         "linkgate connect: listening"
     );
+    let mux = if args.mux {
+        let config = PoolConfig::default().with_tunnels(args.tunnels);
+        let pool = Pool::new(args.client.server.clone(), credentials.clone(), config)
+            .map_err(|err| anyhow!("--mux: {err} (use --mode sealed-fs or sealed)"))?;
+        Some(Arc::new(MuxConnect {
+            pool,
+            wait: args.client.timeout,
+        }))
+    } else {
+        None
+    };
     let context = Arc::new(ConnectContext {
         server: args.client.server.clone(),
         credentials: ArcSwap::from_pointee(credentials),
     });
     let options = crate::serve::serve_options(&args.service);
-    tokio::spawn(reload_key(args, Arc::clone(&context), signals.reloads()));
+    tokio::spawn(reload_key(
+        args,
+        Arc::clone(&context),
+        mux.clone(),
+        signals.reloads(),
+    ));
     crate::systemd::ready("forwarding");
+    if let Some(mux) = mux {
+        return forward_over_tunnels(bound, mux, options, &signals).await;
+    }
     let drained = match bound {
         Bound::Tcp(listener) => {
             let accepted = Accepted(TcpListenerStream::new(listener));
@@ -52,6 +78,38 @@ pub(crate) async fn run(args: ConnectArgs, systemd_sockets: SystemdSockets) -> R
             let context = Arc::clone(&context);
             let drained = serve(accepted, options, &signals, move |stream| {
                 proxy::connect_one(stream, "unix".to_owned(), Arc::clone(&context))
+            })
+            .await;
+            drop(socket_file);
+            drained
+        }
+    };
+    tracing::info!(
+        closed_at_drain = drained.aborted,
+        "linkgate connect: stopped"
+    );
+    Ok(())
+}
+
+/// `connect --mux`: every local connection becomes a stream of a pooled tunnel.
+async fn forward_over_tunnels(
+    bound: Bound,
+    mux: Arc<MuxConnect>,
+    options: ServeOptions,
+    signals: &Signals,
+) -> Result<()> {
+    let drained = match bound {
+        Bound::Tcp(listener) => {
+            let accepted = Accepted(TcpListenerStream::new(listener));
+            serve(accepted, options, signals, move |(stream, peer)| {
+                tunnel::connect_one(stream, peer, Arc::clone(&mux))
+            })
+            .await
+        }
+        Bound::Unix(listener, socket_file) => {
+            let accepted = AcceptedUnix(UnixListenerStream::new(listener));
+            let drained = serve(accepted, options, signals, move |stream| {
+                tunnel::connect_one(stream, "unix".to_owned(), Arc::clone(&mux))
             })
             .await;
             drop(socket_file);
@@ -99,6 +157,7 @@ fn client_credentials(args: &ConnectArgs) -> Result<Credentials> {
 async fn reload_key(
     args: ConnectArgs,
     context: Arc<ConnectContext>,
+    mux: Option<Arc<MuxConnect>>,
     mut hups: tokio::sync::watch::Receiver<u64>,
 ) {
     while hups.changed().await.is_ok() {
@@ -109,6 +168,12 @@ async fn reload_key(
         match client_credentials(&args) {
             Ok(credentials) => {
                 tracing::info!(key_id = %credentials.key_id(), "SIGHUP: key reloaded");
+                if let Some(mux) = &mux {
+                    // New tunnels use it; those up stay as they are.
+                    if let Err(err) = mux.pool.set_credentials(credentials.clone()) {
+                        tracing::warn!(error = %err, "SIGHUP: the reloaded key cannot be used for tunnels");
+                    }
+                }
                 context.credentials.store(Arc::new(credentials));
             }
             Err(err) => tracing::warn!(error = %format!("{err:#}"),

@@ -41,6 +41,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         send_proxy: None,
         revoked: None,
         metrics: None,
+        draining: tokio_util::sync::CancellationToken::new(),
+        stream_slots: Arc::new(tokio::sync::Semaphore::new(1024)),
     });
     tokio::spawn(linkgate::serve_with(gate_listener, move |admitted| {
         proxy::serve_one(admitted, Arc::clone(&serve))

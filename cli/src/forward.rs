@@ -1,6 +1,7 @@
 //! Forwarding between an admitted connection and the plain side: plain mode copies bytes (with
 //! `splice(2)` for bulk bursts), the sealed modes run the record layer in [`sealed`].
 
+pub(crate) mod mux;
 mod pool;
 pub(crate) mod sealed;
 

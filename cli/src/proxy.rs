@@ -11,6 +11,7 @@ use linkgate::proxy_protocol::{self, Tlvs, Version};
 use linkgate::{Admission, Admitted, Credentials, KeyId, Peer, SealedParts};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 use crate::forward::{self, sealed};
 use crate::metrics::ServiceMetrics;
@@ -27,19 +28,24 @@ pub(crate) struct ServeContext {
     /// Key ids revoked by a reload, when admitted connections under them are to be closed.
     pub(crate) revoked: Option<broadcast::Sender<Arc<Vec<KeyId>>>>,
     pub(crate) metrics: Option<ServiceMetrics>,
+    /// Cancelled when the service starts draining: tunnels then ask their clients to open no
+    /// more streams.
+    pub(crate) draining: CancellationToken,
+    /// Streams of multiplexed tunnels forwarded at once, over all tunnels (`--max-connections`).
+    pub(crate) stream_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Bytes each way through one connection, from the client's point of view.
 #[derive(Debug, Clone, Copy, Default)]
-struct Bytes {
+pub(crate) struct Bytes {
     /// From the client toward the server.
-    inbound: u64,
+    pub(crate) inbound: u64,
     /// From the server back to the client.
-    outbound: u64,
+    pub(crate) outbound: u64,
 }
 
 /// How a forwarded connection ended.
-enum Ended {
+pub(crate) enum Ended {
     Done(io::Result<Bytes>),
     Revoked,
     /// Still open when the drain ran out (its task was dropped).
@@ -48,17 +54,24 @@ enum Ended {
 
 /// Logs the close of a connection whose task is dropped before it ends (the drain deadline),
 /// so every admitted connection gets its close line.
-struct CloseOnDrop<'a> {
-    context: &'a ServeContext,
-    who: &'a Admission,
-    started: Instant,
-    armed: bool,
+pub(crate) struct CloseOnDrop<'a> {
+    pub(crate) context: &'a ServeContext,
+    pub(crate) who: &'a Admission,
+    pub(crate) stream: Option<u32>,
+    pub(crate) started: Instant,
+    pub(crate) armed: bool,
 }
 
 impl Drop for CloseOnDrop<'_> {
     fn drop(&mut self) {
         if self.armed {
-            log_close(self.context, self.who, self.started, Ended::CutOff);
+            log_close(
+                self.context,
+                self.who,
+                self.stream,
+                self.started,
+                Ended::CutOff,
+            );
         }
     }
 }
@@ -86,6 +99,10 @@ where
             via = via_field(&who), key_id = %who.key_id(), mode = %who.mode(), "admitted");
         // Subscribe before anything else, so a revocation from now on is seen.
         let mut revocations = context.revoked.as_ref().map(broadcast::Sender::subscribe);
+        if who.mode().is_multiplexed() {
+            // Each stream connects its own upstream, when the client opens it.
+            return Box::pin(crate::tunnel::serve(admitted, who, revocations, context)).await;
+        }
         let started = Instant::now();
         // Boxed: a step that is over by the time the connection idles should not size the task
         // that idles.
@@ -109,6 +126,7 @@ where
         let mut guard = CloseOnDrop {
             context: &context,
             who: &who,
+            stream: None,
             started,
             armed: true,
         };
@@ -123,7 +141,7 @@ where
             }
         };
         guard.armed = false;
-        log_close(&context, &who, started, ended);
+        log_close(&context, &who, None, started, ended);
     }
 }
 
@@ -144,7 +162,10 @@ where
     };
     let header = context
         .send_proxy
-        .map(|(version, key_id_as_authority)| proxy_header(&admitted, version, key_id_as_authority))
+        .map(|(version, key_id_as_authority)| {
+            let gate = admitted.get_ref().local_ip();
+            proxy_header(admitted.admission(), gate, version, key_id_as_authority)
+        })
         .transpose();
     let header = match header {
         Ok(header) => header,
@@ -162,7 +183,10 @@ where
 }
 
 /// Completes when a reload revokes `key_id`.
-async fn revoked(revocations: &mut broadcast::Receiver<Arc<Vec<KeyId>>>, key_id: &KeyId) {
+pub(crate) async fn revoked(
+    revocations: &mut broadcast::Receiver<Arc<Vec<KeyId>>>,
+    key_id: &KeyId,
+) {
     loop {
         match revocations.recv().await {
             Ok(ids) if ids.contains(key_id) => return,
@@ -178,7 +202,7 @@ async fn revoked(revocations: &mut broadcast::Receiver<Arc<Vec<KeyId>>>, key_id:
     clippy::manual_async_fn,
     reason = "an async fn stores its arguments twice"
 )]
-fn to_upstream<C: Socket, U: Socket>(
+pub(crate) fn to_upstream<C: Socket, U: Socket>(
     client: C,
     server: U,
     sealed: Option<Box<SealedParts>>,
@@ -217,14 +241,13 @@ async fn forward_mode<A: Socket, P: Socket>(
 
 /// The PROXY protocol header for the upstream: the real client as source, the gate's own address
 /// as destination (both only when they are IP addresses), the key id and connection id as TLVs.
-fn proxy_header<C: Socket>(
-    admitted: &Admitted<C>,
+pub(crate) fn proxy_header(
+    who: &Admission,
+    gate: Option<std::net::SocketAddr>,
     version: Version,
     key_id_as_authority: bool,
 ) -> io::Result<Vec<u8>> {
-    let who = admitted.admission();
     let source = who.peer().and_then(Peer::ip_addr);
-    let gate = admitted.get_ref().local_ip();
     let id = who.connection_id().to_string();
     let tlvs = Tlvs::new(who.key_id().as_str(), &id, key_id_as_authority);
     proxy_protocol::encode(version, source.zip(gate), &[tlvs]).map_err(io::Error::other)
@@ -243,40 +266,47 @@ async fn echo<IO: AsyncRead + AsyncWrite + Unpin>(admitted: Admitted<IO>) -> io:
 }
 
 /// The client for logs: the real one (behind a balancer, the one its header named).
-fn peer_text(who: &Admission) -> String {
+pub(crate) fn peer_text(who: &Admission) -> String {
     who.peer()
         .map_or_else(|| "-".to_owned(), ToString::to_string)
 }
 
 /// The balancer a connection came through, as an optional log field.
-fn via_field(who: &Admission) -> Option<tracing::field::DisplayValue<&Peer>> {
+pub(crate) fn via_field(who: &Admission) -> Option<tracing::field::DisplayValue<&Peer>> {
     who.via().map(tracing::field::display)
 }
 
-fn log_close(context: &ServeContext, who: &Admission, started: Instant, ended: Ended) {
+/// Logs and counts the end of an admitted connection, or of one stream of a tunnel.
+pub(crate) fn log_close(
+    context: &ServeContext,
+    who: &Admission,
+    stream: Option<u32>,
+    started: Instant,
+    ended: Ended,
+) {
     let duration = started.elapsed();
     let duration_ms = duration.as_millis() as u64;
     let (conn, peer, key_id) = (who.connection_id(), peer_text(who), who.key_id());
     let service = &context.service;
     let (result, bytes) = match ended {
         Ended::Done(Ok(bytes)) => {
-            tracing::info!(%service, %conn, %peer, via = via_field(who), %key_id, bytes_in = bytes.inbound,
+            tracing::info!(%service, %conn, stream, %peer, via = via_field(who), %key_id, bytes_in = bytes.inbound,
                 bytes_out = bytes.outbound, duration_ms, "closed");
             ("ok", bytes)
         }
         Ended::Done(Err(err)) => {
             let reason = reason_of(&err);
-            tracing::info!(%service, %conn, %peer, via = via_field(who), %key_id, duration_ms, %reason,
+            tracing::info!(%service, %conn, stream, %peer, via = via_field(who), %key_id, duration_ms, %reason,
                 error = %err, "closed after an error (both sides reset)");
             ("error", Bytes::default())
         }
         Ended::Revoked => {
-            tracing::info!(%service, %conn, %peer, via = via_field(who), %key_id, duration_ms,
+            tracing::info!(%service, %conn, stream, %peer, via = via_field(who), %key_id, duration_ms,
                 "closed: its key was revoked by a reload (--drop-revoked)");
             ("revoked", Bytes::default())
         }
         Ended::CutOff => {
-            tracing::info!(%service, %conn, %peer, via = via_field(who), %key_id, duration_ms,
+            tracing::info!(%service, %conn, stream, %peer, via = via_field(who), %key_id, duration_ms,
                 "closed: still open at the drain deadline (cut off)");
             ("cut_off", Bytes::default())
         }

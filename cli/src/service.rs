@@ -85,6 +85,12 @@ pub(crate) struct ServiceOptions {
     #[arg(long)]
     #[serde(default)]
     pub(crate) require_forward_secrecy: bool,
+    /// Refuse multiplexed tunnels (`connect --mux`): by default a client admitted in a sealed
+    /// mode may carry many connections as streams of one tunnel, each with its own upstream
+    /// connection.
+    #[arg(long)]
+    #[serde(default)]
+    pub(crate) no_mux: bool,
     /// Handshake: linkgate1, or seed (the original recipe's scheme, for its existing clients:
     /// no key ids, no server authentication, no sealing; short keys accepted with a warning).
     #[arg(long, value_name = "PROTOCOL", default_value = "linkgate1")]
@@ -268,7 +274,8 @@ impl ServiceOptions {
             .with_protocol(self.protocol)
             .with_handshake_timeout(self.handshake_timeout)
             .with_plain_allowed(self.allow_plain)
-            .with_forward_secrecy_required(self.require_forward_secrecy);
+            .with_forward_secrecy_required(self.require_forward_secrecy)
+            .with_multiplexing_allowed(!self.no_mux);
         if let Some(records) = self.key_update_after_records {
             config =
                 config.with_record_limits(RecordLimits::new().with_key_update_interval(records));
@@ -286,17 +293,19 @@ impl ServiceOptions {
             .with_max(self.penalty_max)
     }
 
-    fn modes_text(&self) -> &'static str {
-        match (
+    fn modes_text(&self) -> String {
+        let modes = match (
             self.protocol,
             self.allow_plain,
             self.require_forward_secrecy,
         ) {
-            (Protocol::Seed, _, _) => "seed (plain)",
+            (Protocol::Seed, _, _) => return "seed (plain)".to_owned(),
             (_, true, _) => "sealed-fs,sealed,plain",
             (_, false, true) => "sealed-fs",
             _ => "sealed-fs,sealed",
-        }
+        };
+        let mux = if self.no_mux { "" } else { " (+mux)" };
+        format!("{modes}{mux}")
     }
 
     /// Checks the options that only make sense together.
@@ -439,6 +448,14 @@ impl Service {
         if let Some(metrics) = &keys.metrics {
             listener_config = listener_config.with_telemetry(Arc::new(metrics.clone()));
         }
+        let draining = tokio_util::sync::CancellationToken::new();
+        tokio::spawn({
+            let (signals, draining) = (signals.clone(), draining.clone());
+            async move {
+                signals.requested().await;
+                draining.cancel();
+            }
+        });
         let context = Arc::new(ServeContext {
             service: options.name.clone(),
             upstream,
@@ -448,6 +465,8 @@ impl Service {
                 .map(|version| (version, options.send_proxy_key_id_as.is_some())),
             revoked: keys.revoked.clone(),
             metrics: keys.metrics.clone(),
+            draining,
+            stream_slots: Arc::new(tokio::sync::Semaphore::new(options.max_connections)),
         });
         let serve_options = ServeOptions::new()
             .with_max_connections(options.max_connections)

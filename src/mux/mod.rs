@@ -42,7 +42,7 @@ use http::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use crate::admitted::{Admission, Admitted};
+use crate::admitted::{Admission, Admitted, ConnectionId};
 use crate::mode::Mode;
 
 pub use pool::{Pool, PoolConfig};
@@ -52,30 +52,36 @@ pub use stream::{MuxReadHalf, MuxStream, MuxWriteHalf};
 const AUTHORITY: &str = "upstream.linkgate.invalid:0";
 
 /// Bounds and windows of a multiplexed tunnel; the same on both sides.
+///
+/// The tunnel-wide window is always `max_streams × stream_window`: HTTP/2 frees tunnel window
+/// only as a stream's data is read, so anything smaller would let enough stalled readers stop
+/// every stream (seen in the trial that chose h2). That product is the most a tunnel buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MuxConfig {
     stream_window: u32,
-    connection_window: u32,
     max_streams: u32,
 }
 
 impl Default for MuxConfig {
     fn default() -> Self {
         Self {
-            stream_window: 512 * 1024,
-            connection_window: 32 * 1024 * 1024,
-            max_streams: 1024,
+            stream_window: 256 * 1024,
+            // With 256 KiB windows, the most whose product fits HTTP/2's 2 GiB tunnel window.
+            max_streams: 8192,
         }
     }
 }
 
+/// HTTP/2's largest window.
+const MAX_WINDOW: u32 = (1 << 31) - 1;
+
 impl MuxConfig {
     /// Bytes a stream may have in flight toward a reader that has not read them (default
-    /// 512 KiB): the most a stalled reader holds, and one stream's speed limit at a given
-    /// round-trip time.
+    /// 256 KiB, at least 64 KiB): the most a stalled reader holds, and one stream's speed limit
+    /// at a given round-trip time (6 MiB/s at 40 ms).
     pub fn with_stream_window(mut self, bytes: u32) -> Self {
-        self.stream_window = bytes.clamp(65_535, (1 << 31) - 1);
+        self.stream_window = bytes.clamp(65_535, MAX_WINDOW);
         self
     }
 
@@ -84,20 +90,9 @@ impl MuxConfig {
         self.stream_window
     }
 
-    /// Bytes all streams of a tunnel together may have in flight (default 32 MiB): with the
-    /// default stream window, 64 stalled readers before the others slow down.
-    pub fn with_connection_window(mut self, bytes: u32) -> Self {
-        self.connection_window = bytes.clamp(65_535, (1 << 31) - 1);
-        self
-    }
-
-    /// The tunnel-wide window.
-    pub fn connection_window(&self) -> u32 {
-        self.connection_window
-    }
-
-    /// Streams open at once in one tunnel (default 1,024; set by the server, and a client
-    /// waits for a free one).
+    /// Streams open at once in one tunnel (default 8,192; announced by the server, and a client
+    /// waits for a free one). Past 8,192 at the default window, the tunnel window stops at
+    /// HTTP/2's 2 GiB limit, and that many stalled readers can slow the others.
     pub fn with_max_streams(mut self, streams: u32) -> Self {
         self.max_streams = streams.max(1);
         self
@@ -106,6 +101,12 @@ impl MuxConfig {
     /// Streams open at once in one tunnel.
     pub fn max_streams(&self) -> u32 {
         self.max_streams
+    }
+
+    /// The tunnel-wide window: every stream's window at once (at most HTTP/2's 2 GiB).
+    pub fn connection_window(&self) -> u32 {
+        let total = u64::from(self.stream_window) * u64::from(self.max_streams);
+        u32::try_from(total.min(u64::from(MAX_WINDOW))).unwrap_or(MAX_WINDOW)
     }
 }
 
@@ -149,7 +150,7 @@ impl Tunnel {
         let (sender, connection) = h2::client::Builder::new()
             .enable_push(false)
             .initial_window_size(config.stream_window)
-            .initial_connection_window_size(config.connection_window)
+            .initial_connection_window_size(config.connection_window())
             .handshake(admitted)
             .await
             .map_err(stream::stream_error)?;
@@ -189,6 +190,7 @@ impl Tunnel {
         Ok(MuxStream::new(
             MuxReadHalf::awaiting(answer),
             MuxWriteHalf::new(send),
+            self.admission.connection_id(),
         ))
     }
 
@@ -238,7 +240,7 @@ where
         let admission = admitted.admission().clone();
         let connection = h2::server::Builder::new()
             .initial_window_size(config.stream_window)
-            .initial_connection_window_size(config.connection_window)
+            .initial_connection_window_size(config.connection_window())
             .max_concurrent_streams(config.max_streams)
             .handshake(admitted)
             .await
@@ -266,6 +268,7 @@ where
             let mut incoming = IncomingStream {
                 recv: request.into_body(),
                 respond,
+                tunnel: self.admission.connection_id(),
             };
             if is_connect {
                 return Some(Ok(incoming));
@@ -286,6 +289,7 @@ where
 pub struct IncomingStream {
     recv: h2::RecvStream,
     respond: h2::server::SendResponse<Bytes>,
+    tunnel: ConnectionId,
 }
 
 impl std::fmt::Debug for IncomingStream {
@@ -302,6 +306,11 @@ impl IncomingStream {
         u32::from(self.respond.stream_id())
     }
 
+    /// The connection id of the tunnel that carries it.
+    pub fn tunnel_id(&self) -> ConnectionId {
+        self.tunnel
+    }
+
     /// Accepts the stream (once its upstream is connected): the client's first read succeeds,
     /// and what it sent so far can now be read.
     pub fn accept(mut self) -> io::Result<MuxStream> {
@@ -313,6 +322,7 @@ impl IncomingStream {
         Ok(MuxStream::new(
             MuxReadHalf::answered(self.recv),
             MuxWriteHalf::new(send),
+            self.tunnel,
         ))
     }
 

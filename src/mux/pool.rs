@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{MuxConfig, MuxStream, Tunnel};
 use crate::client::Credentials;
+use crate::error::{Error, Rejection};
 
 /// Settings of a [`Pool`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,12 +149,15 @@ impl Pool {
             tokio::pin!(came_up);
             // Registered before looking, so a tunnel that comes up in between is not missed.
             came_up.as_mut().enable();
-            if let Some(tunnel) = self.pick() {
+            // Each tunnel up is tried once: one that is closing (the gate is draining, or it
+            // just dropped) refuses new streams while its slot is re-established.
+            for _ in 0..self.inner.slots.len() {
+                let Some(tunnel) = self.pick() else { break };
                 match tunnel.open().await {
                     Ok(stream) => return Ok(stream),
-                    // It dropped just now; its slot is being re-established.
-                    Err(_) if tunnel.is_closed() => continue,
-                    Err(err) => return Err(err),
+                    Err(err) => {
+                        self.inner.last_error.store(Some(Arc::new(err.to_string())));
+                    }
                 }
             }
             if tokio::time::timeout_at(deadline, came_up).await.is_err() {
@@ -210,7 +214,7 @@ async fn keep_up(inner: Arc<Inner>, slot: usize, config: PoolConfig) {
         let attempt = async {
             let admitted = crate::connect(inner.server.as_str(), &credentials)
                 .await
-                .map_err(io::Error::from)?;
+                .map_err(explain)?;
             Tunnel::new(admitted, &config.mux).await
         };
         let tunnel = tokio::select! {
@@ -245,6 +249,21 @@ async fn keep_up(inner: Arc<Inner>, slot: usize, config: PoolConfig) {
                 backoff = (backoff * 2).min(config.max_backoff);
             }
         }
+    }
+}
+
+/// A failed attempt as the pool reports it; a refused mode most likely means the gate does not
+/// allow tunnels.
+fn explain(err: Error) -> io::Error {
+    match err {
+        Error::Rejected(Rejection::RefusedAsMalformed(mode)) => io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the gate refused mode {mode}: it does not allow multiplexed tunnels (or not over {})",
+                mode.records()
+            ),
+        ),
+        other => other.into(),
     }
 }
 

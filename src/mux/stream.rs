@@ -9,6 +9,8 @@ use h2::{RecvStream, SendStream};
 use http::{Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::admitted::ConnectionId;
+
 /// Largest piece handed to HTTP/2 per write: frames are split from it by the connection.
 const MAX_SEND: usize = 256 * 1024;
 
@@ -26,11 +28,21 @@ const MAX_SEND: usize = 256 * 1024;
 pub struct MuxStream {
     read: MuxReadHalf,
     write: MuxWriteHalf,
+    tunnel: ConnectionId,
 }
 
 impl MuxStream {
-    pub(crate) fn new(read: MuxReadHalf, write: MuxWriteHalf) -> Self {
-        Self { read, write }
+    pub(crate) fn new(read: MuxReadHalf, write: MuxWriteHalf, tunnel: ConnectionId) -> Self {
+        Self {
+            read,
+            write,
+            tunnel,
+        }
+    }
+
+    /// The connection id of the tunnel that carries this stream, for logs.
+    pub fn tunnel_id(&self) -> ConnectionId {
+        self.tunnel
     }
 
     /// The HTTP/2 stream id (unique within its tunnel), for logs.

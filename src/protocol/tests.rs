@@ -70,7 +70,7 @@ fn run_vector(
         &sn,
         &keyring_with(&key),
         &dummy,
-        &ModePolicy::new(true, false),
+        &ModePolicy::new(true, false).with_multiplexing_allowed(true),
         || EphemeralSecret::from_bytes(&seq(0x60)),
     )
     .unwrap();
@@ -186,6 +186,22 @@ fn mode_0x02_vectors() {
     assert_eq!(shared.to_vec(), hex_of(&v, "shared_secret"));
     prk_of(&v, &shared[..]);
     check_sealed_vectors(&v, &client.unwrap(), &server.unwrap());
+}
+
+#[test]
+fn mode_0x12_vectors() {
+    // The multiplexed bit changes the mode byte, so the proofs and every key differ from 0x02's.
+    let (v, client, server) = run_vector(Mode::SealedFsMux, "mode_0x12_sealed_fs_mux");
+    let plain_fs = &vectors()["mode_0x02_sealed_fs"];
+    assert_ne!(hex_of(&v, "client_proof"), hex_of(plain_fs, "client_proof"));
+    assert_ne!(hex_of(&v, "c2s_secret"), hex_of(plain_fs, "c2s_secret"));
+    let (client, server) = (client.unwrap(), server.unwrap());
+    check_sealed_vectors(&v, &client, &server);
+    let mut wire = Vec::new();
+    Sealer::new(&client.c2s)
+        .seal(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", &mut wire)
+        .unwrap();
+    assert_eq!(wire, hex_of(&v, "c2s_record_h2_preface_seq0"));
 }
 
 /// The proofs are plain HMAC-SHA-256 over the documented transcript, computed here from
@@ -356,6 +372,46 @@ fn policy_refuses_modes_with_the_malformed_verdict() {
             &ring,
             ModePolicy::new(true, false)
         ),
+        Judgement::Admitted(_)
+    ));
+}
+
+#[test]
+fn multiplexed_modes_need_the_policy_and_follow_the_mode_underneath() {
+    let key = vector_key();
+    let ring = keyring_with(&key);
+    let (sn, cn) = (seq(0xa0), seq(0xc0));
+    let response = |mode: Mode| {
+        let share = mode
+            .has_forward_secrecy()
+            .then(|| EphemeralSecret::from_bytes(&seq(0x40)).unwrap());
+        ClientHello::new(&key, key.id(), mode, &sn, cn, share)
+            .unwrap()
+            .response()
+            .encode()
+    };
+    let refused = |judged: Judgement, mode: Mode| matches!(judged, Judgement::Refused(Refusal::ModeNotAllowed { mode: m, .. }) if m == mode);
+    for mode in [Mode::SealedMux, Mode::SealedFsMux] {
+        // Off by default, even where every other mode is allowed.
+        let everything_else = ModePolicy::new(true, false);
+        assert!(refused(
+            judge_default(&response(mode), &sn, &ring, everything_else),
+            mode
+        ));
+        let allowed = everything_else.with_multiplexing_allowed(true);
+        assert!(matches!(
+            judge_default(&response(mode), &sn, &ring, allowed),
+            Judgement::Admitted(_)
+        ));
+    }
+    // Requiring forward secrecy refuses sealed underneath a tunnel too.
+    let strict = ModePolicy::new(false, true).with_multiplexing_allowed(true);
+    assert!(refused(
+        judge_default(&response(Mode::SealedMux), &sn, &ring, strict),
+        Mode::SealedMux
+    ));
+    assert!(matches!(
+        judge_default(&response(Mode::SealedFsMux), &sn, &ring, strict),
         Judgement::Admitted(_)
     ));
 }

@@ -63,6 +63,9 @@ CLIENT_X25519 = seq(0x40)
 SERVER_X25519 = seq(0x60)
 
 
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
 def raw_public(private_bytes):
     private = X25519PrivateKey.from_private_bytes(private_bytes)
     return private, private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -74,7 +77,9 @@ def mode_vectors(mode):
     out = {}
     shares = b""
     ikm = K
-    if mode == 2:
+    # 0x10 marks a multiplexed tunnel; the low bits are the sealed mode underneath.
+    forward_secret = mode & 0x0F == 2
+    if forward_secret:
         client_private, e_c = raw_public(CLIENT_X25519)
         server_private, e_s = raw_public(SERVER_X25519)
         shared = client_private.exchange(X25519PrivateKey.from_private_bytes(SERVER_X25519).public_key())
@@ -116,6 +121,9 @@ def mode_vectors(mode):
         s2c_next_secret=s2c_next.hex(),
         s2c_record_world_after_update_seq0=seal(s2c_next, 0, 0x17, b"world").hex(),
     )
+    if mode & 0x10:
+        # A tunnel's first record: the HTTP/2 client connection preface (RFC 9113, 3.4).
+        out.update(c2s_record_h2_preface_seq0=seal(c2s, 0, 0x17, H2_PREFACE).hex())
     return out
 
 
@@ -134,6 +142,7 @@ def main():
         "mode_0x00_plain": mode_vectors(0),
         "mode_0x01_sealed": mode_vectors(1),
         "mode_0x02_sealed_fs": mode_vectors(2),
+        "mode_0x12_sealed_fs_mux": mode_vectors(0x12),
     }
     json.dump(vectors, sys.stdout, indent=2)
     sys.stdout.write("\n")

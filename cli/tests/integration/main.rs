@@ -6,6 +6,7 @@ mod support;
 mod balancer;
 mod cli;
 mod faults;
+mod mux;
 mod operations;
 mod probe;
 mod python;

@@ -1,0 +1,76 @@
+//! Forwarding between a socket and one stream of a multiplexed tunnel.
+//!
+//! Socket to stream: each read goes into a fresh buffer that is handed to HTTP/2 whole (no second
+//! copy). Stream to socket: each piece HTTP/2 received is written out before the next is taken,
+//! so a slow socket holds back only its own stream's window. A waiting direction holds no buffer.
+
+use std::io;
+
+use bytes::BytesMut;
+use linkgate::mux::{MuxReadHalf, MuxStream, MuxWriteHalf};
+
+use crate::socket::{Socket, shutdown_write, write_all};
+
+/// Largest read from the socket per piece.
+const CHUNK: usize = 64 * 1024;
+
+/// Bytes moved each way by [`forward`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct StreamTransfer {
+    /// Read from the socket and sent on the stream.
+    pub(crate) sent: u64,
+    /// Received on the stream and written to the socket.
+    pub(crate) received: u64,
+}
+
+/// Forwards until both directions have ended. Half-close passes through both ways (a socket's
+/// end of stream ⇄ the stream's end). On any failure both directions stop and the stream is
+/// reset; the caller resets the socket, so neither side mistakes it for a clean end.
+pub(crate) async fn forward<S: Socket>(
+    socket: &S,
+    stream: MuxStream,
+) -> io::Result<StreamTransfer> {
+    let (mut from_stream, mut to_stream) = stream.into_split();
+    let result = tokio::try_join!(
+        socket_to_stream(socket, &mut to_stream),
+        stream_to_socket(&mut from_stream, socket)
+    );
+    match result {
+        Ok((sent, received)) => Ok(StreamTransfer { sent, received }),
+        Err(err) => {
+            to_stream.reset();
+            Err(err)
+        }
+    }
+}
+
+async fn socket_to_stream<S: Socket>(from: &S, to: &mut MuxWriteHalf) -> io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        from.readable().await?;
+        let mut buf = BytesMut::zeroed(CHUNK);
+        match from.try_read(&mut buf) {
+            Ok(0) => {
+                to.finish()?;
+                return Ok(total);
+            }
+            Ok(n) => {
+                buf.truncate(n);
+                to.write_chunk(buf.freeze()).await?;
+                total += n as u64;
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+async fn stream_to_socket<S: Socket>(from: &mut MuxReadHalf, to: &S) -> io::Result<u64> {
+    let mut total = 0u64;
+    while let Some(piece) = from.read_chunk().await? {
+        write_all(to, &piece).await?;
+        total += piece.len() as u64;
+    }
+    shutdown_write(to)?;
+    Ok(total)
+}

@@ -1,0 +1,244 @@
+//! Multiplexed tunnels in the command: `serve` gives each stream of an admitted tunnel its own
+//! upstream connection; `connect --mux` carries each local connection as a stream of a pooled
+//! tunnel.
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use linkgate::mux::{IncomingStream, MuxConfig, MuxServer, MuxStream, Pool};
+use linkgate::{Admission, Admitted, KeyId};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::broadcast;
+use tokio_util::task::TaskTracker;
+
+use crate::forward::mux::{StreamTransfer, forward};
+use crate::proxy::{self, Bytes, CloseOnDrop, Ended, ServeContext, peer_text};
+use crate::socket::{Socket, write_all};
+use crate::upstream::UpstreamStream;
+
+/// How a tunnel ended, for its close line.
+enum TunnelEnd {
+    Closed,
+    Failed(io::Error),
+    Revoked,
+}
+
+/// Serves one admitted tunnel until it closes: each stream the client opens gets an upstream
+/// connection (or is refused alone when the upstream cannot be reached), is forwarded in its own
+/// task, and is logged and counted like a connection. A drain asks the client for no more
+/// streams; a revocation of the tunnel's key closes it with all its streams.
+pub(crate) async fn serve<IO>(
+    admitted: Admitted<IO>,
+    who: Admission,
+    mut revocations: Option<broadcast::Receiver<Arc<Vec<KeyId>>>>,
+    context: Arc<ServeContext>,
+) where
+    IO: Socket + AsyncRead + AsyncWrite,
+{
+    let started = Instant::now();
+    let gate_ip = admitted.get_ref().local_ip();
+    let service = &context.service;
+    let conn = who.connection_id();
+    let mut server = match MuxServer::new(admitted, &MuxConfig::default()).await {
+        Ok(server) => server,
+        Err(err) => {
+            tracing::info!(%service, %conn, peer = %peer_text(&who), key_id = %who.key_id(),
+                error = %err, "tunnel failed before its first stream");
+            return;
+        }
+    };
+    let streams = TaskTracker::new();
+    let mut opened = 0u64;
+    let mut draining = false;
+    let end = loop {
+        tokio::select! {
+            incoming = server.next_stream() => match incoming {
+                Some(Ok(incoming)) => {
+                    opened += 1;
+                    let (context, who) = (Arc::clone(&context), who.clone());
+                    streams.spawn(serve_stream(incoming, who, gate_ip, context));
+                }
+                Some(Err(err)) => break TunnelEnd::Failed(err),
+                None => break TunnelEnd::Closed,
+            },
+            () = context.draining.cancelled(), if !draining => {
+                draining = true;
+                server.graceful_shutdown();
+            }
+            () = revoked(&mut revocations, who.key_id()) => break TunnelEnd::Revoked,
+        }
+    };
+    // Dropping the connection fails the streams still open (they reset their upstreams).
+    drop(server);
+    streams.close();
+    streams.wait().await;
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let (peer, key_id) = (peer_text(&who), who.key_id());
+    match end {
+        TunnelEnd::Closed => tracing::info!(%service, %conn, %peer, %key_id, streams = opened,
+            duration_ms, "tunnel closed"),
+        TunnelEnd::Failed(err) => tracing::info!(%service, %conn, %peer, %key_id, streams = opened,
+            duration_ms, error = %err, "tunnel failed: its open streams were reset"),
+        TunnelEnd::Revoked => tracing::info!(%service, %conn, %peer, %key_id, streams = opened,
+            duration_ms, "tunnel closed: its key was revoked by a reload (--drop-revoked)"),
+    }
+}
+
+async fn revoked(revocations: &mut Option<broadcast::Receiver<Arc<Vec<KeyId>>>>, key_id: &KeyId) {
+    match revocations {
+        Some(revocations) => proxy::revoked(revocations, key_id).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One stream: its upstream connection, then forwarding, then its close line.
+async fn serve_stream(
+    incoming: IncomingStream,
+    who: Admission,
+    gate_ip: Option<std::net::SocketAddr>,
+    context: Arc<ServeContext>,
+) {
+    let stream_id = incoming.stream_id();
+    let started = Instant::now();
+    let Ok(_slot) = Arc::clone(&context.stream_slots).try_acquire_owned() else {
+        tracing::warn!(service = %context.service, conn = %who.connection_id(), stream = stream_id,
+            key_id = %who.key_id(), "at --max-connections streams: refusing the stream");
+        incoming.refuse();
+        return;
+    };
+    let upstream = match Box::pin(context.upstream.connect(context.connect_timeout)).await {
+        None => None,
+        Some(Ok(upstream)) => Some(upstream),
+        Some(Err(err)) => {
+            tracing::warn!(service = %context.service, conn = %who.connection_id(), stream = stream_id,
+                peer = %peer_text(&who), key_id = %who.key_id(), upstream = %context.upstream,
+                error = %err, "upstream unreachable: refusing the stream");
+            incoming.refuse();
+            if let Some(metrics) = &context.metrics {
+                metrics.upstream_failed();
+            }
+            return;
+        }
+    };
+    let header = match context.send_proxy {
+        Some((version, as_authority)) => {
+            match proxy::proxy_header(&who, gate_ip, version, as_authority) {
+                Ok(header) => Some(header),
+                Err(err) => {
+                    tracing::warn!(service = %context.service, conn = %who.connection_id(),
+                        stream = stream_id, error = %err, "no PROXY header: refusing the stream");
+                    incoming.refuse();
+                    return;
+                }
+            }
+        }
+        None => None,
+    };
+    let Ok(stream) = incoming.accept() else {
+        // The tunnel is gone; the upstream connection is dropped unused.
+        return;
+    };
+    if let Some(metrics) = &context.metrics {
+        metrics.connection_opened();
+    }
+    let mut guard = CloseOnDrop {
+        context: &context,
+        who: &who,
+        stream: Some(stream_id),
+        started,
+        armed: true,
+    };
+    let result = match upstream {
+        None => echo(stream).await,
+        Some(UpstreamStream::Tcp(server)) => to_upstream(&server, stream, header).await,
+        Some(UpstreamStream::Unix(server)) => to_upstream(&server, stream, header).await,
+    };
+    guard.armed = false;
+    proxy::log_close(
+        &context,
+        &who,
+        Some(stream_id),
+        started,
+        Ended::Done(result),
+    );
+}
+
+/// Forwards one stream to its upstream, the PROXY header first if asked; on any failure the
+/// upstream is reset as well as the stream.
+async fn to_upstream<U: Socket>(
+    server: &U,
+    stream: MuxStream,
+    header: Option<Vec<u8>>,
+) -> io::Result<Bytes> {
+    let result = async {
+        if let Some(header) = header {
+            write_all(server, &header).await?;
+        }
+        forward(server, stream).await
+    }
+    .await;
+    if result.is_err() {
+        server.set_reset_on_close();
+    }
+    result.map(|moved| Bytes {
+        inbound: moved.received,
+        outbound: moved.sent,
+    })
+}
+
+/// The built-in echo service for one stream.
+async fn echo(stream: MuxStream) -> io::Result<Bytes> {
+    let (mut read, mut write) = stream.into_split();
+    let mut echoed = 0u64;
+    let result = async {
+        while let Some(piece) = read.read_chunk().await? {
+            echoed += piece.len() as u64;
+            write.write_chunk(piece).await?;
+        }
+        write.finish()
+    }
+    .await;
+    if result.is_err() {
+        write.reset();
+    }
+    result.map(|()| Bytes {
+        inbound: echoed,
+        outbound: echoed,
+    })
+}
+
+/// What `connect --mux` needs for each local connection.
+pub(crate) struct MuxConnect {
+    pub(crate) pool: Pool,
+    /// How long a new connection waits for a tunnel to come up.
+    pub(crate) wait: Duration,
+}
+
+/// Carries one local connection as a stream of a pooled tunnel. If no tunnel is up in time, or
+/// the gate cannot reach its upstream, or the tunnel fails, the local connection is reset.
+pub(crate) async fn connect_one<L: Socket>(local: L, peer: String, mux: Arc<MuxConnect>) {
+    let stream = match mux.pool.open(mux.wait).await {
+        Ok(stream) => stream,
+        Err(err) => {
+            tracing::warn!(%peer, error = %err, "no stream to the gate: resetting the connection");
+            local.set_reset_on_close();
+            return;
+        }
+    };
+    let (conn, stream_id) = (stream.tunnel_id(), stream.stream_id());
+    tracing::debug!(%conn, stream = stream_id, %peer, "stream opened");
+    let started = Instant::now();
+    let result = forward(&local, stream).await;
+    let duration_ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(StreamTransfer { sent, received }) => tracing::info!(%conn, stream = stream_id, %peer,
+            bytes_in = sent, bytes_out = received, duration_ms, "closed"),
+        Err(err) => {
+            local.set_reset_on_close();
+            let reason = proxy::reason_of(&err);
+            tracing::info!(%conn, stream = stream_id, %peer, duration_ms, %reason, error = %err,
+                "closed after an error (reset)");
+        }
+    }
+}

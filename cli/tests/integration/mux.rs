@@ -1,0 +1,323 @@
+//! `connect --mux` → `serve` with the real binary: thousands of connections and large transfers
+//! through two tunnels, every byte checked; per-stream flow control, half-close and reset; a
+//! tunnel dropping under its streams; `--no-mux`; an unreachable upstream.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::process::{Linkgate, keygen, start_serve};
+use crate::support::{echo_upstream, payload, start_connect};
+
+/// A gate (with `serve_extra`) in front of `upstream`, and `connect --mux` in front of it.
+async fn mux_pair(
+    upstream: SocketAddr,
+    serve_extra: &[&str],
+) -> (tempfile::TempDir, Linkgate, Linkgate, SocketAddr) {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let key = keygen(&keys, "alice");
+    let (serve, gate) = start_serve(&keys, Some(upstream), serve_extra).await;
+    let (connect, local) = start_connect(gate, &key, &["--mux"]).await;
+    (dir, serve, connect, local)
+}
+
+/// Counts the serve log's admission lines: one per tunnel, however many connections.
+fn admissions(serve: &Linkgate) -> usize {
+    serve
+        .stderr()
+        .lines()
+        .filter(|line| line.contains(" admitted ") && line.contains("mode=sealed-fs+mux"))
+        .count()
+}
+
+async fn round_trip(local: SocketAddr, data: Vec<u8>) -> Vec<u8> {
+    let stream = TcpStream::connect(local).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let sending = async move {
+        write.write_all(&data).await.unwrap();
+        write.shutdown().await.unwrap();
+    };
+    let mut got = Vec::new();
+    let (_, read_result) = tokio::join!(sending, read.read_to_end(&mut got));
+    read_result.unwrap();
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_connections_ride_two_tunnels() {
+    let upstream = echo_upstream().await;
+    let (_dir, serve, connect, local) = mux_pair(upstream.addr, &[]).await;
+    connect.wait_for_log(&["tunnel up", "slot=1"]).await;
+    let total = 2_000u64;
+    for start in (0..total).step_by(100) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in start..start + 100 {
+            tasks.spawn(async move {
+                let data = payload(32 + (i % 500) as usize, i);
+                assert_eq!(
+                    round_trip(local, data.clone()).await,
+                    data,
+                    "connection {i}"
+                );
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+    }
+    // Every connection reached the upstream as its own connection, over just two admissions.
+    assert_eq!(
+        upstream.accepts.load(std::sync::atomic::Ordering::SeqCst),
+        total as usize
+    );
+    assert_eq!(admissions(&serve), 2, "{}", serve.stderr());
+    serve
+        .wait_for_log(&["closed", "stream=", "key_id=alice", "bytes_in="])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_transfers_at_once_are_checked_by_hash() {
+    let upstream = echo_upstream().await;
+    let (_dir, serve, _connect, local) = mux_pair(upstream.addr, &[]).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..3u64 {
+        tasks.spawn(async move {
+            let data = payload(64 << 20, 100 + i);
+            let want = Sha256::digest(&data);
+            let got = round_trip(local, data).await;
+            assert_eq!(got.len(), 64 << 20, "transfer {i} was cut short");
+            assert_eq!(Sha256::digest(&got), want, "transfer {i}");
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    assert_eq!(admissions(&serve), 2);
+}
+
+/// An upstream that answers each connection's 8-byte length with that many bytes of
+/// `payload(len, 9)`, then ends.
+async fn source_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut len = [0u8; 8];
+                if stream.read_exact(&mut len).await.is_ok() {
+                    let data = payload(u64::from_be_bytes(len) as usize, 9);
+                    if stream.write_all(&data).await.is_ok() {
+                        let _ = stream.shutdown().await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_does_not_stall_the_others() {
+    let (_dir, _serve, connect, local) = mux_pair(source_upstream().await, &[]).await;
+    connect.wait_for_log(&["tunnel up", "slot=1"]).await;
+    // Several clients ask for 16 MiB and read nothing (more than both tunnels' streams hold).
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let mut stream = TcpStream::connect(local).await.unwrap();
+        stream
+            .write_all(&(16u64 << 20).to_be_bytes())
+            .await
+            .unwrap();
+        stalled.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Meanwhile 32 MiB reaches a client that reads (bounded: a stall fails the test).
+    let fast = async {
+        let mut stream = TcpStream::connect(local).await.unwrap();
+        stream
+            .write_all(&(32u64 << 20).to_be_bytes())
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).await.unwrap();
+        got
+    };
+    let got = tokio::time::timeout(Duration::from_secs(60), fast)
+        .await
+        .expect("the reading client stalled behind the others");
+    assert_eq!(Sha256::digest(&got), Sha256::digest(payload(32 << 20, 9)));
+    // The stalled clients lose nothing once they read.
+    let want = Sha256::digest(payload(16 << 20, 9));
+    for mut stream in stalled {
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).await.unwrap();
+        assert_eq!(Sha256::digest(&got), want);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_and_reset_reach_the_upstream_per_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (_dir, _serve, _connect, local) = mux_pair(upstream, &[]).await;
+
+    // Half-close: the client ends its side; the upstream reads the end, then still answers.
+    let mut client = TcpStream::connect(local).await.unwrap();
+    let (mut server_side, _) = listener.accept().await.unwrap();
+    client.write_all(b"question").await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut asked = Vec::new();
+    server_side.read_to_end(&mut asked).await.unwrap();
+    assert_eq!(asked, b"question");
+    server_side
+        .write_all(b"answer after your end")
+        .await
+        .unwrap();
+    server_side.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).await.unwrap();
+    assert_eq!(answer, b"answer after your end");
+
+    // Reset by the client: the upstream sees a reset, not an end.
+    let client = TcpStream::connect(local).await.unwrap();
+    let (mut server_side, _) = listener.accept().await.unwrap();
+    client.set_zero_linger().unwrap();
+    drop(client);
+    let mut buf = [0u8; 16];
+    let err = server_side
+        .read(&mut buf)
+        .await
+        .expect_err("the upstream read a clean end for a reset");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+
+    // Reset by the upstream: the client sees a reset.
+    let mut client = TcpStream::connect(local).await.unwrap();
+    client.write_all(b"x").await.unwrap();
+    let (server_side, _) = listener.accept().await.unwrap();
+    server_side.set_zero_linger().unwrap();
+    drop(server_side);
+    let err = client
+        .read(&mut buf)
+        .await
+        .expect_err("the client read a clean end for a reset");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_tunnel_resets_its_connections_and_a_new_one_takes_over() {
+    let upstream = source_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let key = keygen(&keys, "alice");
+    let (serve, gate) = start_serve(&keys, Some(upstream), &[]).await;
+    let (connect, local) = start_connect(gate, &key, &["--mux", "--tunnels", "1"]).await;
+    connect.wait_for_log(&["tunnel up", "slot=0"]).await;
+    let mut client = TcpStream::connect(local).await.unwrap();
+    client
+        .write_all(&(256u64 << 20).to_be_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    client.read_exact(&mut buf).await.unwrap();
+    // The gate dies mid-transfer.
+    drop(serve);
+    let outcome = async {
+        loop {
+            match client.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(err) => return Err(err),
+            }
+        }
+    };
+    let err = outcome
+        .await
+        .expect_err("a dropped tunnel looked like a complete transfer");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    connect
+        .wait_for_log(&["tunnel closed: its open streams are reset"])
+        .await;
+    // A gate on the same address again: new connections get a new tunnel.
+    let gate_text = gate.to_string();
+    let serve = Linkgate::spawn(&[
+        "serve",
+        "--listen",
+        &gate_text,
+        "--keys",
+        keys.to_str().unwrap(),
+        "--upstream",
+        &upstream.to_string(),
+    ]);
+    serve.wait_for_log(&["listening"]).await;
+    connect
+        .wait_for_log(&["tunnel up", "slot=0", "00000001"])
+        .await;
+    let mut client = TcpStream::connect(local).await.unwrap();
+    client.write_all(&1000u64.to_be_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, payload(1000, 9));
+}
+
+#[tokio::test]
+async fn a_gate_with_no_mux_refuses_the_mode() {
+    let upstream = echo_upstream().await;
+    let (_dir, serve, connect, local) = mux_pair(upstream.addr, &["--no-mux"]).await;
+    // The gate's reason, and the client side's.
+    serve
+        .wait_for_log(&["connection rejected", "multiplexed tunnels are not allowed"])
+        .await;
+    connect
+        .wait_for_log(&[
+            "tunnel could not be established",
+            "the gate refused mode sealed-fs+mux: it does not allow multiplexed tunnels",
+        ])
+        .await;
+    // A local connection is reset, not answered.
+    let mut client = TcpStream::connect(local).await.unwrap();
+    let mut buf = [0u8; 1];
+    let result = client.read(&mut buf).await;
+    assert!(
+        matches!(&result, Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset),
+        "{result:?}"
+    );
+    assert_eq!(
+        upstream.accepts.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_upstream_refuses_that_connection_alone() {
+    let unused = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nowhere = unused.local_addr().unwrap();
+    drop(unused);
+    let (_dir, serve, connect, local) = mux_pair(nowhere, &[]).await;
+    connect.wait_for_log(&["tunnel up", "slot=1"]).await;
+    for _ in 0..4 {
+        let mut client = TcpStream::connect(local).await.unwrap();
+        client.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 8];
+        let result = client.read(&mut buf).await;
+        assert!(
+            matches!(&result, Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset),
+            "{result:?}"
+        );
+    }
+    serve
+        .wait_for_log(&["upstream unreachable: refusing the stream", "stream="])
+        .await;
+    connect
+        .wait_for_log(&["closed after an error", "refused the stream"])
+        .await;
+    // The tunnels stayed up: still the first two admissions.
+    assert_eq!(admissions(&serve), 2);
+    assert!(!connect.stderr().contains("tunnel closed"));
+}
