@@ -337,19 +337,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Admitted<IO> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         match &mut this.sealed {
-            Some(sealed) => {
-                let first = bufs
-                    .iter()
-                    .find(|b| !b.is_empty())
-                    .map_or(&[][..], |b| &**b);
-                sealed.poll_write(&mut this.io, cx, first)
-            }
+            Some(sealed) => sealed.poll_write_vectored(&mut this.io, cx, bufs),
             None => Pin::new(&mut this.io).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.sealed.is_none() && self.io.is_write_vectored()
+        // Sealed: the slices are gathered into records, so writers that frame their data
+        // (HTTP/2) get one record per frame instead of one per slice.
+        self.sealed.is_some() || self.io.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

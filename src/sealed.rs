@@ -250,6 +250,33 @@ impl SealedState {
         Poll::Ready(Ok(take))
     }
 
+    /// As [`SealedState::poll_write`], gathering the slices (up to one write's worth) into the
+    /// same records: a frame header and its payload, written as two slices, become one record
+    /// and one system call instead of two.
+    pub(crate) fn poll_write_vectored<IO: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut IO,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut pieces = bufs.iter().filter(|b| !b.is_empty());
+        let Some(first) = pieces.next() else {
+            return self.poll_write(io, cx, &[]);
+        };
+        if first.len() >= WRITE_CHUNK || bufs.iter().filter(|b| !b.is_empty()).count() == 1 {
+            return self.poll_write(io, cx, first);
+        }
+        let mut gathered = Vec::with_capacity(WRITE_CHUNK);
+        for piece in bufs {
+            let room = WRITE_CHUNK - gathered.len();
+            gathered.extend_from_slice(&piece[..piece.len().min(room)]);
+            if gathered.len() == WRITE_CHUNK {
+                break;
+            }
+        }
+        self.poll_write(io, cx, &gathered)
+    }
+
     pub(crate) fn poll_flush<IO: AsyncWrite + Unpin>(
         &mut self,
         io: &mut IO,

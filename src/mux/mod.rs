@@ -53,9 +53,11 @@ const AUTHORITY: &str = "upstream.linkgate.invalid:0";
 
 /// Bounds and windows of a multiplexed tunnel; the same on both sides.
 ///
-/// The tunnel-wide window is always `max_streams × stream_window`: HTTP/2 frees tunnel window
-/// only as a stream's data is read, so anything smaller would let enough stalled readers stop
-/// every stream (seen in the trial that chose h2). That product is the most a tunnel buffers.
+/// The tunnel-wide window is `max_streams × stream_window`, capped at HTTP/2's 2 GiB: HTTP/2
+/// frees tunnel window only as a stream's data is read, so a smaller one would let a few stalled
+/// readers stop every stream (seen in the trial that chose h2). With the defaults (2 MiB, 8,192
+/// streams) it takes 1,024 readers that have all stopped reading to slow the others; that is
+/// also the most a tunnel buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MuxConfig {
@@ -66,8 +68,9 @@ pub struct MuxConfig {
 impl Default for MuxConfig {
     fn default() -> Self {
         Self {
-            stream_window: 256 * 1024,
-            // With 256 KiB windows, the most whose product fits HTTP/2's 2 GiB tunnel window.
+            // Measured on loopback: 256 KiB gave one stream about half the speed of a tunnel-less
+            // sealed connection, 2 MiB about 0.7 of it (BENCHMARKS.md).
+            stream_window: 2 * 1024 * 1024,
             max_streams: 8192,
         }
     }
@@ -76,10 +79,14 @@ impl Default for MuxConfig {
 /// HTTP/2's largest window.
 const MAX_WINDOW: u32 = (1 << 31) - 1;
 
+/// The largest DATA frame either side accepts: with its 9-byte header, exactly four full
+/// records, so a frame is sealed without a short record for its header or its tail.
+const MAX_FRAME: u32 = 4 * crate::record::MAX_DATA_LEN as u32 - 9;
+
 impl MuxConfig {
     /// Bytes a stream may have in flight toward a reader that has not read them (default
-    /// 256 KiB, at least 64 KiB): the most a stalled reader holds, and one stream's speed limit
-    /// at a given round-trip time (6 MiB/s at 40 ms).
+    /// 2 MiB, at least 64 KiB): the most a stalled reader holds, and one stream's speed limit
+    /// at a given round-trip time (50 MiB/s at 40 ms).
     pub fn with_stream_window(mut self, bytes: u32) -> Self {
         self.stream_window = bytes.clamp(65_535, MAX_WINDOW);
         self
@@ -91,8 +98,7 @@ impl MuxConfig {
     }
 
     /// Streams open at once in one tunnel (default 8,192; announced by the server, and a client
-    /// waits for a free one). Past 8,192 at the default window, the tunnel window stops at
-    /// HTTP/2's 2 GiB limit, and that many stalled readers can slow the others.
+    /// waits for a free one).
     pub fn with_max_streams(mut self, streams: u32) -> Self {
         self.max_streams = streams.max(1);
         self
@@ -149,6 +155,7 @@ impl Tunnel {
         let admission = Arc::new(admitted.admission().clone());
         let (sender, connection) = h2::client::Builder::new()
             .enable_push(false)
+            .max_frame_size(MAX_FRAME)
             .initial_window_size(config.stream_window)
             .initial_connection_window_size(config.connection_window())
             .handshake(admitted)
@@ -239,6 +246,7 @@ where
         }
         let admission = admitted.admission().clone();
         let connection = h2::server::Builder::new()
+            .max_frame_size(MAX_FRAME)
             .initial_window_size(config.stream_window)
             .initial_connection_window_size(config.connection_window())
             .max_concurrent_streams(config.max_streams)
