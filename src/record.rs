@@ -305,6 +305,46 @@ impl Sealer {
         Ok(())
     }
 
+    /// As [`Sealer::seal`] for the bytes of `pieces` in order, up to `limit` of them: records
+    /// are filled across the pieces' boundaries and each byte is copied once, straight into its
+    /// record. Returns how many bytes were sealed.
+    pub fn seal_gathered(
+        &mut self,
+        pieces: &[&[u8]],
+        limit: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, RecordError> {
+        let total = pieces.iter().map(|p| p.len()).sum::<usize>().min(limit);
+        let (mut piece, mut offset, mut taken) = (0, 0, 0);
+        while taken < total {
+            if self.needs_key_update() {
+                self.seal_key_update(out)?;
+            }
+            let len = (total - taken).min(MAX_DATA_LEN);
+            let start = out.len();
+            out.resize(start + len + OVERHEAD, 0);
+            let body = &mut out[start + HEADER_LEN..start + HEADER_LEN + len];
+            let mut filled = 0;
+            while filled < len {
+                let Some(source) = pieces.get(piece) else {
+                    break;
+                };
+                let rest = source.get(offset..).unwrap_or_default();
+                let n = rest.len().min(len - filled);
+                body[filled..filled + n].copy_from_slice(&rest[..n]);
+                filled += n;
+                offset += n;
+                if offset >= source.len() {
+                    (piece, offset) = (piece + 1, 0);
+                }
+            }
+            self.seal_record(&mut out[start..], len, TYPE_APPLICATION_DATA)
+                .inspect_err(|_| out.truncate(start))?;
+            taken += len;
+        }
+        Ok(taken)
+    }
+
     fn append(
         &mut self,
         data: &[u8],

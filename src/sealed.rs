@@ -250,7 +250,7 @@ impl SealedState {
         Poll::Ready(Ok(take))
     }
 
-    /// As [`SealedState::poll_write`], gathering the slices (up to one write's worth) into the
+    /// As [`SealedState::poll_write`], sealing the slices (up to one write's worth) into the
     /// same records: a frame header and its payload, written as two slices, become one record
     /// and one system call instead of two.
     pub(crate) fn poll_write_vectored<IO: AsyncWrite + Unpin>(
@@ -259,22 +259,26 @@ impl SealedState {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let mut pieces = bufs.iter().filter(|b| !b.is_empty());
-        let Some(first) = pieces.next() else {
-            return self.poll_write(io, cx, &[]);
+        self.check_writable()?;
+        ready!(self.poll_drain(io, cx))?;
+        let pieces: Vec<&[u8]> = bufs.iter().map(|buf| &**buf).collect();
+        let taken = match self
+            .sealer
+            .seal_gathered(&pieces, WRITE_CHUNK, &mut self.wbuf)
+        {
+            Ok(taken) => taken,
+            Err(err) => {
+                self.write = WriteState::Failed(err);
+                return Poll::Ready(Err(crate::Error::from(err).into()));
+            }
         };
-        if first.len() >= WRITE_CHUNK || bufs.iter().filter(|b| !b.is_empty()).count() == 1 {
-            return self.poll_write(io, cx, first);
-        }
-        let mut gathered = Vec::with_capacity(WRITE_CHUNK);
-        for piece in bufs {
-            let room = WRITE_CHUNK - gathered.len();
-            gathered.extend_from_slice(&piece[..piece.len().min(room)]);
-            if gathered.len() == WRITE_CHUNK {
-                break;
+        if taken > 0 {
+            // Start writing now, as poll_write does.
+            if let Poll::Ready(Err(err)) = self.poll_drain(io, cx) {
+                return Poll::Ready(Err(err));
             }
         }
-        self.poll_write(io, cx, &gathered)
+        Poll::Ready(Ok(taken))
     }
 
     pub(crate) fn poll_flush<IO: AsyncWrite + Unpin>(

@@ -14,6 +14,8 @@ pub(crate) trait Socket: AsFd + Send + Sync + Unpin + 'static {
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
     fn writable(&self) -> impl Future<Output = io::Result<()>> + Send;
     fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Reads into the spare capacity of `buf` (no zeroing first).
+    fn try_read_buf(&self, buf: &mut bytes::BytesMut) -> io::Result<usize>;
     fn try_read_vectored(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize>;
     fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
@@ -35,6 +37,9 @@ macro_rules! socket {
             }
             fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
                 <$type>::try_read(self, buf)
+            }
+            fn try_read_buf(&self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+                <$type>::try_read_buf(self, buf)
             }
             fn try_read_vectored(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
                 <$type>::try_read_vectored(self, bufs)

@@ -79,9 +79,11 @@ impl Default for MuxConfig {
 /// HTTP/2's largest window.
 const MAX_WINDOW: u32 = (1 << 31) - 1;
 
-/// The largest DATA frame either side accepts: with its 9-byte header, exactly four full
-/// records, so a frame is sealed without a short record for its header or its tail.
-const MAX_FRAME: u32 = 4 * crate::record::MAX_DATA_LEN as u32 - 9;
+/// The largest DATA frame payload either side accepts: with its 9-byte header, exactly four
+/// full records, so a frame is sealed without a short record for its header or its tail.
+/// Writers that hand a stream pieces of this size (or multiples) get whole frames.
+pub const MAX_FRAME_DATA: usize = 4 * crate::record::MAX_DATA_LEN - 9;
+const MAX_FRAME: u32 = MAX_FRAME_DATA as u32;
 
 impl MuxConfig {
     /// Bytes a stream may have in flight toward a reader that has not read them (default

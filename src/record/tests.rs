@@ -261,3 +261,32 @@ proptest::proptest! {
         proptest::prop_assert!(opener.open_in_place(&mut bytes).is_err());
     }
 }
+
+proptest::proptest! {
+    /// Gathering pieces seals exactly what sealing their concatenation does (same records, same
+    /// key updates), up to the limit, whatever the split.
+    #[test]
+    fn seal_gathered_matches_seal_of_the_joined_bytes(
+        sizes in proptest::collection::vec(0usize..40_000, 0..6),
+        limit in 0usize..120_000,
+    ) {
+        let data: Vec<u8> = (0..sizes.iter().sum::<usize>()).map(|i| i as u8).collect();
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        for size in &sizes {
+            pieces.push(&data[at..at + size]);
+            at += size;
+        }
+        let limits = RecordLimits::new().with_key_update_interval(3);
+        let (mut gathered_sealer, mut opener) = pair(limits);
+        let (mut joined_sealer, _) = pair(limits);
+        let mut gathered = Vec::new();
+        let taken = gathered_sealer.seal_gathered(&pieces, limit, &mut gathered).unwrap();
+        proptest::prop_assert_eq!(taken, data.len().min(limit));
+        let mut joined = Vec::new();
+        joined_sealer.seal(&data[..taken], &mut joined).unwrap();
+        proptest::prop_assert_eq!(&gathered, &joined);
+        let (opened, _) = open_all(&mut opener, &mut records(&gathered)).unwrap();
+        proptest::prop_assert_eq!(&opened[..], &data[..taken]);
+    }
+}

@@ -6,15 +6,16 @@
 
 use std::io;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use linkgate::mux::{MuxReadHalf, MuxStream, MuxWriteHalf};
 
 use crate::socket::{Socket, shutdown_write, write_all};
 
-use super::pool::Burst;
-
-/// Largest read from the socket per piece.
-const CHUNK: usize = 64 * 1024;
+/// Largest read from the socket per piece: one whole HTTP/2 frame (four whole records), so a
+/// 64 KiB read does not leave a 9-byte frame (and record, and system call) behind it.
+const CHUNK: usize = linkgate::mux::MAX_FRAME_DATA;
+/// Pieces smaller than this are copied out of their chunk.
+const SMALL: usize = 4 * 1024;
 
 /// Bytes moved each way by [`forward`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -50,13 +51,17 @@ async fn socket_to_stream<S: Socket>(from: &S, to: &mut MuxWriteHalf) -> io::Res
     let mut total = 0u64;
     loop {
         from.readable().await?;
-        // Read into the thread's burst buffer, then copy out only what came: zeroing a fresh
-        // 64 KiB for every 16-byte request cost more than the rest of the read.
-        let read = {
-            let mut buf = Burst::take();
-            from.try_read(&mut buf[..CHUNK])
-                .map(|n| Bytes::copy_from_slice(&buf[..n]))
-        };
+        // Read into fresh, unzeroed capacity that is handed to HTTP/2 as it is (zeroing 64 KiB
+        // for every 16-byte request cost more than the rest of the read); a small piece is
+        // copied out so it does not hold the whole chunk while it waits to be sent.
+        let mut buf = BytesMut::with_capacity(CHUNK);
+        let read = from.try_read_buf(&mut buf).map(|n| {
+            if n < SMALL {
+                Bytes::copy_from_slice(&buf[..n])
+            } else {
+                buf.freeze()
+            }
+        });
         match read {
             Ok(piece) if piece.is_empty() => {
                 to.finish()?;
