@@ -269,24 +269,33 @@ pub(crate) async fn check(args: CheckArgs, format: LogFormat) -> Result<()> {
     // Admitted. End our side: a gate whose upstream answers passes the end on and closes
     // cleanly; one that cannot reach its upstream resets the connection.
     let mode = stream.mode();
-    let _ = stream.shutdown().await;
-    let mut sink = Vec::new();
-    let upstream = match tokio::time::timeout(UPSTREAM_VERDICT_WAIT, stream.read_to_end(&mut sink))
-        .await
-    {
-        Ok(Ok(_)) => "reachable",
-        Ok(Err(err)) if err.kind() == io::ErrorKind::ConnectionReset => {
-            return Err(anyhow!(
-                "admitted as {id} by {server}, but the gate reset the connection: it could not reach its upstream server"
-            ));
-        }
-        Ok(Err(err)) => {
-            return Err(anyhow!(
-                "admitted as {id} by {server}, but the connection then failed: {err}"
-            ));
-        }
-        Err(_) => "connected (still open after 2s)",
+    let reset = || {
+        anyhow!(
+            "admitted as {id} by {server}, but the gate reset the connection: it could not reach its upstream server"
+        )
     };
+    // The gate's reset can arrive before our end is written: the failed write then consumes
+    // it, and a read would only see the connection end.
+    if let Err(err) = stream.shutdown().await {
+        if matches!(
+            err.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+        ) {
+            return Err(reset());
+        }
+    }
+    let mut sink = Vec::new();
+    let upstream =
+        match tokio::time::timeout(UPSTREAM_VERDICT_WAIT, stream.read_to_end(&mut sink)).await {
+            Ok(Ok(_)) => "reachable",
+            Ok(Err(err)) if err.kind() == io::ErrorKind::ConnectionReset => return Err(reset()),
+            Ok(Err(err)) => {
+                return Err(anyhow!(
+                    "admitted as {id} by {server}, but the connection then failed: {err}"
+                ));
+            }
+            Err(_) => "connected (still open after 2s)",
+        };
     report(format, id.as_str(), mode.as_str(), upstream);
     Ok(())
 }

@@ -298,7 +298,7 @@ server {{ listen 127.0.0.1:{port}; proxy_pass gates; proxy_protocol on; proxy_ha
 }
 
 /// Reads a v2 PROXY header from `stream` and returns its bytes.
-async fn read_v2_header(stream: &mut TcpStream) -> Vec<u8> {
+pub(crate) async fn read_v2_header(stream: &mut TcpStream) -> Vec<u8> {
     let mut head = vec![0u8; 16];
     stream.read_exact(&mut head).await.unwrap();
     let len = usize::from(u16::from_be_bytes([head[14], head[15]]));
