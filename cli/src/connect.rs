@@ -61,23 +61,22 @@ pub(crate) async fn run(args: ConnectArgs, systemd_sockets: SystemdSockets) -> R
         signals.reloads(),
     ));
     crate::systemd::ready("forwarding");
-    if let Some(mux) = mux {
-        return forward_over_tunnels(bound, mux, options, &signals).await;
-    }
+    let carrier = Arc::new(match mux {
+        Some(mux) => Carrier::Tunnels(mux),
+        None => Carrier::Connections(context),
+    });
     let drained = match bound {
         Bound::Tcp(listener) => {
             let accepted = Accepted(TcpListenerStream::new(listener));
-            let context = Arc::clone(&context);
             serve(accepted, options, &signals, move |(stream, peer)| {
-                proxy::connect_one(stream, peer, Arc::clone(&context))
+                Arc::clone(&carrier).carry(stream, peer)
             })
             .await
         }
         Bound::Unix(listener, socket_file) => {
             let accepted = AcceptedUnix(UnixListenerStream::new(listener));
-            let context = Arc::clone(&context);
             let drained = serve(accepted, options, &signals, move |stream| {
-                proxy::connect_one(stream, "unix".to_owned(), Arc::clone(&context))
+                Arc::clone(&carrier).carry(stream, "unix".to_owned())
             })
             .await;
             drop(socket_file);
@@ -91,36 +90,23 @@ pub(crate) async fn run(args: ConnectArgs, systemd_sockets: SystemdSockets) -> R
     Ok(())
 }
 
-/// `connect --mux`: every local connection becomes a stream of a pooled tunnel.
-async fn forward_over_tunnels(
-    bound: Bound,
-    mux: Arc<MuxConnect>,
-    options: ServeOptions,
-    signals: &Signals,
-) -> Result<()> {
-    let drained = match bound {
-        Bound::Tcp(listener) => {
-            let accepted = Accepted(TcpListenerStream::new(listener));
-            serve(accepted, options, signals, move |(stream, peer)| {
-                tunnel::connect_one(stream, peer, Arc::clone(&mux))
-            })
-            .await
+/// How `connect` takes each local connection to the gate.
+enum Carrier {
+    /// A gate connection and handshake of its own.
+    Connections(Arc<ConnectContext>),
+    /// A stream of a pooled tunnel (`--mux`).
+    Tunnels(Arc<MuxConnect>),
+}
+
+impl Carrier {
+    async fn carry<L: crate::socket::Socket>(self: Arc<Self>, local: L, peer: String) {
+        match &*self {
+            Self::Connections(context) => {
+                proxy::connect_one(local, peer, Arc::clone(context)).await;
+            }
+            Self::Tunnels(mux) => tunnel::connect_one(local, peer, Arc::clone(mux)).await,
         }
-        Bound::Unix(listener, socket_file) => {
-            let accepted = AcceptedUnix(UnixListenerStream::new(listener));
-            let drained = serve(accepted, options, signals, move |stream| {
-                tunnel::connect_one(stream, "unix".to_owned(), Arc::clone(&mux))
-            })
-            .await;
-            drop(socket_file);
-            drained
-        }
-    };
-    tracing::info!(
-        closed_at_drain = drained.aborted,
-        "linkgate connect: stopped"
-    );
-    Ok(())
+    }
 }
 
 async fn serve<S, H, Fut>(
@@ -276,13 +262,13 @@ pub(crate) async fn check(args: CheckArgs, format: LogFormat) -> Result<()> {
     };
     // The gate's reset can arrive before our end is written: the failed write then consumes
     // it, and a read would only see the connection end.
-    if let Err(err) = stream.shutdown().await {
-        if matches!(
+    if let Err(err) = stream.shutdown().await
+        && matches!(
             err.kind(),
             io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
-        ) {
-            return Err(reset());
-        }
+        )
+    {
+        return Err(reset());
     }
     let mut sink = Vec::new();
     let upstream =

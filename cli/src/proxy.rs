@@ -55,11 +55,32 @@ pub(crate) enum Ended {
 /// Logs the close of a connection whose task is dropped before it ends (the drain deadline),
 /// so every admitted connection gets its close line.
 pub(crate) struct CloseOnDrop<'a> {
-    pub(crate) context: &'a ServeContext,
-    pub(crate) who: &'a Admission,
-    pub(crate) stream: Option<u32>,
-    pub(crate) started: Instant,
+    context: &'a ServeContext,
+    who: &'a Admission,
+    stream: Option<u32>,
+    started: Instant,
     pub(crate) armed: bool,
+}
+
+impl<'a> CloseOnDrop<'a> {
+    /// Counts a connection (or a tunnel's stream) as opened, and arms its close line.
+    pub(crate) fn opened(
+        context: &'a ServeContext,
+        who: &'a Admission,
+        stream: Option<u32>,
+        started: Instant,
+    ) -> Self {
+        if let Some(metrics) = &context.metrics {
+            metrics.connection_opened();
+        }
+        Self {
+            context,
+            who,
+            stream,
+            started,
+            armed: true,
+        }
+    }
 }
 
 impl Drop for CloseOnDrop<'_> {
@@ -120,16 +141,7 @@ where
                 return;
             }
         };
-        if let Some(metrics) = &context.metrics {
-            metrics.connection_opened();
-        }
-        let mut guard = CloseOnDrop {
-            context: &context,
-            who: &who,
-            stream: None,
-            started,
-            armed: true,
-        };
+        let mut guard = CloseOnDrop::opened(&context, &who, None, started);
         let forwarding = forwarding(admitted, upstream, &context);
         let ended = match &mut revocations {
             None => Ended::Done(forwarding.await),

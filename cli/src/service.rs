@@ -466,7 +466,12 @@ impl Service {
             revoked: keys.revoked.clone(),
             metrics: keys.metrics.clone(),
             draining,
-            stream_slots: Arc::new(tokio::sync::Semaphore::new(options.max_connections)),
+            // Clamped: a semaphore refuses (panics at) more permits than it can count.
+            stream_slots: Arc::new(tokio::sync::Semaphore::new(
+                options
+                    .max_connections
+                    .min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
         });
         let serve_options = ServeOptions::new()
             .with_max_connections(options.max_connections)

@@ -139,16 +139,7 @@ async fn serve_stream(
         // The tunnel is gone; the upstream connection is dropped unused.
         return;
     };
-    if let Some(metrics) = &context.metrics {
-        metrics.connection_opened();
-    }
-    let mut guard = CloseOnDrop {
-        context: &context,
-        who: &who,
-        stream: Some(stream_id),
-        started,
-        armed: true,
-    };
+    let mut guard = CloseOnDrop::opened(&context, &who, Some(stream_id), started);
     let result = match upstream {
         None => echo(stream).await,
         Some(UpstreamStream::Tcp(server)) => to_upstream(&server, stream, header).await,
