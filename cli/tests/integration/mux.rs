@@ -392,3 +392,37 @@ async fn a_draining_gate_lets_open_streams_finish_and_takes_no_new_ones() {
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
     serve.wait_for_log(&["tunnel closed", "streams="]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_key_closes_the_tunnel_and_resets_its_connections() {
+    let upstream = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let key = keygen(&keys, "alice");
+    keygen(&keys, "bob");
+    let client_key = dir.path().join("alice.key");
+    std::fs::copy(&key, &client_key).unwrap();
+    let (serve, gate) = start_serve(&keys, Some(upstream.addr), &["--drop-revoked"]).await;
+    let (connect, local) = start_connect(gate, &client_key, &["--mux", "--tunnels", "1"]).await;
+    connect.wait_for_log(&["tunnel up", "slot=0"]).await;
+    let mut client = TcpStream::connect(local).await.unwrap();
+    client.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    client.read_exact(&mut echoed).await.unwrap();
+    std::fs::remove_file(&key).unwrap();
+    serve.signal("HUP");
+    serve
+        .wait_for_log(&["tunnel closed: its key was revoked", "key_id=alice"])
+        .await;
+    let mut rest = Vec::new();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest))
+        .await
+        .expect("the connection stayed open after its key was revoked");
+    let err = outcome.expect_err("a revoked tunnel's connection ended cleanly");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    // The pool cannot get a new tunnel with the revoked key: it says so.
+    connect
+        .wait_for_log(&["tunnel could not be established", "denied"])
+        .await;
+}
