@@ -23,6 +23,12 @@ use crate::tunnel::{self, MuxConnect};
 pub(crate) async fn run(args: ConnectArgs, systemd_sockets: SystemdSockets) -> Result<()> {
     let signals = Signals::install()?;
     let credentials = client_credentials(&args)?;
+    if args.mux && credentials.mode().multiplexed().is_none() {
+        bail!(
+            "--mux carries connections in a sealed tunnel: mode {} cannot be multiplexed (use --mode sealed-fs or sealed)",
+            credentials.mode()
+        );
+    }
     keys::warn_if_seed(args.client.protocol);
     crate::systemd::raise_open_files_limit(2 * args.service.max_connections as u64 + 64);
     let bound = listen::bind(&args.listen, args.socket_mode, &systemd_sockets).await?;
@@ -41,7 +47,7 @@ pub(crate) async fn run(args: ConnectArgs, systemd_sockets: SystemdSockets) -> R
     let mux = if args.mux {
         let config = PoolConfig::default().with_tunnels(args.tunnels);
         let pool = Pool::new(args.client.server.clone(), credentials.clone(), config)
-            .map_err(|err| anyhow!("--mux: {err} (use --mode sealed-fs or sealed)"))?;
+            .map_err(|err| anyhow!("--mux: {err}"))?;
         Some(Arc::new(MuxConnect {
             pool,
             wait: args.client.timeout,

@@ -28,8 +28,19 @@ pub(crate) fn report(err: &clap::Error) -> ExitCode {
 /// The one line for `err`, given the command line it came from.
 pub(crate) fn one_line(err: &clap::Error, argv: &[String]) -> String {
     let rendered = err.render().to_string();
-    let first = rendered.lines().next().unwrap_or("invalid arguments");
+    let mut lines = rendered.lines();
+    let first = lines.next().unwrap_or("invalid arguments");
     let mut line = first.strip_prefix("error: ").unwrap_or(first).to_owned();
+    if line.ends_with(':') {
+        // "the following required arguments were not provided:" lists them on the next,
+        // indented lines; without them the line says nothing.
+        let listed: Vec<&str> = lines
+            .take_while(|next| next.starts_with(' '))
+            .map(str::trim)
+            .collect();
+        line.push(' ');
+        line.push_str(&listed.join(", "));
+    }
     let suggestion = [
         ContextKind::SuggestedSubcommand,
         ContextKind::SuggestedArg,
@@ -50,13 +61,14 @@ pub(crate) fn one_line(err: &clap::Error, argv: &[String]) -> String {
 
 /// `linkgate SUBCOMMAND` when the command line names a subcommand, else `linkgate`.
 fn help_command(argv: &[String]) -> String {
-    const SUBCOMMANDS: [&str; 6] = [
+    const SUBCOMMANDS: [&str; 7] = [
         "serve",
         "connect",
         "check",
         "keygen",
         "demo",
         "check-config",
+        "probe",
     ];
     argv.iter()
         .skip(1)
@@ -88,5 +100,15 @@ mod tests {
         let line = error_for(&["linkgate", "serve", "--upstrem", "127.0.0.1:1"]);
         assert!(line.contains("did you mean '--upstream'?"), "{line}");
         assert!(line.ends_with("see 'linkgate serve --help'"), "{line}");
+    }
+
+    #[test]
+    fn a_missing_argument_is_named() {
+        let line = error_for(&["linkgate", "connect", "--tunnels", "3"]);
+        assert!(line.contains("were not provided: --mux"), "{line}");
+        assert!(line.ends_with("see 'linkgate connect --help'"), "{line}");
+        let line = error_for(&["linkgate", "probe"]);
+        assert!(line.contains("not provided: <ADDR>"), "{line}");
+        assert!(line.ends_with("see 'linkgate probe --help'"), "{line}");
     }
 }

@@ -426,3 +426,27 @@ async fn revoking_the_key_closes_the_tunnel_and_resets_its_connections() {
         .wait_for_log(&["tunnel could not be established", "denied"])
         .await;
 }
+
+#[test]
+fn mux_over_plain_is_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "alice");
+    let out = crate::support::process::run(&[
+        "connect",
+        "--mux",
+        "--mode",
+        "plain",
+        "--listen",
+        "127.0.0.1:0",
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("mode plain cannot be multiplexed (use --mode sealed-fs or sealed)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("listening"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
