@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&selector, verdict)) = data.split_first() else {
         return;
     };
-    let mode = Mode::ALL[usize::from(selector % 3)];
+    let mode = Mode::ALL[usize::from(selector) % Mode::ALL.len()];
     let key = key();
     let ephemeral = mode.has_forward_secrecy().then(|| {
         EphemeralSecret::from_bytes(&CLIENT_EPHEMERAL).expect("an X25519 secret from 32 bytes")

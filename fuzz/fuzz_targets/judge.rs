@@ -3,7 +3,7 @@
 //! - `protocol::response_remaining_len` on the first two bytes and `protocol::Response::decode`
 //!   on the whole input never panic; a RESPONSE that decodes re-encodes to exactly the input, and
 //!   its length agrees with `response_remaining_len`.
-//! - `protocol::judge` against a fixed keyring (with plain mode allowed) never panics, never
+//! - `protocol::judge` against a fixed keyring (with every mode allowed) never panics, never
 //!   fails (it may only fail when the system's randomness does), and never admits: the keys are
 //!   not in the input, so no proof can verify. Each refusal is the one the decoded RESPONSE
 //!   calls for, with the matching VERDICT byte, and a stricter policy refuses exactly the modes
@@ -53,9 +53,10 @@ fn fixture() -> &'static Fixture {
         Fixture {
             keyring,
             dummy: Key::new(KeyId::new("dummy").expect("valid id"), &[0xdd; 32]).expect("key"),
-            // Plain allowed: every mode reaches the proof check.
-            lenient: ModePolicy::new(true, false),
-            // Plain refused and forward secrecy required: only mode 0x02 gets past the policy.
+            // Plain and tunnels allowed: every mode reaches the proof check.
+            lenient: ModePolicy::new(true, false).with_multiplexing_allowed(true),
+            // Plain and tunnels refused, forward secrecy required: only mode 0x02 gets past
+            // the policy.
             strict: ModePolicy::new(false, true),
         }
     })
@@ -184,7 +185,7 @@ fn honest_client_is_admitted(response: &Response) {
     .expect("ClientHello::new with a given ephemeral secret");
     let wire = hello.response().encode();
     assert_eq!(Response::decode(&wire).as_ref(), Ok(hello.response()));
-    let policy = ModePolicy::new(true, false);
+    let policy = ModePolicy::new(true, false).with_multiplexing_allowed(true);
     let judged = protocol::judge(
         &wire,
         &SERVER_NONCE,

@@ -12,17 +12,28 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::support::process::{Linkgate, keygen, start_serve};
 use crate::support::{echo_upstream, payload, start_connect};
 
-/// A gate (with `serve_extra`) in front of `upstream`, and `connect --mux` in front of it.
+/// A gate (with `serve_extra`) in front of `upstream`, and `connect --mux` (two tunnels) in
+/// front of it.
 async fn mux_pair(
     upstream: SocketAddr,
     serve_extra: &[&str],
+) -> (tempfile::TempDir, Linkgate, Linkgate, SocketAddr) {
+    mux_pair_with(upstream, serve_extra, &[]).await
+}
+
+async fn mux_pair_with(
+    upstream: SocketAddr,
+    serve_extra: &[&str],
+    connect_extra: &[&str],
 ) -> (tempfile::TempDir, Linkgate, Linkgate, SocketAddr) {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
     std::fs::create_dir(&keys).unwrap();
     let key = keygen(&keys, "alice");
     let (serve, gate) = start_serve(&keys, Some(upstream), serve_extra).await;
-    let (connect, local) = start_connect(gate, &key, &["--mux"]).await;
+    let mut args = vec!["--mux"];
+    args.extend(connect_extra);
+    let (connect, local) = start_connect(gate, &key, &args).await;
     (dir, serve, connect, local)
 }
 
@@ -49,10 +60,11 @@ async fn round_trip(local: SocketAddr, data: Vec<u8>) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thousands_of_connections_ride_two_tunnels() {
+async fn thousands_of_connections_ride_one_tunnel() {
     let upstream = echo_upstream().await;
-    let (_dir, serve, connect, local) = mux_pair(upstream.addr, &[]).await;
-    connect.wait_for_log(&["tunnel up", "slot=1"]).await;
+    let (_dir, serve, connect, local) =
+        mux_pair_with(upstream.addr, &[], &["--tunnels", "1"]).await;
+    connect.wait_for_log(&["tunnel up", "slot=0"]).await;
     let total = 2_000u64;
     for start in (0..total).step_by(100) {
         let mut tasks = tokio::task::JoinSet::new();
@@ -70,21 +82,23 @@ async fn thousands_of_connections_ride_two_tunnels() {
             done.unwrap();
         }
     }
-    // Every connection reached the upstream as its own connection, over just two admissions.
+    // Every connection reached the upstream as its own connection, over one admission.
     assert_eq!(
         upstream.accepts.load(std::sync::atomic::Ordering::SeqCst),
         total as usize
     );
-    assert_eq!(admissions(&serve), 2, "{}", serve.stderr());
+    assert_eq!(admissions(&serve), 1, "{}", serve.stderr());
     serve
         .wait_for_log(&["closed", "stream=", "key_id=alice", "bytes_in="])
         .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_transfers_at_once_are_checked_by_hash() {
+async fn large_transfers_at_once_through_one_tunnel_are_checked_by_hash() {
     let upstream = echo_upstream().await;
-    let (_dir, serve, _connect, local) = mux_pair(upstream.addr, &[]).await;
+    let (_dir, serve, connect, local) =
+        mux_pair_with(upstream.addr, &[], &["--tunnels", "1"]).await;
+    connect.wait_for_log(&["tunnel up", "slot=0"]).await;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..3u64 {
         tasks.spawn(async move {
@@ -98,7 +112,7 @@ async fn large_transfers_at_once_are_checked_by_hash() {
     while let Some(done) = tasks.join_next().await {
         done.unwrap();
     }
-    assert_eq!(admissions(&serve), 2);
+    assert_eq!(admissions(&serve), 1);
 }
 
 /// An upstream that answers each connection's 8-byte length with that many bytes of
