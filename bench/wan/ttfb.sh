@@ -52,11 +52,11 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 bench/wan/wan.sh up "$DELAY_MS" >&2 || { echo "wan.sh up failed" >&2; exit 1; }
-in_server() { ip netns exec lgw-server "$@"; }
-in_client() { ip netns exec lgw-client "$@"; }
 start() { # $1 namespace (server|client), $2 log name, then the command
     local ns=$1 name=$2; shift 2
-    "in_$ns" "$@" >>"$WORK/logs/$name.log" 2>&1 &
+    # Not through a shell function: its subshell's PID would be recorded, and killing that
+    # leaves the command running. `ip netns exec` execs the command, so $! is the command.
+    ip netns exec "lgw-$ns" "$@" >>"$WORK/logs/$name.log" 2>&1 &
     PIDS+=("$!")
 }
 "$LG" -q keygen --out "$WORK/keys/bench.key" >/dev/null || exit 1
