@@ -134,6 +134,13 @@ impl<'a, A: Socket, B: Socket> ResetUnlessDone<'a, A, B> {
     }
 }
 
+impl<'a, A: Socket> ResetUnlessDone<'a, A, A> {
+    /// For a transfer with one socket (the other side resets by other means).
+    pub(crate) fn one(a: &'a A) -> Self {
+        Self::new(a, a)
+    }
+}
+
 impl<A: Socket, B: Socket> Drop for ResetUnlessDone<'_, A, B> {
     fn drop(&mut self) {
         if !self.done {

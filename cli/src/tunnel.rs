@@ -136,7 +136,13 @@ async fn serve_stream(
         None => None,
     };
     let Ok(stream) = incoming.accept() else {
-        // The tunnel is gone; the upstream connection is dropped unused.
+        // The client reset the stream, or the tunnel is gone, while the upstream connected:
+        // the upstream is reset, not told of a clean end.
+        match &upstream {
+            Some(UpstreamStream::Tcp(server)) => server.set_reset_on_close(),
+            Some(UpstreamStream::Unix(server)) => server.set_reset_on_close(),
+            None => {}
+        }
         return;
     };
     let mut guard = CloseOnDrop::opened(&context, &who, Some(stream_id), started);

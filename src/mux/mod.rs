@@ -158,6 +158,9 @@ impl Tunnel {
         let (sender, connection) = h2::client::Builder::new()
             .enable_push(false)
             .max_frame_size(MAX_FRAME)
+            // The peer proved the key: resets that arrive late (a slow link) must not add up,
+            // over a long-lived tunnel, to h2's lifetime limit and end every stream.
+            .max_local_error_reset_streams(None)
             .initial_window_size(config.stream_window)
             .initial_connection_window_size(config.connection_window())
             .handshake(admitted)
@@ -249,6 +252,11 @@ where
         let admission = admitted.admission().clone();
         let connection = h2::server::Builder::new()
             .max_frame_size(MAX_FRAME)
+            // Clients reset streams for every local connection that fails at once (a health
+            // check that closes with RST): a burst of them must not look like a reset flood,
+            // whose answer (GOAWAY) would end every stream. The peer proved the key.
+            .max_pending_accept_reset_streams(config.max_streams as usize)
+            .max_local_error_reset_streams(None)
             .initial_window_size(config.stream_window)
             .initial_connection_window_size(config.connection_window())
             .max_concurrent_streams(config.max_streams)

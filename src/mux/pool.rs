@@ -246,7 +246,7 @@ async fn keep_up(inner: Arc<Inner>, slot: usize, config: PoolConfig) {
                     () = inner.stop.cancelled() => return,
                     () = tokio::time::sleep(pause) => {}
                 }
-                backoff = (backoff * 2).min(config.max_backoff);
+                backoff = backoff.saturating_mul(2).min(config.max_backoff);
             }
         }
     }

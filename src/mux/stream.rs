@@ -274,6 +274,21 @@ impl MuxWriteHalf {
         )
     }
 
+    /// Completes when the other side resets the stream or the tunnel ends, with the error a
+    /// write would now get; `None` when the other side only asked for nothing more to be sent
+    /// (`RST_STREAM` with `NO_ERROR`, as after a refusal: its reader reports the outcome). For a
+    /// writer that waits for something to send: a reset must not go unnoticed until it has some.
+    pub async fn reset_by_peer(&mut self) -> Option<io::Error> {
+        match std::future::poll_fn(|cx| self.send.poll_reset(cx)).await {
+            Ok(h2::Reason::NO_ERROR) => None,
+            Ok(_) => Some(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "the stream was reset by the other side",
+            )),
+            Err(err) => Some(stream_error(err)),
+        }
+    }
+
     /// Ends this direction (half-close): the other side reads a clean end of stream.
     pub fn finish(&mut self) -> io::Result<()> {
         if self.ended {

@@ -9,7 +9,7 @@ use std::io;
 use bytes::{Bytes, BytesMut};
 use linkgate::mux::{MuxReadHalf, MuxStream, MuxWriteHalf};
 
-use crate::socket::{Socket, shutdown_write, write_all};
+use crate::socket::{ResetUnlessDone, Socket, shutdown_write, write_all};
 
 /// Largest read from the socket per piece: one whole HTTP/2 frame (four whole records), so a
 /// 64 KiB read does not leave a 9-byte frame (and record, and system call) behind it.
@@ -28,18 +28,24 @@ pub(crate) struct StreamTransfer {
 
 /// Forwards until both directions have ended. Half-close passes through both ways (a socket's
 /// end of stream ⇄ the stream's end). On any failure both directions stop and the stream is
-/// reset; the caller resets the socket, so neither side mistakes it for a clean end.
+/// reset and so is the socket, so neither side mistakes it for a clean end. Cut off before the
+/// end (its task dropped at a drain deadline), the same happens: the socket is reset, and the
+/// stream's halves, dropped unfinished, reset the stream.
 pub(crate) async fn forward<S: Socket>(
     socket: &S,
     stream: MuxStream,
 ) -> io::Result<StreamTransfer> {
+    let mut guard = ResetUnlessDone::one(socket);
     let (mut from_stream, mut to_stream) = stream.into_split();
     let result = tokio::try_join!(
         socket_to_stream(socket, &mut to_stream),
         stream_to_socket(&mut from_stream, socket)
     );
     match result {
-        Ok((sent, received)) => Ok(StreamTransfer { sent, received }),
+        Ok((sent, received)) => {
+            guard.done = true;
+            Ok(StreamTransfer { sent, received })
+        }
         Err(err) => {
             to_stream.reset();
             Err(err)
@@ -50,7 +56,16 @@ pub(crate) async fn forward<S: Socket>(
 async fn socket_to_stream<S: Socket>(from: &S, to: &mut MuxWriteHalf) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
-        from.readable().await?;
+        // A reset (or the tunnel's end) while the socket is quiet ends this at once; otherwise
+        // it would hold the connection until the socket sent something.
+        tokio::select! {
+            ready = from.readable() => ready?,
+            reset = to.reset_by_peer() => match reset {
+                Some(err) => return Err(err),
+                // Nothing more wanted: stop sending, the other direction tells how it ended.
+                None => return Ok(total),
+            },
+        }
         // Read into fresh, unzeroed capacity that is handed to HTTP/2 as it is (zeroing 64 KiB
         // for every 16-byte request cost more than the rest of the read); a small piece is
         // copied out so it does not hold the whole chunk while it waits to be sent.

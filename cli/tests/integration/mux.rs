@@ -464,3 +464,58 @@ fn mux_over_plain_is_refused_before_anything_starts() {
     assert!(!stderr.contains("listening"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_failing_reaches_a_quiet_client_after_its_answer() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (_dir, serve, connect, local) = mux_pair(upstream, &[]).await;
+    let mut client = TcpStream::connect(local).await.unwrap();
+    let (mut server_side, _) = listener.accept().await.unwrap();
+    server_side.write_all(b"bye").await.unwrap();
+    server_side.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).await.unwrap();
+    assert_eq!(answer, b"bye");
+    // The client could still send but is quiet; the tunnel now fails. `connect` must not wait
+    // for the client to speak before resetting it.
+    drop(serve);
+    connect
+        .wait_for_log(&["closed after an error (reset)", "stream="])
+        .await;
+    let written = client.write_all(b"late").await;
+    let mut buf = [0u8; 4];
+    let read = client.read(&mut buf).await;
+    assert!(
+        written.is_err() || read.is_err(),
+        "the client's connection was not reset: write {written:?}, read {read:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cut_off_at_the_drain_deadline_is_reset_not_ended() {
+    let upstream = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let key = keygen(&keys, "alice");
+    let (_serve, gate) = start_serve(&keys, Some(upstream.addr), &[]).await;
+    let (mut connect, local) =
+        start_connect(gate, &key, &["--mux", "--drain-timeout", "500ms"]).await;
+    let mut client = TcpStream::connect(local).await.unwrap();
+    client.write_all(b"hi").await.unwrap();
+    let mut echoed = [0u8; 2];
+    client.read_exact(&mut echoed).await.unwrap();
+    connect.signal("TERM");
+    let status = connect.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        status.is_some(),
+        "connect did not exit after its drain deadline"
+    );
+    let mut buf = [0u8; 8];
+    let read = client.read(&mut buf).await;
+    assert!(
+        matches!(&read, Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset),
+        "a connection cut off at the deadline must be reset, not ended: {read:?}"
+    );
+}
