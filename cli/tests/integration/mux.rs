@@ -12,6 +12,30 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::support::process::{Linkgate, keygen, start_serve};
 use crate::support::{echo_upstream, payload, start_connect};
 
+/// A key directory holding alice's key, and `serve` (with `serve_extra`) in front of `upstream`.
+struct TestGate {
+    dir: tempfile::TempDir,
+    keys: std::path::PathBuf,
+    key: std::path::PathBuf,
+    serve: Linkgate,
+    addr: SocketAddr,
+}
+
+async fn gate(upstream: SocketAddr, serve_extra: &[&str]) -> TestGate {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let key = keygen(&keys, "alice");
+    let (serve, addr) = start_serve(&keys, Some(upstream), serve_extra).await;
+    TestGate {
+        dir,
+        keys,
+        key,
+        serve,
+        addr,
+    }
+}
+
 /// A gate (with `serve_extra`) in front of `upstream`, and `connect --mux` (two tunnels) in
 /// front of it.
 async fn mux_pair(
@@ -26,15 +50,11 @@ async fn mux_pair_with(
     serve_extra: &[&str],
     connect_extra: &[&str],
 ) -> (tempfile::TempDir, Linkgate, Linkgate, SocketAddr) {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys");
-    std::fs::create_dir(&keys).unwrap();
-    let key = keygen(&keys, "alice");
-    let (serve, gate) = start_serve(&keys, Some(upstream), serve_extra).await;
+    let gate = gate(upstream, serve_extra).await;
     let mut args = vec!["--mux"];
     args.extend(connect_extra);
-    let (connect, local) = start_connect(gate, &key, &args).await;
-    (dir, serve, connect, local)
+    let (connect, local) = start_connect(gate.addr, &gate.key, &args).await;
+    (gate.dir, gate.serve, connect, local)
 }
 
 /// Counts the serve log's admission lines: one per tunnel, however many connections.
@@ -226,11 +246,13 @@ async fn half_close_and_reset_reach_the_upstream_per_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_tunnel_resets_its_connections_and_a_new_one_takes_over() {
     let upstream = source_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys");
-    std::fs::create_dir(&keys).unwrap();
-    let key = keygen(&keys, "alice");
-    let (serve, gate) = start_serve(&keys, Some(upstream), &[]).await;
+    let TestGate {
+        dir: _dir,
+        keys,
+        key,
+        serve,
+        addr: gate,
+    } = gate(upstream, &[]).await;
     let (connect, local) = start_connect(gate, &key, &["--mux", "--tunnels", "1"]).await;
     connect.wait_for_log(&["tunnel up", "slot=0"]).await;
     let mut client = TcpStream::connect(local).await.unwrap();
@@ -367,11 +389,13 @@ async fn each_stream_gets_its_own_proxy_header_with_the_key_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_gate_lets_open_streams_finish_and_takes_no_new_ones() {
     let upstream = source_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys");
-    std::fs::create_dir(&keys).unwrap();
-    let key = keygen(&keys, "alice");
-    let (mut serve, gate) = start_serve(&keys, Some(upstream), &["--drain-timeout", "20s"]).await;
+    let TestGate {
+        dir: _dir,
+        key,
+        mut serve,
+        addr: gate,
+        ..
+    } = gate(upstream, &["--drain-timeout", "20s"]).await;
     let (connect, local) =
         start_connect(gate, &key, &["--mux", "--tunnels", "1", "--timeout", "1s"]).await;
     connect.wait_for_log(&["tunnel up", "slot=0"]).await;
@@ -410,14 +434,16 @@ async fn a_draining_gate_lets_open_streams_finish_and_takes_no_new_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_the_key_closes_the_tunnel_and_resets_its_connections() {
     let upstream = echo_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys");
-    std::fs::create_dir(&keys).unwrap();
-    let key = keygen(&keys, "alice");
+    let TestGate {
+        dir,
+        keys,
+        key,
+        serve,
+        addr: gate,
+    } = gate(upstream.addr, &["--drop-revoked"]).await;
     keygen(&keys, "bob");
     let client_key = dir.path().join("alice.key");
     std::fs::copy(&key, &client_key).unwrap();
-    let (serve, gate) = start_serve(&keys, Some(upstream.addr), &["--drop-revoked"]).await;
     let (connect, local) = start_connect(gate, &client_key, &["--mux", "--tunnels", "1"]).await;
     connect.wait_for_log(&["tunnel up", "slot=0"]).await;
     let mut client = TcpStream::connect(local).await.unwrap();
@@ -495,11 +521,13 @@ async fn a_tunnel_failing_reaches_a_quiet_client_after_its_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_cut_off_at_the_drain_deadline_is_reset_not_ended() {
     let upstream = echo_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys");
-    std::fs::create_dir(&keys).unwrap();
-    let key = keygen(&keys, "alice");
-    let (_serve, gate) = start_serve(&keys, Some(upstream.addr), &[]).await;
+    let TestGate {
+        dir: _dir,
+        key,
+        serve: _serve,
+        addr: gate,
+        ..
+    } = gate(upstream.addr, &[]).await;
     let (mut connect, local) =
         start_connect(gate, &key, &["--mux", "--drain-timeout", "500ms"]).await;
     let mut client = TcpStream::connect(local).await.unwrap();
