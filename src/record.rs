@@ -308,9 +308,9 @@ impl Sealer {
     /// As [`Sealer::seal`] for the bytes of `pieces` in order, up to `limit` of them: records
     /// are filled across the pieces' boundaries and each byte is copied once, straight into its
     /// record. Returns how many bytes were sealed.
-    pub fn seal_gathered(
+    pub fn seal_gathered<P: std::ops::Deref<Target = [u8]>>(
         &mut self,
-        pieces: &[&[u8]],
+        pieces: &[P],
         limit: usize,
         out: &mut Vec<u8>,
     ) -> Result<usize, RecordError> {

@@ -261,11 +261,7 @@ impl SealedState {
     ) -> Poll<io::Result<usize>> {
         self.check_writable()?;
         ready!(self.poll_drain(io, cx))?;
-        let pieces: Vec<&[u8]> = bufs.iter().map(|buf| &**buf).collect();
-        let taken = match self
-            .sealer
-            .seal_gathered(&pieces, WRITE_CHUNK, &mut self.wbuf)
-        {
+        let taken = match self.sealer.seal_gathered(bufs, WRITE_CHUNK, &mut self.wbuf) {
             Ok(taken) => taken,
             Err(err) => {
                 self.write = WriteState::Failed(err);
