@@ -8,6 +8,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::RecordError;
@@ -48,11 +49,11 @@ enum WriteState {
 pub(crate) struct SealedState {
     sealer: Sealer,
     opener: Opener,
-    /// Ciphertext read but not yet opened is `rbuf[rstart..rend]`; opened plaintext not yet
-    /// handed out is `rbuf[plain.0..plain.1]`.
-    rbuf: Vec<u8>,
+    /// Ciphertext read but not yet opened is `rbuf[rstart..]`; opened plaintext not yet handed
+    /// out is `rbuf[plain.0..plain.1]`. Reads fill its spare capacity, never zeroed first: a
+    /// tunnel that goes quiet between bursts would otherwise clear 64 KiB for every burst.
+    rbuf: BytesMut,
     rstart: usize,
-    rend: usize,
     plain: (usize, usize),
     read: ReadState,
     /// Sealed bytes not yet written are `wbuf[wpos..]`.
@@ -70,9 +71,8 @@ impl SealedState {
         Self {
             sealer: Sealer::with_limits(seal, limits),
             opener: Opener::with_limits(open, limits),
-            rbuf: Vec::new(),
+            rbuf: BytesMut::new(),
             rstart: 0,
-            rend: 0,
             plain: (0, 0),
             read: ReadState::Open,
             wbuf: Vec::new(),
@@ -85,7 +85,7 @@ impl SealedState {
     /// [`crate::Admitted::into_parts`]).
     pub(crate) fn into_parts(mut self) -> crate::SealedParts {
         let unread_plaintext = self.rbuf[self.plain.0..self.plain.1].to_vec();
-        let unread = self.rbuf[self.rstart..self.rend].to_vec();
+        let unread = self.rbuf[self.rstart..].to_vec();
         let unsent = self.wbuf.split_off(self.wpos);
         crate::SealedParts {
             sealer: self.sealer,
@@ -98,8 +98,8 @@ impl SealedState {
 
     fn fail_read(&mut self, err: RecordError) -> io::Error {
         self.read = ReadState::Failed(err);
-        self.rbuf = Vec::new();
-        (self.rstart, self.rend, self.plain) = (0, 0, (0, 0));
+        self.rbuf = BytesMut::new();
+        (self.rstart, self.plain) = (0, (0, 0));
         crate::Error::from(err).into()
     }
 
@@ -131,25 +131,21 @@ impl SealedState {
             }
             // Need more ciphertext.
             self.make_room();
-            let mut buf = ReadBuf::new(&mut self.rbuf[self.rend..]);
-            match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut self.rbuf) {
                 Poll::Pending => {
-                    if self.rstart == self.rend {
+                    if self.rstart == self.rbuf.len() {
                         // Idle: hold no buffer while waiting.
-                        self.rbuf = Vec::new();
-                        (self.rstart, self.rend) = (0, 0);
+                        self.rbuf = BytesMut::new();
+                        self.rstart = 0;
                     }
                     return Poll::Pending;
                 }
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
-                Poll::Ready(Ok(())) => {
-                    let n = buf.filled().len();
-                    if n == 0 {
-                        // TCP EOF without close_notify: truncation, never a clean end.
-                        return Poll::Ready(Err(self.fail_read(RecordError::Truncated)));
-                    }
-                    self.rend += n;
+                // TCP EOF without close_notify: truncation, never a clean end.
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(self.fail_read(RecordError::Truncated)));
                 }
+                Poll::Ready(Ok(_)) => {}
             }
         }
     }
@@ -157,7 +153,7 @@ impl SealedState {
     /// Opens the next whole record in the buffer, if there is one. `Ok(true)` if a record was
     /// consumed (data may now be waiting in `plain`).
     fn open_next(&mut self) -> Result<bool, RecordError> {
-        let buffered = &self.rbuf[self.rstart..self.rend];
+        let buffered = &self.rbuf[self.rstart..];
         let Some(len) = crate::record::Opener::record_len(buffered)? else {
             return Ok(false);
         };
@@ -173,25 +169,27 @@ impl SealedState {
             Opened::Data(range) => self.plain = (start + range.start, start + range.end),
             Opened::KeyUpdate => {}
             Opened::CloseNotify => {
-                if self.rstart != self.rend {
+                if self.rstart != self.rbuf.len() {
                     return Err(RecordError::DataAfterClose);
                 }
                 self.read = ReadState::Closed;
-                self.rbuf = Vec::new();
-                (self.rstart, self.rend) = (0, 0);
+                self.rbuf = BytesMut::new();
+                self.rstart = 0;
             }
         }
         Ok(true)
     }
 
-    /// Makes sure there is room after `rend` for at least one whole record.
+    /// Makes sure there is room after what is buffered for at least one whole record.
     fn make_room(&mut self) {
-        if self.rbuf.len() < READ_BUF_LEN {
-            self.rbuf.resize(READ_BUF_LEN, 0);
+        if self.rbuf.capacity() == 0 {
+            self.rbuf = BytesMut::with_capacity(READ_BUF_LEN);
         }
-        if self.rbuf.len() - self.rend < MAX_RECORD_LEN {
-            self.rbuf.copy_within(self.rstart..self.rend, 0);
-            self.rend -= self.rstart;
+        if self.rbuf.capacity() - self.rbuf.len() < MAX_RECORD_LEN {
+            // Only unopened ciphertext is kept; plaintext handed out is gone.
+            let kept = self.rbuf.len() - self.rstart;
+            self.rbuf.copy_within(self.rstart.., 0);
+            self.rbuf.truncate(kept);
             self.rstart = 0;
             self.plain = (0, 0);
         }
