@@ -11,7 +11,7 @@ use linkgate::mux::{Pool, PoolConfig};
 use linkgate::record::RecordLimits;
 use linkgate::{Credentials, Error, Protocol, Rejection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::args::{CheckArgs, ConnectArgs, LogFormat};
 use crate::keys;
@@ -73,7 +73,7 @@ pub(crate) async fn run(args: ConnectArgs, systemd_sockets: SystemdSockets) -> R
     });
     let drained = match bound {
         Bound::Tcp(listener) => {
-            let accepted = Accepted(TcpListenerStream::new(listener));
+            let accepted = Accepted(listener);
             serve(accepted, options, &signals, move |(stream, peer)| {
                 Arc::clone(&carrier).carry(stream, peer)
             })
@@ -174,30 +174,27 @@ async fn reload_key(
     }
 }
 
-/// Accepted local TCP connections, with their peer; accept errors are logged and skipped.
-struct Accepted(TcpListenerStream);
+/// Accepted local TCP connections, with their peer (as accept gave it: no `getpeername` per
+/// connection); accept errors are logged and skipped.
+struct Accepted(tokio::net::TcpListener);
 
 impl futures_core::Stream for Accepted {
     type Item = (tokio::net::TcpStream, String);
 
     fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
         use std::task::Poll;
         loop {
-            match std::pin::Pin::new(&mut self.0).poll_next(cx) {
-                Poll::Ready(Some(Ok(stream))) => {
+            match self.0.poll_accept(cx) {
+                Poll::Ready(Ok((stream, peer))) => {
                     let _ = stream.set_nodelay(true);
-                    match stream.peer_addr() {
-                        Ok(peer) => return Poll::Ready(Some((stream, peer.to_string()))),
-                        Err(_) => continue,
-                    }
+                    return Poll::Ready(Some((stream, peer.to_string())));
                 }
-                Poll::Ready(Some(Err(err))) => {
+                Poll::Ready(Err(err)) => {
                     tracing::warn!(error = %err, "accept failed; retrying");
                 }
-                Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
             }
         }

@@ -16,6 +16,27 @@ pub(crate) trait Socket: AsFd + Send + Sync + Unpin + 'static {
     fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
     /// Reads into the spare capacity of `buf` (no zeroing first).
     fn try_read_buf(&self, buf: &mut bytes::BytesMut) -> io::Result<usize>;
+    /// [`Socket::try_read_buf`], and a read that did not fill the spare capacity also clears
+    /// the socket's readiness, as tokio's own `poll_read` does: the socket was drained, so the
+    /// next wait sleeps until more arrives instead of spending a system call on `EAGAIN`.
+    fn try_read_buf_draining(&self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+        let mut short_read = None;
+        let result = self.try_io(Interest::READABLE, || {
+            let spare = buf.capacity() - buf.len();
+            let n = self.try_read_buf(buf)?;
+            if n > 0 && n < spare {
+                short_read = Some(n);
+                // Reported to tokio as "would block" so that it clears the readiness (an end
+                // of stream stays ready: tokio never clears a closed state).
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        match (result, short_read) {
+            (_, Some(n)) => Ok(n),
+            (result, None) => result,
+        }
+    }
     fn try_read_vectored(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize>;
     fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
@@ -146,5 +167,84 @@ impl<A: Socket, B: Socket> Drop for ResetUnlessDone<'_, A, B> {
         if !self.done {
             reset_both(self.a, self.b);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::Socket;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    /// A short read clears readiness, but an end of stream that arrived with the data must
+    /// still wake the next wait (else a half-close would hang the transfer).
+    #[tokio::test]
+    async fn a_short_read_keeps_an_end_that_came_with_the_data() {
+        let (mut peer, socket) = pair().await;
+        peer.write_all(b"hello").await.unwrap();
+        peer.shutdown().await.unwrap();
+        // Both the data and the FIN are in before the first read.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        socket.readable().await.unwrap();
+        let mut buf = bytes::BytesMut::with_capacity(1024);
+        assert_eq!(socket.try_read_buf_draining(&mut buf).unwrap(), 5);
+        assert_eq!(&buf[..], b"hello");
+        tokio::time::timeout(Duration::from_secs(5), socket.readable())
+            .await
+            .expect("the end of stream must keep the socket readable")
+            .unwrap();
+        let mut rest = bytes::BytesMut::with_capacity(1024);
+        assert_eq!(socket.try_read_buf_draining(&mut rest).unwrap(), 0);
+    }
+
+    /// After a short read the next wait sleeps until more arrives, and then wakes.
+    #[tokio::test]
+    async fn a_short_read_waits_for_more_and_wakes_for_it() {
+        let (mut peer, socket) = pair().await;
+        peer.write_all(b"one").await.unwrap();
+        socket.readable().await.unwrap();
+        let mut buf = bytes::BytesMut::with_capacity(1024);
+        assert_eq!(socket.try_read_buf_draining(&mut buf).unwrap(), 3);
+        // Drained: not ready until the peer writes again (no EAGAIN read spent to learn it).
+        let waiting = tokio::time::timeout(Duration::from_millis(100), socket.readable()).await;
+        assert!(
+            waiting.is_err(),
+            "readiness must be cleared by the short read"
+        );
+        peer.write_all(b"two").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), socket.readable())
+            .await
+            .expect("new data must wake the wait")
+            .unwrap();
+        assert_eq!(socket.try_read_buf_draining(&mut buf).unwrap(), 3);
+        assert_eq!(&buf[..], b"onetwo");
+    }
+
+    /// A read that fills the buffer leaves the socket ready: more may be waiting.
+    #[tokio::test]
+    async fn a_full_read_stays_ready() {
+        let (mut peer, socket) = pair().await;
+        peer.write_all(&[7u8; 64]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        socket.readable().await.unwrap();
+        let mut buf = bytes::BytesMut::with_capacity(16);
+        let first = socket.try_read_buf_draining(&mut buf).unwrap();
+        assert_eq!(first, buf.capacity());
+        tokio::time::timeout(Duration::from_secs(5), socket.readable())
+            .await
+            .expect("a full read must not clear readiness")
+            .unwrap();
     }
 }

@@ -70,7 +70,7 @@ async fn socket_to_stream<S: Socket>(from: &S, to: &mut MuxWriteHalf) -> io::Res
         // for every 16-byte request cost more than the rest of the read); a small piece is
         // copied out so it does not hold the whole chunk while it waits to be sent.
         let mut buf = BytesMut::with_capacity(CHUNK);
-        let read = from.try_read_buf(&mut buf).map(|n| {
+        let read = from.try_read_buf_draining(&mut buf).map(|n| {
             if n < SMALL {
                 Bytes::copy_from_slice(&buf[..n])
             } else {
