@@ -31,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+mod coalesce;
 mod pool;
 mod stream;
 
@@ -163,7 +164,7 @@ impl Tunnel {
             .max_local_error_reset_streams(None)
             .initial_window_size(config.stream_window)
             .initial_connection_window_size(config.connection_window())
-            .handshake(admitted)
+            .handshake(coalesce::Coalescing::new(admitted))
             .await
             .map_err(stream::stream_error)?;
         let closed = CancellationToken::new();
@@ -227,7 +228,7 @@ impl Tunnel {
 /// The connection's frames move only while [`MuxServer::next_stream`] is being awaited, so
 /// call it in a loop and handle each stream in its own task.
 pub struct MuxServer<S> {
-    connection: h2::server::Connection<Admitted<S>, Bytes>,
+    connection: h2::server::Connection<coalesce::Coalescing<Admitted<S>>, Bytes>,
     admission: Admission,
 }
 
@@ -260,7 +261,7 @@ where
             .initial_window_size(config.stream_window)
             .initial_connection_window_size(config.connection_window())
             .max_concurrent_streams(config.max_streams)
-            .handshake(admitted)
+            .handshake(coalesce::Coalescing::new(admitted))
             .await
             .map_err(stream::stream_error)?;
         Ok(Self {

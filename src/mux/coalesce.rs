@@ -1,0 +1,150 @@
+//! The tunnel's transport, with small writes held back for one turn of the scheduler.
+//!
+//! HTTP/2 writes out its frames whenever its connection task runs, and tokio runs a task woken
+//! by another right after it (the "LIFO slot"). So when one readiness event wakes many carried
+//! connections at once, each of them wakes the tunnel's task, which seals and sends one small
+//! record per connection: a system call, and a TCP segment the other side must take in, each.
+//! Holding back a small write once (the task wakes itself and returns `Pending`, so it runs again
+//! after the tasks already queued) lets the frames of every connection woken together leave in
+//! one write. A write of at least [`HOLD_BELOW`] bytes (a bulk transfer) goes out at once.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Writes smaller than this are held back once (a frame header and a few small frames).
+const HOLD_BELOW: usize = 16 * 1024;
+
+/// A transport whose small writes wait for one turn of the scheduler before they go out.
+#[derive(Debug)]
+pub(crate) struct Coalescing<S> {
+    inner: S,
+    /// This write has been held back once already: it goes out on the next try.
+    held: bool,
+}
+
+impl<S> Coalescing<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        Self { inner, held: false }
+    }
+
+    /// Whether to hold this write back (and arrange to be polled again).
+    fn hold(&mut self, len: usize, cx: &Context<'_>) -> bool {
+        if self.held || len >= HOLD_BELOW {
+            self.held = false;
+            return false;
+        }
+        self.held = true;
+        cx.waker().wake_by_ref();
+        true
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Coalescing<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Coalescing<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.hold(buf.len(), cx) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let len = bufs.iter().map(|buf| buf.len()).sum();
+        if this.hold(len, cx) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Wake, Waker};
+
+    use super::*;
+
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn write(io: &mut Coalescing<Vec<u8>>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<usize> {
+        Pin::new(io)
+            .poll_write(cx, buf)
+            .map(|written| written.unwrap())
+    }
+
+    #[test]
+    fn a_small_write_is_held_back_once_and_wakes_its_task() {
+        let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&wakes));
+        let mut cx = Context::from_waker(&waker);
+        let mut io = Coalescing::new(Vec::new());
+
+        assert!(write(&mut io, &mut cx, b"frame").is_pending());
+        assert_eq!(
+            wakes.0.load(Ordering::SeqCst),
+            1,
+            "held back without a wake would hang"
+        );
+        assert!(io.inner.is_empty());
+        assert_eq!(write(&mut io, &mut cx, b"frame+more"), Poll::Ready(10));
+        // The next batch is held back again.
+        assert!(write(&mut io, &mut cx, b"next").is_pending());
+        assert_eq!(write(&mut io, &mut cx, b"next"), Poll::Ready(4));
+        assert_eq!(io.inner, b"frame+morenext");
+    }
+
+    #[test]
+    fn a_bulk_write_goes_out_at_once() {
+        let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&wakes));
+        let mut cx = Context::from_waker(&waker);
+        let mut io = Coalescing::new(Vec::new());
+        let bulk = vec![1u8; HOLD_BELOW];
+        assert_eq!(write(&mut io, &mut cx, &bulk), Poll::Ready(HOLD_BELOW));
+        let slices = [io::IoSlice::new(&bulk[..9]), io::IoSlice::new(&bulk[9..])];
+        let vectored = Pin::new(&mut io).poll_write_vectored(&mut cx, &slices);
+        assert!(matches!(vectored, Poll::Ready(Ok(_))));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+    }
+}
