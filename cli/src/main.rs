@@ -30,6 +30,11 @@ use clap::Parser;
 
 use args::{Cli, Command};
 
+/// See `Cargo.toml`: the frame buffers of tunnels churn glibc's heap.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
