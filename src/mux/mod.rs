@@ -32,11 +32,14 @@
 //! ```
 
 mod coalesce;
+mod keepalive;
 mod pool;
 mod stream;
 
 use std::io;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -64,6 +67,7 @@ const AUTHORITY: &str = "upstream.linkgate.invalid:0";
 pub struct MuxConfig {
     stream_window: u32,
     max_streams: u32,
+    keepalive: Option<keepalive::KeepaliveTimes>,
 }
 
 impl Default for MuxConfig {
@@ -73,6 +77,10 @@ impl Default for MuxConfig {
             // sealed connection, 2 MiB about 0.7 of it (BENCHMARKS.md).
             stream_window: 2 * 1024 * 1024,
             max_streams: 8192,
+            keepalive: Some(keepalive::KeepaliveTimes {
+                interval: Duration::from_secs(30),
+                timeout: Duration::from_secs(20),
+            }),
         }
     }
 }
@@ -110,6 +118,31 @@ impl MuxConfig {
     /// Streams open at once in one tunnel.
     pub fn max_streams(&self) -> u32 {
         self.max_streams
+    }
+
+    /// Sends an HTTP/2 PING every `interval` and closes the tunnel (failing its streams) when
+    /// the answer has not come back within `timeout`: a peer that vanished without a FIN or a
+    /// reset is noticed then, not when TCP gives up. Both sides ping; the default is every
+    /// 30 s with 20 s to answer. Each is at least 10 ms.
+    pub fn with_keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
+        let least = Duration::from_millis(10);
+        self.keepalive = Some(keepalive::KeepaliveTimes {
+            interval: interval.max(least),
+            timeout: timeout.max(least),
+        });
+        self
+    }
+
+    /// Sends no keepalive PINGs (a dead peer is then noticed only by TCP). PINGs from the
+    /// other side are still answered.
+    pub fn without_keepalive(mut self) -> Self {
+        self.keepalive = None;
+        self
+    }
+
+    /// The keepalive's interval and timeout, if it is on.
+    pub fn keepalive(&self) -> Option<(Duration, Duration)> {
+        self.keepalive.map(|times| (times.interval, times.timeout))
     }
 
     /// The tunnel-wide window: every stream's window at once (at most HTTP/2's 2 GiB).
@@ -156,7 +189,7 @@ impl Tunnel {
             return Err(not_multiplexed(mode));
         }
         let admission = Arc::new(admitted.admission().clone());
-        let (sender, connection) = h2::client::Builder::new()
+        let (sender, mut connection) = h2::client::Builder::new()
             .enable_push(false)
             .max_frame_size(MAX_FRAME)
             // The peer proved the key: resets that arrive late (a slow link) must not add up,
@@ -170,10 +203,30 @@ impl Tunnel {
         let closed = CancellationToken::new();
         let done = closed.clone();
         let conn = admission.connection_id();
+        let mut keepalive = config.keepalive.and_then(|times| {
+            let ping_pong = connection.ping_pong()?;
+            Some(keepalive::Keepalive::new(ping_pong, times))
+        });
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%conn, error = %err, "tunnel ended with an error");
+            let ended = std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = std::pin::Pin::new(&mut connection).poll(cx) {
+                    return Poll::Ready(result.map_err(stream::stream_error));
+                }
+                match &mut keepalive {
+                    Some(keepalive) => keepalive.poll_failed(cx).map(Err),
+                    None => Poll::Pending,
+                }
+            })
+            .await;
+            match ended {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::TimedOut => {
+                    tracing::warn!(%conn, error = %err, "tunnel closed: its streams were reset");
+                }
+                Err(err) => tracing::debug!(%conn, error = %err, "tunnel ended with an error"),
             }
+            // Dropping the connection fails the streams still open.
+            drop(connection);
             done.cancel();
         });
         Ok(Self {
@@ -230,6 +283,7 @@ impl Tunnel {
 pub struct MuxServer<S> {
     connection: h2::server::Connection<coalesce::Coalescing<Admitted<S>>, Bytes>,
     admission: Admission,
+    keepalive: Option<keepalive::Keepalive>,
 }
 
 impl<S> std::fmt::Debug for MuxServer<S> {
@@ -251,7 +305,7 @@ where
             return Err(not_multiplexed(mode));
         }
         let admission = admitted.admission().clone();
-        let connection = h2::server::Builder::new()
+        let mut connection = h2::server::Builder::new()
             .max_frame_size(MAX_FRAME)
             // Clients reset streams for every local connection that fails at once (a health
             // check that closes with RST): a burst of them must not look like a reset flood,
@@ -264,9 +318,14 @@ where
             .handshake(coalesce::Coalescing::new(admitted))
             .await
             .map_err(stream::stream_error)?;
+        let keepalive = config.keepalive.and_then(|times| {
+            let ping_pong = connection.ping_pong()?;
+            Some(keepalive::Keepalive::new(ping_pong, times))
+        });
         Ok(Self {
             connection,
             admission,
+            keepalive,
         })
     }
 
@@ -276,12 +335,22 @@ where
     }
 
     /// The next stream the client opens; `None` once the tunnel has closed cleanly. An error
-    /// means the tunnel failed: the streams still open fail with it.
+    /// means the tunnel failed (or its keepalive went unanswered, [`io::ErrorKind::TimedOut`]):
+    /// drop the server, and the streams still open fail with it.
     pub async fn next_stream(&mut self) -> Option<io::Result<IncomingStream>> {
         loop {
-            let (request, respond) = match self.connection.accept().await? {
+            let opened = std::future::poll_fn(|cx| {
+                if let Poll::Ready(opened) = self.connection.poll_accept(cx) {
+                    return Poll::Ready(opened.map(|result| result.map_err(stream::stream_error)));
+                }
+                match &mut self.keepalive {
+                    Some(keepalive) => keepalive.poll_failed(cx).map(|err| Some(Err(err))),
+                    None => Poll::Pending,
+                }
+            });
+            let (request, respond) = match opened.await? {
                 Ok(opened) => opened,
-                Err(err) => return Some(Err(stream::stream_error(err))),
+                Err(err) => return Some(Err(err)),
             };
             let is_connect = request.method() == Method::CONNECT;
             let mut incoming = IncomingStream {
@@ -364,4 +433,32 @@ fn response(status: StatusCode) -> io::Result<Response<()>> {
         .status(status)
         .body(())
         .map_err(io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_is_on_by_default_and_can_be_set_or_turned_off() {
+        let config = MuxConfig::default();
+        assert_eq!(
+            config.keepalive(),
+            Some((Duration::from_secs(30), Duration::from_secs(20)))
+        );
+        assert_eq!(config.without_keepalive().keepalive(), None);
+        // A zero interval would ping without pause: each time is at least 10 ms.
+        let tight = config.with_keepalive(Duration::ZERO, Duration::from_millis(1));
+        let least = Duration::from_millis(10);
+        assert_eq!(tight.keepalive(), Some((least, least)));
+    }
+
+    #[test]
+    fn the_tunnel_window_covers_every_stream_window_up_to_http2s_limit() {
+        let small = MuxConfig::default()
+            .with_stream_window(65_535)
+            .with_max_streams(4);
+        assert_eq!(small.connection_window(), 4 * 65_535);
+        assert_eq!(MuxConfig::default().connection_window(), MAX_WINDOW);
+    }
 }

@@ -453,3 +453,119 @@ async fn gates_refuse_multiplexing_unless_allowed() {
         .unwrap_err();
     assert!(err.to_string().contains("not a multiplexed one"), "{err}");
 }
+
+/// A relay to the gate that can be frozen: it then stops moving bytes but keeps both
+/// connections open, as a peer that vanished (or a NAT that forgot the flow) would look.
+async fn freezable_relay(to: SocketAddr) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (freeze, frozen) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let server = tokio::net::TcpStream::connect(to).await.unwrap();
+        let (client_read, client_write) = client.into_split();
+        let (server_read, server_write) = server.into_split();
+        tokio::spawn(relay_until_frozen(
+            client_read,
+            server_write,
+            frozen.clone(),
+        ));
+        tokio::spawn(relay_until_frozen(server_read, client_write, frozen));
+    });
+    (addr, freeze)
+}
+
+async fn relay_until_frozen(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if *frozen.borrow() {
+            // Silent from now on, with both connections held open until the test ends.
+            let _held = (from, to);
+            std::future::pending::<()>().await;
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn keepalive_closes_a_tunnel_whose_peer_vanished_on_both_sides() {
+    let alice = key("alice");
+    let config =
+        MuxConfig::default().with_keepalive(Duration::from_millis(100), Duration::from_millis(300));
+    assert_eq!(
+        config.keepalive(),
+        Some((Duration::from_millis(100), Duration::from_millis(300)))
+    );
+    // The gate: one tunnel, its streams echoed; how it ended is reported.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gate_addr = listener.local_addr().unwrap();
+    let gate = mux_gate(&[&alice]);
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<io::Result<()>>();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let admitted = gate.admit(tcp).await.unwrap();
+        let mut server = MuxServer::new(admitted, &config).await.unwrap();
+        let ended = loop {
+            match server.next_stream().await {
+                Some(Ok(incoming)) => {
+                    tokio::spawn(handle(incoming, Service::Echo));
+                }
+                Some(Err(err)) => break Err(err),
+                None => break Ok(()),
+            }
+        };
+        let _ = ended_tx.send(ended);
+    });
+    let (relay_addr, freeze) = freezable_relay(gate_addr).await;
+    let credentials = Credentials::new(alice).with_mode(Mode::SealedFsMux);
+    let admitted = linkgate::connect(relay_addr, &credentials).await.unwrap();
+    let tunnel = Tunnel::new(admitted, &config).await.unwrap();
+
+    // Idle for ten intervals: the pings are answered, the tunnel stays up and works.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !tunnel.is_closed(),
+        "a live tunnel was closed by its keepalive"
+    );
+    let got = echo_through(tunnel.open().await.unwrap(), b"still here".to_vec()).await;
+    assert_eq!(got.unwrap(), b"still here");
+    let (mut held_read, mut held_write) = tunnel.open().await.unwrap().into_split();
+    held_write.write_all(b"x").await.unwrap();
+    let mut one = [0u8; 1];
+    held_read.read_exact(&mut one).await.unwrap();
+
+    // The peer vanishes: nothing more gets through, and no FIN or reset either.
+    freeze.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), tunnel.closed())
+        .await
+        .expect("the client did not notice the vanished gate");
+    let err = tokio::time::timeout(Duration::from_secs(5), held_read.read(&mut one))
+        .await
+        .expect("the held stream still waits")
+        .expect_err("the held stream ended as if complete");
+    assert!(
+        matches!(
+            err.kind(),
+            io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+        ),
+        "{err}"
+    );
+    let server_end = tokio::time::timeout(Duration::from_secs(5), ended_rx)
+        .await
+        .expect("the gate did not notice the vanished client")
+        .unwrap();
+    let err = server_end.expect_err("the gate took the silence for a clean close");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+    assert!(err.to_string().contains("keepalive"), "{err}");
+}
