@@ -24,6 +24,33 @@ enum TunnelEnd {
     Revoked,
 }
 
+/// Why a tunnel took its open streams down with it, when it was the gate's doing: a stream that
+/// fails then is logged and counted as revoked or cut off, as a connection would be, not as an
+/// error.
+#[derive(Debug, Clone, Copy)]
+enum StreamsEnded {
+    Revoked,
+    CutOff,
+}
+
+type TunnelOutcome = Arc<std::sync::OnceLock<StreamsEnded>>;
+
+/// Marks the tunnel's streams as cut off if the tunnel's task is dropped (the drain deadline)
+/// before it ends on its own. Declared after the tunnel's connection, so it runs before the
+/// connection is dropped and its streams fail.
+struct CutOffOnDrop {
+    outcome: TunnelOutcome,
+    armed: bool,
+}
+
+impl Drop for CutOffOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.outcome.set(StreamsEnded::CutOff);
+        }
+    }
+}
+
 /// Serves one admitted tunnel until it closes: each stream the client opens gets an upstream
 /// connection (or is refused alone when the upstream cannot be reached), is forwarded in its own
 /// task, and is logged and counted like a connection. A drain asks the client for no more
@@ -49,6 +76,11 @@ pub(crate) async fn serve<IO>(
         }
     };
     let streams = TaskTracker::new();
+    let outcome = TunnelOutcome::default();
+    let mut cut_off = CutOffOnDrop {
+        outcome: Arc::clone(&outcome),
+        armed: true,
+    };
     let mut opened = 0u64;
     let mut draining = false;
     let end = loop {
@@ -57,7 +89,8 @@ pub(crate) async fn serve<IO>(
                 Some(Ok(incoming)) => {
                     opened += 1;
                     let (context, who) = (Arc::clone(&context), who.clone());
-                    streams.spawn(serve_stream(incoming, who, gate_ip, context));
+                    let outcome = Arc::clone(&outcome);
+                    streams.spawn(serve_stream(incoming, who, gate_ip, context, outcome));
                 }
                 Some(Err(err)) => break TunnelEnd::Failed(err),
                 None => break TunnelEnd::Closed,
@@ -69,6 +102,10 @@ pub(crate) async fn serve<IO>(
             () = revoked(&mut revocations, who.key_id()) => break TunnelEnd::Revoked,
         }
     };
+    cut_off.armed = false;
+    if matches!(end, TunnelEnd::Revoked) {
+        let _ = outcome.set(StreamsEnded::Revoked);
+    }
     // Dropping the connection fails the streams still open (they reset their upstreams).
     drop(server);
     streams.close();
@@ -98,6 +135,7 @@ async fn serve_stream(
     who: Admission,
     gate_ip: Option<std::net::SocketAddr>,
     context: Arc<ServeContext>,
+    tunnel_outcome: TunnelOutcome,
 ) {
     let stream_id = incoming.stream_id();
     let started = Instant::now();
@@ -152,13 +190,12 @@ async fn serve_stream(
         Some(UpstreamStream::Unix(server)) => to_upstream(&server, stream, header).await,
     };
     guard.armed = false;
-    proxy::log_close(
-        &context,
-        &who,
-        Some(stream_id),
-        started,
-        Ended::Done(result),
-    );
+    let ended = match (result, tunnel_outcome.get()) {
+        (Err(_), Some(StreamsEnded::Revoked)) => Ended::Revoked,
+        (Err(_), Some(StreamsEnded::CutOff)) => Ended::CutOff,
+        (result, _) => Ended::Done(result),
+    };
+    proxy::log_close(&context, &who, Some(stream_id), started, ended);
 }
 
 /// Forwards one stream to its upstream, the PROXY header first if asked; on any failure the

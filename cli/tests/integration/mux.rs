@@ -455,6 +455,14 @@ async fn revoking_the_key_closes_the_tunnel_and_resets_its_connections() {
     serve
         .wait_for_log(&["tunnel closed: its key was revoked", "key_id=alice"])
         .await;
+    // Its stream is logged as revoked too, not as an error ("streams=" is not "stream=").
+    serve
+        .wait_for_log(&[
+            "closed: its key was revoked by a reload (--drop-revoked)",
+            "stream=",
+            "key_id=alice",
+        ])
+        .await;
     let mut rest = Vec::new();
     let outcome = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest))
         .await
@@ -545,5 +553,50 @@ async fn a_connection_cut_off_at_the_drain_deadline_is_reset_not_ended() {
     assert!(
         matches!(&read, Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset),
         "a connection cut off at the deadline must be reset, not ended: {read:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_still_open_at_the_gates_drain_deadline_is_cut_off_and_reset() {
+    let upstream = echo_upstream().await;
+    let TestGate {
+        dir: _dir,
+        key,
+        mut serve,
+        addr: gate,
+        ..
+    } = gate(upstream.addr, &["--drain-timeout", "500ms"]).await;
+    let (_connect, local) = start_connect(gate, &key, &["--mux", "--tunnels", "1"]).await;
+    let mut client = TcpStream::connect(local).await.unwrap();
+    client.write_all(b"hi").await.unwrap();
+    let mut echoed = [0u8; 2];
+    client.read_exact(&mut echoed).await.unwrap();
+    serve.signal("TERM");
+    let status = serve.wait_exit(Duration::from_secs(10)).await;
+    assert!(
+        status.is_some(),
+        "serve did not exit after its drain deadline"
+    );
+    // The gate's side: the stream is logged as cut off, not as an error.
+    let line = serve
+        .wait_for_log(&[
+            "closed: still open at the drain deadline (cut off)",
+            "stream=",
+        ])
+        .await;
+    assert!(line.contains("key_id=alice"), "{line}");
+    assert!(
+        !serve.stderr().contains("closed after an error"),
+        "{}",
+        serve.stderr()
+    );
+    // The client's side: a reset, never a clean end.
+    let mut buf = [0u8; 8];
+    let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+        .await
+        .expect("the client's connection stayed open");
+    assert!(
+        matches!(&read, Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset),
+        "a stream cut off at the gate's deadline must reach its client as a reset: {read:?}"
     );
 }
