@@ -166,6 +166,7 @@ pub struct Tunnel {
     sender: h2::client::SendRequest<Bytes>,
     admission: Arc<Admission>,
     closed: CancellationToken,
+    open: coalesce::OpenStreams,
 }
 
 impl std::fmt::Debug for Tunnel {
@@ -189,6 +190,7 @@ impl Tunnel {
             return Err(not_multiplexed(mode));
         }
         let admission = Arc::new(admitted.admission().clone());
+        let open = coalesce::OpenStreams::default();
         let (sender, mut connection) = h2::client::Builder::new()
             .enable_push(false)
             .max_frame_size(MAX_FRAME)
@@ -197,7 +199,7 @@ impl Tunnel {
             .max_local_error_reset_streams(None)
             .initial_window_size(config.stream_window)
             .initial_connection_window_size(config.connection_window())
-            .handshake(coalesce::Coalescing::new(admitted))
+            .handshake(coalesce::Coalescing::new(admitted, open.clone()))
             .await
             .map_err(stream::stream_error)?;
         let closed = CancellationToken::new();
@@ -233,6 +235,7 @@ impl Tunnel {
             sender,
             admission,
             closed,
+            open,
         })
     }
 
@@ -257,6 +260,7 @@ impl Tunnel {
             MuxReadHalf::awaiting(answer),
             MuxWriteHalf::new(send),
             self.admission.connection_id(),
+            self.open.ticket(),
         ))
     }
 
@@ -284,6 +288,7 @@ pub struct MuxServer<S> {
     connection: h2::server::Connection<coalesce::Coalescing<Admitted<S>>, Bytes>,
     admission: Admission,
     keepalive: Option<keepalive::Keepalive>,
+    open: coalesce::OpenStreams,
 }
 
 impl<S> std::fmt::Debug for MuxServer<S> {
@@ -305,6 +310,7 @@ where
             return Err(not_multiplexed(mode));
         }
         let admission = admitted.admission().clone();
+        let open = coalesce::OpenStreams::default();
         let mut connection = h2::server::Builder::new()
             .max_frame_size(MAX_FRAME)
             // Clients reset streams for every local connection that fails at once (a health
@@ -315,7 +321,7 @@ where
             .initial_window_size(config.stream_window)
             .initial_connection_window_size(config.connection_window())
             .max_concurrent_streams(config.max_streams)
-            .handshake(coalesce::Coalescing::new(admitted))
+            .handshake(coalesce::Coalescing::new(admitted, open.clone()))
             .await
             .map_err(stream::stream_error)?;
         let keepalive = config.keepalive.and_then(|times| {
@@ -326,6 +332,7 @@ where
             connection,
             admission,
             keepalive,
+            open,
         })
     }
 
@@ -357,6 +364,7 @@ where
                 recv: request.into_body(),
                 respond,
                 tunnel: self.admission.connection_id(),
+                ticket: self.open.ticket(),
             };
             if is_connect {
                 return Some(Ok(incoming));
@@ -378,6 +386,7 @@ pub struct IncomingStream {
     recv: h2::RecvStream,
     respond: h2::server::SendResponse<Bytes>,
     tunnel: ConnectionId,
+    ticket: Arc<coalesce::StreamTicket>,
 }
 
 impl std::fmt::Debug for IncomingStream {
@@ -411,6 +420,7 @@ impl IncomingStream {
             MuxReadHalf::answered(self.recv),
             MuxWriteHalf::new(send),
             self.tunnel,
+            self.ticket,
         ))
     }
 

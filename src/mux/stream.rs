@@ -2,6 +2,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -9,6 +10,7 @@ use h2::{RecvStream, SendStream};
 use http::{Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::coalesce::StreamTicket;
 use crate::admitted::ConnectionId;
 
 /// Largest piece handed to HTTP/2 per write: frames are split from it by the connection.
@@ -32,7 +34,16 @@ pub struct MuxStream {
 }
 
 impl MuxStream {
-    pub(crate) fn new(read: MuxReadHalf, write: MuxWriteHalf, tunnel: ConnectionId) -> Self {
+    /// A stream of a tunnel; both halves hold its `ticket`, so the tunnel counts it as open
+    /// until both are gone.
+    pub(crate) fn new(
+        mut read: MuxReadHalf,
+        mut write: MuxWriteHalf,
+        tunnel: ConnectionId,
+        ticket: Arc<StreamTicket>,
+    ) -> Self {
+        read.ticket = Some(Arc::clone(&ticket));
+        write.ticket = Some(ticket);
         Self {
             read,
             write,
@@ -77,6 +88,7 @@ pub struct MuxReadHalf {
     recv: Recv,
     /// Received, not yet read; its flow-control capacity is released as it is read.
     unread: Bytes,
+    ticket: Option<Arc<StreamTicket>>,
 }
 
 impl std::fmt::Debug for MuxReadHalf {
@@ -92,6 +104,7 @@ impl MuxReadHalf {
         Self {
             recv: Recv::Data(recv),
             unread: Bytes::new(),
+            ticket: None,
         }
     }
 
@@ -99,6 +112,7 @@ impl MuxReadHalf {
         Self {
             recv: Recv::Answer(answer),
             unread: Bytes::new(),
+            ticket: None,
         }
     }
 
@@ -212,6 +226,7 @@ pub struct MuxWriteHalf {
     send: SendStream<Bytes>,
     id: u32,
     ended: bool,
+    ticket: Option<Arc<StreamTicket>>,
 }
 
 impl std::fmt::Debug for MuxWriteHalf {
@@ -230,6 +245,7 @@ impl MuxWriteHalf {
             send,
             id,
             ended: false,
+            ticket: None,
         }
     }
 
