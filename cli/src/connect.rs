@@ -11,7 +11,6 @@ use linkgate::mux::{Pool, PoolConfig};
 use linkgate::record::RecordLimits;
 use linkgate::{Credentials, Error, Protocol, Rejection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::args::{CheckArgs, ConnectArgs, LogFormat};
 use crate::keys;
@@ -73,16 +72,16 @@ pub(crate) async fn run(args: ConnectArgs, systemd_sockets: SystemdSockets) -> R
     });
     let drained = match bound {
         Bound::Tcp(listener) => {
-            let accepted = Accepted(listener);
+            let accepted = Accepted::new(listener);
             serve(accepted, options, &signals, move |(stream, peer)| {
                 Arc::clone(&carrier).carry(stream, peer)
             })
             .await
         }
         Bound::Unix(listener, socket_file) => {
-            let accepted = AcceptedUnix(UnixListenerStream::new(listener));
-            let drained = serve(accepted, options, &signals, move |stream| {
-                Arc::clone(&carrier).carry(stream, "unix".to_owned())
+            let accepted = Accepted::new(listener);
+            let drained = serve(accepted, options, &signals, move |(stream, peer)| {
+                Arc::clone(&carrier).carry(stream, peer)
             })
             .await;
             drop(socket_file);
@@ -174,51 +173,89 @@ async fn reload_key(
     }
 }
 
-/// Accepted local TCP connections, with their peer (as accept gave it: no `getpeername` per
-/// connection); accept errors are logged and skipped.
-struct Accepted(tokio::net::TcpListener);
-
-impl futures_core::Stream for Accepted {
-    type Item = (tokio::net::TcpStream, String);
-
-    fn poll_next(
-        self: std::pin::Pin<&mut Self>,
+/// A local listener `connect` accepts from: TCP (with the peer address accept returned, so no
+/// `getpeername` per connection) or Unix.
+trait LocalListener: Unpin {
+    type Stream;
+    fn poll_accept(
+        &self,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        use std::task::Poll;
-        loop {
-            match self.0.poll_accept(cx) {
-                Poll::Ready(Ok((stream, peer))) => {
-                    let _ = stream.set_nodelay(true);
-                    return Poll::Ready(Some((stream, peer.to_string())));
-                }
-                Poll::Ready(Err(err)) => {
-                    tracing::warn!(error = %err, "accept failed; retrying");
-                }
-                Poll::Pending => return Poll::Pending,
-            }
+    ) -> std::task::Poll<io::Result<(Self::Stream, String)>>;
+}
+
+impl LocalListener for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    fn poll_accept(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<(Self::Stream, String)>> {
+        self.poll_accept(cx).map_ok(|(stream, peer)| {
+            let _ = stream.set_nodelay(true);
+            (stream, peer.to_string())
+        })
+    }
+}
+
+impl LocalListener for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    fn poll_accept(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<(Self::Stream, String)>> {
+        self.poll_accept(cx)
+            .map_ok(|(stream, _)| (stream, "unix".to_owned()))
+    }
+}
+
+/// How long accepting pauses after an error that is not about one connection (EMFILE, ENFILE,
+/// ENOMEM): retrying at once would spin, since such an error leaves the listener ready.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Accepted local connections with their peer; accept errors are logged and skipped.
+struct Accepted<L> {
+    listener: L,
+    backoff: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<L> Accepted<L> {
+    fn new(listener: L) -> Self {
+        Self {
+            listener,
+            backoff: None,
         }
     }
 }
 
-/// Accepted local Unix connections; accept errors are logged and skipped.
-struct AcceptedUnix(UnixListenerStream);
-
-impl futures_core::Stream for AcceptedUnix {
-    type Item = tokio::net::UnixStream;
+impl<L: LocalListener> futures_core::Stream for Accepted<L> {
+    type Item = (L::Stream, String);
 
     fn poll_next(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future;
         use std::task::Poll;
         loop {
-            match std::pin::Pin::new(&mut self.0).poll_next(cx) {
-                Poll::Ready(Some(Ok(stream))) => return Poll::Ready(Some(stream)),
-                Poll::Ready(Some(Err(err))) => {
-                    tracing::warn!(error = %err, "accept failed; retrying");
+            if let Some(backoff) = &mut self.backoff {
+                if backoff.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
                 }
-                Poll::Ready(None) => return Poll::Ready(None),
+                self.backoff = None;
+            }
+            match self.listener.poll_accept(cx) {
+                Poll::Ready(Ok(accepted)) => return Poll::Ready(Some(accepted)),
+                Poll::Ready(Err(err)) => {
+                    tracing::warn!(error = %err, "accept failed; retrying");
+                    let one_connection = matches!(
+                        err.kind(),
+                        io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::ConnectionRefused
+                    );
+                    if !one_connection {
+                        self.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)));
+                    }
+                }
                 Poll::Pending => return Poll::Pending,
             }
         }

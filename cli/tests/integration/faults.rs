@@ -288,3 +288,73 @@ async fn free_port() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap().to_string()
 }
+
+/// `connect` out of file descriptors: accept fails with EMFILE while the listener stays ready,
+/// so an accept loop that retried at once would spin (a core at 100% and a log line per try).
+/// It pauses instead, and serves again once descriptors are free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_out_of_file_descriptors_pauses_accepting_instead_of_spinning() {
+    let upstream = crate::support::echo_upstream().await;
+    let dir = TempDir::new().unwrap();
+    let key = keygen(dir.path(), "alice");
+    let (_serve, gate) = start_serve(dir.path(), Some(upstream.addr), &[]).await;
+    let mut command = Command::new("prlimit");
+    command.args([
+        "--nofile=40:40",
+        "--",
+        process::BIN,
+        "connect",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    command.args([
+        "--server",
+        &gate.to_string(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    command.env_remove("RUST_LOG");
+    let connect = process::Linkgate::spawn_command(command);
+    let local = connect.listen_addr().await;
+
+    // More connections than 40 descriptors can carry (each takes two: local and gate).
+    let mut held = Vec::new();
+    for _ in 0..60 {
+        let mut client = TcpStream::connect(local).await.unwrap();
+        client.write_all(b"x").await.unwrap();
+        held.push(client);
+    }
+    let exhausted = Instant::now();
+    connect.wait_for_log(&["accept failed"]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let failures = connect.stderr().matches("accept failed").count();
+    let seconds = exhausted.elapsed().as_secs_f64();
+    // At most one try per 100 ms pause (and a few connection errors); a spinning loop logs
+    // thousands in this time.
+    assert!(
+        (failures as f64) <= 15.0 * seconds + 5.0,
+        "{failures} accept failures in {seconds:.1} s"
+    );
+
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let attempt = async {
+            let mut client = TcpStream::connect(local).await?;
+            client.write_all(b"ping").await?;
+            let mut echoed = [0u8; 4];
+            client.read_exact(&mut echoed).await?;
+            Ok::<_, std::io::Error>(echoed)
+        };
+        match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+            Ok(Ok(echoed)) => {
+                assert_eq!(&echoed, b"ping");
+                break;
+            }
+            other => assert!(
+                Instant::now() < deadline,
+                "connect did not serve again after descriptors were freed: {other:?}"
+            ),
+        }
+    }
+}
