@@ -98,8 +98,7 @@ impl SealedState {
 
     fn fail_read(&mut self, err: RecordError) -> io::Error {
         self.read = ReadState::Failed(err);
-        self.rbuf = BytesMut::new();
-        (self.rstart, self.plain) = (0, (0, 0));
+        self.drop_read_buffer();
         crate::Error::from(err).into()
     }
 
@@ -135,8 +134,7 @@ impl SealedState {
                 Poll::Pending => {
                     if self.rstart == self.rbuf.len() {
                         // Idle: hold no buffer while waiting.
-                        self.rbuf = BytesMut::new();
-                        self.rstart = 0;
+                        self.drop_read_buffer();
                     }
                     return Poll::Pending;
                 }
@@ -173,11 +171,17 @@ impl SealedState {
                     return Err(RecordError::DataAfterClose);
                 }
                 self.read = ReadState::Closed;
-                self.rbuf = BytesMut::new();
-                self.rstart = 0;
+                self.drop_read_buffer();
             }
         }
         Ok(true)
+    }
+
+    /// Frees the read buffer, and with it every position into it (a stale plaintext range
+    /// would index the empty buffer).
+    fn drop_read_buffer(&mut self) {
+        self.rbuf = BytesMut::new();
+        (self.rstart, self.plain) = (0, (0, 0));
     }
 
     /// Makes sure there is room after what is buffered for at least one whole record.

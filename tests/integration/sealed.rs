@@ -102,6 +102,36 @@ async fn plain_mode_hands_back_the_bare_stream() {
     assert_eq!(&got, b"raw after the handshake");
 }
 
+/// Taking a sealed stream apart after it has read (and, idle, freed its read buffer) or after
+/// the peer's close_notify hands back what is left, and does not panic on the freed buffer.
+#[tokio::test]
+async fn a_sealed_stream_comes_apart_after_reading_and_after_the_peers_close() {
+    for mode in [Mode::Sealed, Mode::SealedFs] {
+        let (mut client, mut server) = session_over_duplex(mode, 64 * 1024).await;
+        client.write_all(b"hello").await.unwrap();
+        client.flush().await.unwrap();
+        let mut got = [0u8; 5];
+        server.read_exact(&mut got).await.unwrap();
+        // Nothing more has come: the read goes idle and frees its buffer.
+        let mut more = [0u8; 8];
+        let idle = tokio::time::timeout(Duration::from_millis(20), server.read(&mut more)).await;
+        assert!(idle.is_err(), "{mode}: a read completed with nothing sent");
+        let (_, _, parts) = server.into_parts();
+        let parts = parts.expect("a sealed stream has record state");
+        assert!(parts.unread_plaintext.is_empty(), "{mode}");
+        assert!(parts.unread_ciphertext.is_empty(), "{mode}");
+
+        let (mut client, mut server) = session_over_duplex(mode, 64 * 1024).await;
+        client.write_all(b"bye").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut all = Vec::new();
+        server.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"bye", "{mode}");
+        let (_, _, parts) = server.into_parts();
+        assert!(parts.unwrap().unread_plaintext.is_empty(), "{mode}");
+    }
+}
+
 /// A gate that sends a KeyUpdate every 4 records, and a client that does too.
 fn rekeying(alice: &Key) -> (Gate, Credentials) {
     let limits = RecordLimits::new().with_key_update_interval(4);
