@@ -14,7 +14,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -48,13 +48,15 @@ impl Drop for StreamTicket {
     }
 }
 
-/// A transport whose small writes wait for one turn of the scheduler before they go out.
+/// A transport whose small writes wait for one turn of the scheduler before they go out. It also
+/// counts the bytes it reads: the keepalive takes them as a sign the peer is alive.
 #[derive(Debug)]
 pub(crate) struct Coalescing<S> {
     inner: S,
     open: OpenStreams,
     /// This write has been held back once already: it goes out on the next try.
     held: bool,
+    received: Arc<AtomicU64>,
 }
 
 impl<S> Coalescing<S> {
@@ -63,7 +65,13 @@ impl<S> Coalescing<S> {
             inner,
             open,
             held: false,
+            received: Arc::default(),
         }
+    }
+
+    /// Bytes read so far, shared.
+    pub(crate) fn received(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.received)
     }
 
     /// Whether to hold this write back (and arrange to be polled again).
@@ -84,7 +92,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Coalescing<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            this.received.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        read
     }
 }
 

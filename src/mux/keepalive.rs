@@ -3,11 +3,15 @@
 //! only when TCP gives up after many minutes. Until then a pool would keep handing out streams
 //! on it, each failing only at its own deadline.
 //!
-//! HTTP/2 answers every PING on its own, so either side can send them; both do.
+//! HTTP/2 answers every PING on its own, so either side can send them; both do. An answer can
+//! queue behind megabytes of data on a slow link, so bytes arriving from the peer while a PING
+//! is out also prove it alive: only a peer that sends nothing at all for `timeout` is given up.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,16 +32,33 @@ pub(crate) struct Keepalive {
     /// The next ping (idle) or the deadline of the one in flight (awaiting).
     deadline: Pin<Box<Sleep>>,
     awaiting: bool,
+    /// Bytes read from the peer so far (counted by the transport), and at the last check.
+    received: Arc<AtomicU64>,
+    received_at_check: u64,
 }
 
 impl Keepalive {
-    pub(crate) fn new(ping_pong: h2::PingPong, times: KeepaliveTimes) -> Self {
+    pub(crate) fn new(
+        ping_pong: h2::PingPong,
+        times: KeepaliveTimes,
+        received: Arc<AtomicU64>,
+    ) -> Self {
         Self {
             ping_pong,
             times,
             deadline: Box::pin(tokio::time::sleep(times.interval)),
             awaiting: false,
+            received,
+            received_at_check: 0,
         }
+    }
+
+    /// Whether the peer sent anything since the last check.
+    fn heard_from_peer(&mut self) -> bool {
+        let received = self.received.load(Ordering::Relaxed);
+        let heard = received != self.received_at_check;
+        self.received_at_check = received;
+        heard
     }
 
     /// `Ready` only with the error that ends the tunnel: no answer in time, or the connection
@@ -55,10 +76,15 @@ impl Keepalive {
                     Poll::Pending => {}
                 }
                 if self.deadline.as_mut().poll(cx).is_ready() {
+                    if self.heard_from_peer() {
+                        // Alive, its answer queued behind data: give it another timeout.
+                        self.reset(self.times.timeout);
+                        continue;
+                    }
                     return Poll::Ready(io::Error::new(
                         io::ErrorKind::TimedOut,
                         format!(
-                            "the peer did not answer a keepalive ping within {} ms",
+                            "the peer sent nothing, not even the answer to a keepalive ping, within {} ms",
                             self.times.timeout.as_millis()
                         ),
                     ));
@@ -71,6 +97,7 @@ impl Keepalive {
             if let Err(err) = self.ping_pong.send_ping(h2::Ping::opaque()) {
                 return Poll::Ready(super::stream::stream_error(err));
             }
+            self.heard_from_peer();
             self.awaiting = true;
             self.reset(self.times.timeout);
         }

@@ -121,8 +121,9 @@ impl MuxConfig {
     }
 
     /// Sends an HTTP/2 PING every `interval` and closes the tunnel (failing its streams) when
-    /// the answer has not come back within `timeout`: a peer that vanished without a FIN or a
-    /// reset is noticed then, not when TCP gives up. Both sides ping; the default is every
+    /// nothing from the peer, not even the answer, has arrived within `timeout`: a peer that
+    /// vanished without a FIN or a reset is noticed then, not when TCP gives up, while one whose
+    /// answer queues behind data on a slow link is kept. Both sides ping; the default is every
     /// 30 s with 20 s to answer. Each is at least 10 ms.
     pub fn with_keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
         let least = Duration::from_millis(10);
@@ -191,6 +192,8 @@ impl Tunnel {
         }
         let admission = Arc::new(admitted.admission().clone());
         let open = coalesce::OpenStreams::default();
+        let transport = coalesce::Coalescing::new(admitted, open.clone());
+        let received = transport.received();
         let (sender, mut connection) = h2::client::Builder::new()
             .enable_push(false)
             .max_frame_size(MAX_FRAME)
@@ -199,7 +202,7 @@ impl Tunnel {
             .max_local_error_reset_streams(None)
             .initial_window_size(config.stream_window)
             .initial_connection_window_size(config.connection_window())
-            .handshake(coalesce::Coalescing::new(admitted, open.clone()))
+            .handshake(transport)
             .await
             .map_err(stream::stream_error)?;
         let closed = CancellationToken::new();
@@ -207,7 +210,7 @@ impl Tunnel {
         let conn = admission.connection_id();
         let mut keepalive = config.keepalive.and_then(|times| {
             let ping_pong = connection.ping_pong()?;
-            Some(keepalive::Keepalive::new(ping_pong, times))
+            Some(keepalive::Keepalive::new(ping_pong, times, received))
         });
         tokio::spawn(async move {
             let ended = std::future::poll_fn(|cx| {
@@ -311,6 +314,8 @@ where
         }
         let admission = admitted.admission().clone();
         let open = coalesce::OpenStreams::default();
+        let transport = coalesce::Coalescing::new(admitted, open.clone());
+        let received = transport.received();
         let mut connection = h2::server::Builder::new()
             .max_frame_size(MAX_FRAME)
             // Clients reset streams for every local connection that fails at once (a health
@@ -321,12 +326,12 @@ where
             .initial_window_size(config.stream_window)
             .initial_connection_window_size(config.connection_window())
             .max_concurrent_streams(config.max_streams)
-            .handshake(coalesce::Coalescing::new(admitted, open.clone()))
+            .handshake(transport)
             .await
             .map_err(stream::stream_error)?;
         let keepalive = config.keepalive.and_then(|times| {
             let ping_pong = connection.ping_pong()?;
-            Some(keepalive::Keepalive::new(ping_pong, times))
+            Some(keepalive::Keepalive::new(ping_pong, times, received))
         });
         Ok(Self {
             connection,

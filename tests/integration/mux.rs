@@ -569,3 +569,80 @@ async fn keepalive_closes_a_tunnel_whose_peer_vanished_on_both_sides() {
     assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
     assert!(err.to_string().contains("keepalive"), "{err}");
 }
+
+/// A relay to the gate whose gate-to-client direction is a slow link with a deep buffer: it
+/// takes whatever the gate sends at once and passes it on at about 1 MiB/s.
+async fn slow_downlink_relay(to: SocketAddr) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let server = tokio::net::TcpStream::connect(to).await.unwrap();
+        let (mut client_read, mut client_write) = client.into_split();
+        let (mut server_read, mut server_write) = server.into_split();
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+        });
+        let (queue, mut queued) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n @ 1..) = server_read.read(&mut buf).await {
+                if queue.send(buf[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(chunk) = queued.recv().await {
+                for piece in chunk.chunks(16 * 1024) {
+                    tokio::time::sleep(Duration::from_millis(16)).await;
+                    if client_write.write_all(piece).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    });
+    addr
+}
+
+/// On a slow link the answer to a PING can wait behind megabytes of data: a peer whose data
+/// keeps arriving is alive, even when its answer comes after the keepalive's timeout.
+#[tokio::test]
+async fn keepalive_keeps_a_tunnel_whose_answers_queue_behind_data() {
+    let alice = key("alice");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gate_addr = listener.local_addr().unwrap();
+    let gate = mux_gate(&[&alice]);
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let admitted = gate.admit(tcp).await.unwrap();
+        // The gate does not ping here: only the client's keepalive is under test.
+        let config = MuxConfig::default().without_keepalive();
+        let mut server = MuxServer::new(admitted, &config).await.unwrap();
+        while let Some(Ok(incoming)) = server.next_stream().await {
+            tokio::spawn(handle(incoming, Service::Source));
+        }
+    });
+    let relay = slow_downlink_relay(gate_addr).await;
+    let credentials = Credentials::new(alice).with_mode(Mode::SealedFsMux);
+    let admitted = linkgate::connect(relay, &credentials).await.unwrap();
+    let config =
+        MuxConfig::default().with_keepalive(Duration::from_millis(100), Duration::from_millis(300));
+    let tunnel = Tunnel::new(admitted, &config).await.unwrap();
+    // 3 MiB at about 1 MiB/s: the PONG waits behind up to a 2 MiB window of data, far past the
+    // 300 ms timeout, while data keeps coming.
+    let len = 3u64 << 20;
+    let got = tokio::time::timeout(
+        Duration::from_secs(20),
+        fetch(tunnel.open().await.unwrap(), len),
+    )
+    .await
+    .expect("the transfer did not finish");
+    let got = got.expect("the keepalive closed a tunnel whose data was still arriving");
+    assert_eq!(
+        Sha256::digest(&got),
+        Sha256::digest(payload(len as usize, 7))
+    );
+    assert!(!tunnel.is_closed());
+}
