@@ -74,9 +74,14 @@ impl<S> Coalescing<S> {
         Arc::clone(&self.received)
     }
 
-    /// Whether to hold this write back (and arrange to be polled again).
-    fn hold(&mut self, len: usize, cx: &Context<'_>) -> bool {
-        if self.held || len >= HOLD_BELOW || self.open.count() < 2 {
+    /// Whether to hold this write of `len` bytes in `slices` pieces back (and arrange to be
+    /// polled again).
+    ///
+    /// Only a write of HTTP/2's frame buffer alone can gather more frames while it waits: with
+    /// a DATA payload chained after it (a second slice; h2 chains payloads of 256 bytes or
+    /// more instead of copying them), h2 adds nothing until that is out.
+    fn hold(&mut self, len: usize, slices: usize, cx: &Context<'_>) -> bool {
+        if self.held || len >= HOLD_BELOW || slices > 1 || self.open.count() < 2 {
             self.held = false;
             return false;
         }
@@ -110,7 +115,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalescing<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.hold(buf.len(), cx) {
+        if this.hold(buf.len(), 1, cx) {
             return Poll::Pending;
         }
         Pin::new(&mut this.inner).poll_write(cx, buf)
@@ -123,7 +128,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalescing<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let len = bufs.iter().map(|buf| buf.len()).sum();
-        if this.hold(len, cx) {
+        let slices = bufs.iter().filter(|buf| !buf.is_empty()).count();
+        if this.hold(len, slices, cx) {
             return Poll::Pending;
         }
         Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
@@ -201,6 +207,18 @@ mod tests {
         let vectored = Pin::new(&mut io).poll_write_vectored(&mut cx, &slices);
         assert!(matches!(vectored, Poll::Ready(Ok(_))));
         assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_frame_header_with_a_chained_payload_is_not_held() {
+        let mut cx = Context::from_waker(Waker::noop());
+        let open = OpenStreams::default();
+        let _streams = [open.ticket(), open.ticket()];
+        let mut io = Coalescing::new(Vec::new(), open);
+        let (header, payload) = ([0u8; 9], [7u8; 300]);
+        let slices = [io::IoSlice::new(&header), io::IoSlice::new(&payload)];
+        let vectored = Pin::new(&mut io).poll_write_vectored(&mut cx, &slices);
+        assert!(matches!(vectored, Poll::Ready(Ok(309))));
     }
 }
 
