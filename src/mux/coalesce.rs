@@ -170,14 +170,24 @@ mod tests {
             .map(|written| written.unwrap())
     }
 
-    #[test]
-    fn a_small_write_is_held_back_once_and_wakes_its_task() {
+    /// A transport with two streams open (so small writes are held), and their tickets.
+    fn with_two_streams() -> (Coalescing<Vec<u8>>, [Arc<StreamTicket>; 2]) {
+        let open = OpenStreams::default();
+        let tickets = [open.ticket(), open.ticket()];
+        (Coalescing::new(Vec::new(), open), tickets)
+    }
+
+    fn counting_waker() -> (Arc<CountingWaker>, Waker) {
         let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
         let waker = Waker::from(Arc::clone(&wakes));
+        (wakes, waker)
+    }
+
+    #[test]
+    fn a_small_write_is_held_back_once_and_wakes_its_task() {
+        let (wakes, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);
-        let open = OpenStreams::default();
-        let _streams = [open.ticket(), open.ticket()];
-        let mut io = Coalescing::new(Vec::new(), open);
+        let (mut io, _streams) = with_two_streams();
 
         assert!(write(&mut io, &mut cx, b"frame").is_pending());
         assert_eq!(
@@ -195,12 +205,9 @@ mod tests {
 
     #[test]
     fn a_bulk_write_goes_out_at_once() {
-        let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
-        let waker = Waker::from(Arc::clone(&wakes));
+        let (wakes, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);
-        let open = OpenStreams::default();
-        let _streams = [open.ticket(), open.ticket()];
-        let mut io = Coalescing::new(Vec::new(), open);
+        let (mut io, _streams) = with_two_streams();
         let bulk = vec![1u8; HOLD_BELOW];
         assert_eq!(write(&mut io, &mut cx, &bulk), Poll::Ready(HOLD_BELOW));
         let slices = [io::IoSlice::new(&bulk[..9]), io::IoSlice::new(&bulk[9..])];
@@ -212,9 +219,7 @@ mod tests {
     #[test]
     fn a_frame_header_with_a_chained_payload_is_not_held() {
         let mut cx = Context::from_waker(Waker::noop());
-        let open = OpenStreams::default();
-        let _streams = [open.ticket(), open.ticket()];
-        let mut io = Coalescing::new(Vec::new(), open);
+        let (mut io, _streams) = with_two_streams();
         let (header, payload) = ([0u8; 9], [7u8; 300]);
         let slices = [io::IoSlice::new(&header), io::IoSlice::new(&payload)];
         let vectored = Pin::new(&mut io).poll_write_vectored(&mut cx, &slices);
