@@ -301,6 +301,32 @@ impl<IO> Admitted<IO> {
         let sealed = self.sealed.map(|state| state.into_parts());
         (self.io, self.admission, sealed)
     }
+
+    /// The same admitted connection, session and buffers intact, over `f(stream)`: e.g. to move
+    /// it to another tokio runtime with `into_std` here and `from_std` there. If `f` fails, the
+    /// connection is dropped (closed) with the error returned.
+    ///
+    /// ```
+    /// # fn run(admitted: linkgate::Admitted<tokio::net::TcpStream>) -> std::io::Result<()> {
+    /// let detached = admitted.map_io(tokio::net::TcpStream::into_std)?;
+    /// std::thread::spawn(move || {
+    ///     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    ///     runtime.block_on(async move {
+    ///         let admitted = detached.map_io(tokio::net::TcpStream::from_std)?;
+    ///         // … serve `admitted` on this thread's runtime.
+    ///         # drop(admitted);
+    ///         Ok::<_, std::io::Error>(())
+    ///     })
+    /// });
+    /// # Ok(()) }
+    /// ```
+    pub fn map_io<T>(self, f: impl FnOnce(IO) -> io::Result<T>) -> io::Result<Admitted<T>> {
+        Ok(Admitted {
+            io: f(self.io)?,
+            sealed: self.sealed,
+            admission: self.admission,
+        })
+    }
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Admitted<IO> {

@@ -252,3 +252,58 @@ async fn a_relay_that_flips_a_bit_gets_nothing_through() {
         "{err}"
     );
 }
+
+/// A sealed session moved to another runtime with `map_io` (`into_std` here, `from_std` there)
+/// keeps its keys and what it had already read: the plaintext buffered before the move is read
+/// after it, and both directions go on.
+#[tokio::test]
+async fn a_sealed_session_moves_to_another_runtime_with_what_it_buffered() {
+    let alice = key("alice");
+    let gate = plain_gate(&[&alice]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        gate.admit(tcp).await
+    });
+    let credentials = Credentials::new(alice).with_mode(Mode::SealedFs);
+    let mut client = linkgate::connect(addr, &credentials).await.unwrap();
+    let mut server = server.await.unwrap().unwrap();
+    // Two records in one segment: reading the first buffers the second.
+    client.write_all(b"first").await.unwrap();
+    client.write_all(b"second").await.unwrap();
+    client.flush().await.unwrap();
+    let mut first = [0u8; 5];
+    server.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"first");
+
+    let detached = server.map_io(TcpStream::into_std).unwrap();
+    let moved = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let mut server = detached.map_io(TcpStream::from_std).unwrap();
+            let mut second = [0u8; 6];
+            server.read_exact(&mut second).await.unwrap();
+            let mut third = [0u8; 5];
+            server.read_exact(&mut third).await.unwrap();
+            server.write_all(b"reply").await.unwrap();
+            server.shutdown().await.unwrap();
+            (second, third)
+        })
+    });
+    client.write_all(b"third").await.unwrap();
+    client.flush().await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut reply))
+        .await
+        .expect("the moved session answers")
+        .unwrap();
+    let (second, third) = tokio::task::spawn_blocking(move || moved.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!((&second, &third), (b"second", b"third"));
+    assert_eq!(reply, b"reply");
+}
