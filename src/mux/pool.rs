@@ -22,11 +22,13 @@ pub struct PoolConfig {
     mux: MuxConfig,
     min_backoff: Duration,
     max_backoff: Duration,
+    first_slot: usize,
 }
 
 impl Default for PoolConfig {
     fn default() -> Self {
         Self {
+            first_slot: 0,
             tunnels: 2,
             mux: MuxConfig::default(),
             min_backoff: Duration::from_millis(100),
@@ -46,6 +48,14 @@ impl PoolConfig {
     /// Tunnels kept open.
     pub fn tunnels(&self) -> usize {
         self.tunnels
+    }
+
+    /// Numbers this pool's tunnels (the `slot` of its log lines) from `first` rather than 0:
+    /// for several pools in one process, such as one per thread, whose lines should not
+    /// collide.
+    pub fn with_first_slot(mut self, first: usize) -> Self {
+        self.first_slot = first;
+        self
     }
 
     /// The tunnels' windows.
@@ -207,7 +217,9 @@ fn multiplexed(credentials: Credentials) -> io::Result<Credentials> {
 }
 
 /// Keeps one slot's tunnel up until the pool is dropped.
-async fn keep_up(inner: Arc<Inner>, slot: usize, config: PoolConfig) {
+async fn keep_up(inner: Arc<Inner>, index: usize, config: PoolConfig) {
+    // In log lines.
+    let slot = config.first_slot.saturating_add(index);
     let mut backoff = config.min_backoff;
     loop {
         let credentials = inner.credentials.load_full();
@@ -227,13 +239,13 @@ async fn keep_up(inner: Arc<Inner>, slot: usize, config: PoolConfig) {
                 let conn = tunnel.admission().connection_id();
                 tracing::info!(server = %inner.server, %conn, key_id = %credentials.key_id(),
                     mode = %credentials.mode(), slot, "tunnel up");
-                inner.slots[slot].store(Some(Arc::new(tunnel.clone())));
+                inner.slots[index].store(Some(Arc::new(tunnel.clone())));
                 inner.up.notify_waiters();
                 tokio::select! {
                     () = inner.stop.cancelled() => return,
                     () = tunnel.closed() => {}
                 }
-                inner.slots[slot].store(None);
+                inner.slots[index].store(None);
                 tracing::warn!(server = %inner.server, %conn, slot,
                     "tunnel closed: its open streams are reset; establishing a new one");
             }
