@@ -155,6 +155,10 @@ pub(crate) struct OperationsArgs {
     /// default they stay open).
     #[arg(long)]
     pub(crate) drop_revoked: bool,
+    /// Threads that run multiplexed tunnels, each tunnel with all its streams on one of them
+    /// (default: the cores this process may use).
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    pub(crate) tunnel_threads: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -221,6 +225,10 @@ pub(crate) struct ConnectArgs {
     /// Tunnels kept open with --mux; each one that drops is re-established with backoff.
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = at_least_one, requires = "mux")]
     pub(crate) tunnels: usize,
+    /// Threads that accept local connections with --mux, each with its share of the tunnels
+    /// and of --max-connections (default: the cores this process may use, at most --tunnels).
+    #[arg(long, value_name = "N", value_parser = at_least_one, requires = "mux")]
+    pub(crate) tunnel_threads: Option<usize>,
     #[command(flatten)]
     pub(crate) service: ServiceArgs,
     #[command(flatten)]

@@ -4,6 +4,7 @@
 //! metrics = "127.0.0.1:9100"   # optional: Prometheus metrics at /metrics
 //! watch-keys = true            # reload when a key directory changes
 //! drop-revoked = false         # close connections admitted under a removed key
+//! tunnel-threads = 2           # threads for multiplexed tunnels (default: the cores)
 //!
 //! [[service]]
 //! name = "redis"
@@ -41,9 +42,19 @@ pub(crate) struct ConfigFile {
     /// Close connections admitted under a key a reload removed or changed.
     #[serde(default)]
     pub(crate) drop_revoked: bool,
+    /// Threads that run multiplexed tunnels (default: the cores).
+    #[serde(default, deserialize_with = "positive")]
+    pub(crate) tunnel_threads: Option<usize>,
     /// The services, one `[[service]]` table each.
     #[serde(rename = "service")]
     pub(crate) services: Vec<ServiceOptions>,
+}
+
+fn positive<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<usize>, D::Error> {
+    match usize::deserialize(de)? {
+        0 => Err(serde::de::Error::custom("must be at least 1")),
+        n => Ok(Some(n)),
+    }
 }
 
 impl ConfigFile {
@@ -161,5 +172,18 @@ keys = "k2"
             "[[service]]\nname = \"a\"\nallow-plain = true\nrequire-forward-secrecy = true\n";
         assert!(format!("{:#}", parse(both).unwrap_err()).contains("contradict"));
         assert!(format!("{:#}", parse("metrics = \"x\"\n").unwrap_err()).contains("service"));
+    }
+
+    #[test]
+    fn tunnel_threads_must_be_positive() {
+        let service = "[[service]]\nname = \"a\"\n";
+        let two = parse(&format!("tunnel-threads = 2\n{service}")).unwrap();
+        assert_eq!(two.tunnel_threads, Some(2));
+        assert_eq!(parse(service).unwrap().tunnel_threads, None);
+        let zero = format!(
+            "{:#}",
+            parse(&format!("tunnel-threads = 0\n{service}")).unwrap_err()
+        );
+        assert!(zero.contains("must be at least 1"), "{zero}");
     }
 }

@@ -4,7 +4,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use arc_swap::ArcSwap;
 use linkgate::ServeOptions;
 use linkgate::mux::{Pool, PoolConfig};
@@ -17,6 +17,7 @@ use crate::keys;
 use crate::listen::{self, Bound, SystemdSockets};
 use crate::proxy::{self, ConnectContext};
 use crate::signals::Signals;
+use crate::threads::{self, Threads};
 use crate::tunnel::{self, MuxConnect};
 
 pub(crate) async fn run(args: ConnectArgs, systemd_sockets: SystemdSockets) -> Result<()> {
@@ -30,7 +31,18 @@ pub(crate) async fn run(args: ConnectArgs, systemd_sockets: SystemdSockets) -> R
     }
     keys::warn_if_seed(args.client.protocol);
     crate::systemd::raise_open_files_limit(2 * args.service.max_connections as u64 + 64);
-    let bound = listen::bind(&args.listen, args.socket_mode, &systemd_sockets).await?;
+    let threads = if args.mux {
+        TunnelThreads::count(&args)
+    } else {
+        0
+    };
+    let bound = listen::bind_shared(
+        &args.listen,
+        args.socket_mode,
+        &systemd_sockets,
+        threads > 1,
+    )
+    .await?;
     let mode = match credentials.mode().multiplexed() {
         Some(mux) if args.mux => mux,
         _ => credentials.mode(),
@@ -41,61 +53,167 @@ pub(crate) async fn run(args: ConnectArgs, systemd_sockets: SystemdSockets) -> R
         key_id = %credentials.key_id(),
         %mode,
         tunnels = args.mux.then_some(args.tunnels),
+        tunnel_threads = args.mux.then_some(threads),
         "linkgate connect: listening"
     );
-    let mux = if args.mux {
-        let config = PoolConfig::default().with_tunnels(args.tunnels);
-        let pool = Pool::new(args.client.server.clone(), credentials.clone(), config)
-            .map_err(|err| anyhow!("--mux: {err}"))?;
-        Some(Arc::new(MuxConnect {
-            pool,
-            wait: args.client.timeout,
-        }))
+    let context = Arc::new(ConnectContext {
+        server: args.client.server.clone(),
+        credentials: ArcSwap::from_pointee(credentials.clone()),
+    });
+    let options = crate::serve::serve_options(&args.service);
+    let tunnels = if args.mux {
+        Some(TunnelThreads::start(&args, &credentials)?)
     } else {
         None
     };
-    let context = Arc::new(ConnectContext {
-        server: args.client.server.clone(),
-        credentials: ArcSwap::from_pointee(credentials),
-    });
-    let options = crate::serve::serve_options(&args.service);
+    let pools = tunnels.as_ref().map_or_else(Vec::new, |t| t.pools.clone());
     tokio::spawn(reload_key(
         args,
         Arc::clone(&context),
-        mux.clone(),
+        pools,
         signals.reloads(),
     ));
     crate::systemd::ready("forwarding");
-    let carrier = Arc::new(match mux {
-        Some(mux) => Carrier::Tunnels(mux),
-        None => Carrier::Connections(context),
-    });
-    let drained = match bound {
-        Bound::Tcp(listener) => {
-            let accepted = Accepted::new(listener);
-            serve(accepted, options, &signals, move |(stream, peer)| {
-                Arc::clone(&carrier).carry(stream, peer)
-            })
-            .await
-        }
-        Bound::Unix(listener, socket_file) => {
-            let accepted = Accepted::new(listener);
-            let drained = serve(accepted, options, &signals, move |(stream, peer)| {
-                Arc::clone(&carrier).carry(stream, peer)
-            })
-            .await;
-            drop(socket_file);
-            drained
+    let (listener, socket_file) = match bound {
+        Bound::Tcp(listener) => (Local::Tcp(listener), None),
+        Bound::Unix(listener, socket_file) => (Local::Unix(listener), socket_file),
+    };
+    let closed_at_drain = match tunnels {
+        Some(tunnels) => tunnels.serve(listener, &options, &signals).await?,
+        None => {
+            let carrier = Carrier::Connections(context);
+            match listener {
+                Local::Tcp(listener) => serve(listener, options, signals, carrier).await,
+                Local::Unix(listener) => serve(listener, options, signals, carrier).await,
+            }
         }
     };
-    tracing::info!(
-        closed_at_drain = drained.aborted,
-        "linkgate connect: stopped"
-    );
+    drop(socket_file);
+    tracing::info!(closed_at_drain, "linkgate connect: stopped");
     Ok(())
 }
 
+/// The local listener, of either kind.
+enum Local {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+/// `connect --mux` on tunnel threads (see [`crate::threads`]): each thread accepts local
+/// connections from the same listening socket, with pooled tunnels of its own, so a local
+/// connection, its stream and the tunnel carrying it never leave one thread. The tunnels and
+/// `--max-connections` are shared out among the threads.
+struct TunnelThreads {
+    threads: Threads,
+    pools: Vec<Arc<MuxConnect>>,
+    max_connections: usize,
+}
+
+impl TunnelThreads {
+    fn count(args: &ConnectArgs) -> usize {
+        args.tunnel_threads
+            .unwrap_or_else(threads::default_count)
+            .min(args.tunnels)
+            .min(args.service.max_connections)
+    }
+
+    fn start(args: &ConnectArgs, credentials: &Credentials) -> Result<Self> {
+        let count = Self::count(args);
+        let threads = Threads::start(count)?;
+        let mut pools = Vec::with_capacity(count);
+        for index in 0..count {
+            // Tunnels numbered across the threads: thread 0 has slots 0.., thread 1 the next.
+            let first_slot = (0..index).map(|i| share(args.tunnels, count, i)).sum();
+            let config = PoolConfig::default()
+                .with_tunnels(share(args.tunnels, count, index))
+                .with_first_slot(first_slot);
+            // The pool's tunnels are spawned on the thread it serves.
+            let _on_thread = threads.enter(index);
+            let pool = Pool::new(args.client.server.clone(), credentials.clone(), config)
+                .map_err(|err| anyhow!("--mux: {err}"))?;
+            pools.push(Arc::new(MuxConnect {
+                pool,
+                wait: args.client.timeout,
+            }));
+        }
+        Ok(Self {
+            threads,
+            pools,
+            max_connections: args.service.max_connections,
+        })
+    }
+
+    /// Serves until the drain ends; returns how many connections it cut off.
+    async fn serve(
+        self,
+        listener: Local,
+        options: &ServeOptions,
+        signals: &Signals,
+    ) -> Result<usize> {
+        let count = self.threads.len();
+        let mut running = Vec::with_capacity(count);
+        for (index, mux) in self.pools.into_iter().enumerate() {
+            let options =
+                options
+                    .clone()
+                    .with_max_connections(share(self.max_connections, count, index));
+            let (signals, carrier) = (signals.clone(), Carrier::Tunnels(mux));
+            // Sockets are registered with the runtime of the thread that accepts on them.
+            let task = {
+                let _on_thread = self.threads.enter(index);
+                match &listener {
+                    // The others bind their own sockets to the same address (SO_REUSEPORT),
+                    // when the bound one allows it, rather than share one that wakes them all.
+                    Local::Tcp(listener) if index > 0 && reuses_port(listener) => {
+                        let listener = listen::bind_again(listener.local_addr()?)?;
+                        self.threads
+                            .spawn_on(index, serve(listener, options, signals, carrier))
+                    }
+                    Local::Tcp(listener) => {
+                        let listener = tokio::net::TcpListener::from_std(clone_tcp(listener)?)?;
+                        self.threads
+                            .spawn_on(index, serve(listener, options, signals, carrier))
+                    }
+                    Local::Unix(listener) => {
+                        let listener = tokio::net::UnixListener::from_std(clone_unix(listener)?)?;
+                        self.threads
+                            .spawn_on(index, serve(listener, options, signals, carrier))
+                    }
+                }
+            };
+            running.push(task);
+        }
+        // Every thread has its own copy of the socket.
+        drop(listener);
+        let mut aborted = 0;
+        for task in running {
+            aborted += task.await.context("a tunnel thread failed")?;
+        }
+        Ok(aborted)
+    }
+}
+
+/// Thread `index`'s share of `total` over `count` threads (the first ones get one more).
+fn share(total: usize, count: usize, index: usize) -> usize {
+    total / count + usize::from(index < total % count)
+}
+
+fn reuses_port(listener: &tokio::net::TcpListener) -> bool {
+    rustix::net::sockopt::socket_reuseport(listener).unwrap_or(false)
+}
+
+fn clone_tcp(listener: &tokio::net::TcpListener) -> Result<std::net::TcpListener> {
+    let fd = std::os::fd::AsFd::as_fd(listener).try_clone_to_owned()?;
+    Ok(std::net::TcpListener::from(fd))
+}
+
+fn clone_unix(listener: &tokio::net::UnixListener) -> Result<std::os::unix::net::UnixListener> {
+    let fd = std::os::fd::AsFd::as_fd(listener).try_clone_to_owned()?;
+    Ok(std::os::unix::net::UnixListener::from(fd))
+}
+
 /// How `connect` takes each local connection to the gate.
+#[derive(Clone)]
 enum Carrier {
     /// A gate connection and handshake of its own.
     Connections(Arc<ConnectContext>),
@@ -104,35 +222,30 @@ enum Carrier {
 }
 
 impl Carrier {
-    async fn carry<L: crate::socket::Socket>(self: Arc<Self>, local: L, peer: String) {
-        match &*self {
-            Self::Connections(context) => {
-                proxy::connect_one(local, peer, Arc::clone(context)).await;
-            }
-            Self::Tunnels(mux) => tunnel::connect_one(local, peer, Arc::clone(mux)).await,
+    async fn carry<S: crate::socket::Socket>(self, local: S, peer: String) {
+        match self {
+            Self::Connections(context) => proxy::connect_one(local, peer, context).await,
+            Self::Tunnels(mux) => tunnel::connect_one(local, peer, mux).await,
         }
     }
 }
 
-async fn serve<S, H, Fut>(
-    connections: S,
-    options: ServeOptions,
-    signals: &Signals,
-    handler: H,
-) -> linkgate::Drained
+/// Accepts from `listener` and carries each connection until the drain ends; returns how many
+/// connections the drain cut off.
+async fn serve<L>(listener: L, options: ServeOptions, signals: Signals, carrier: Carrier) -> usize
 where
-    S: futures_core::Stream + Unpin,
-    H: Fn(S::Item) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
+    L: LocalListener,
+    L::Stream: crate::socket::Socket,
 {
     linkgate::serve_until(
-        connections,
+        Accepted::new(listener),
         options,
         signals.requested(),
         signals.forced(),
-        handler,
+        move |(stream, peer)| carrier.clone().carry(stream, peer),
     )
     .await
+    .aborted
 }
 
 fn client_credentials(args: &ConnectArgs) -> Result<Credentials> {
@@ -148,7 +261,7 @@ fn client_credentials(args: &ConnectArgs) -> Result<Credentials> {
 async fn reload_key(
     args: ConnectArgs,
     context: Arc<ConnectContext>,
-    mux: Option<Arc<MuxConnect>>,
+    pools: Vec<Arc<MuxConnect>>,
     mut hups: tokio::sync::watch::Receiver<u64>,
 ) {
     while hups.changed().await.is_ok() {
@@ -159,10 +272,11 @@ async fn reload_key(
         match client_credentials(&args) {
             Ok(credentials) => {
                 tracing::info!(key_id = %credentials.key_id(), "SIGHUP: key reloaded");
-                if let Some(mux) = &mux {
-                    // New tunnels use it; those up stay as they are.
+                // New tunnels use it; those up stay as they are.
+                for mux in &pools {
                     if let Err(err) = mux.pool.set_credentials(credentials.clone()) {
                         tracing::warn!(error = %err, "SIGHUP: the reloaded key cannot be used for tunnels");
+                        break;
                     }
                 }
                 context.credentials.store(Arc::new(credentials));

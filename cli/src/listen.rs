@@ -106,9 +106,21 @@ pub(crate) async fn bind(
     socket_mode: Option<u32>,
     systemd: &SystemdSockets,
 ) -> Result<Bound> {
+    bind_shared(addr, socket_mode, systemd, false).await
+}
+
+/// [`bind`], and with `reuse_port` a TCP socket is bound with `SO_REUSEPORT`, so that
+/// [`bind_again`] can bind more sockets to its address for other threads: the kernel then
+/// spreads new connections over them, and no connection wakes more than one thread.
+pub(crate) async fn bind_shared(
+    addr: &ListenAddr,
+    socket_mode: Option<u32>,
+    systemd: &SystemdSockets,
+    reuse_port: bool,
+) -> Result<Bound> {
     match addr {
         ListenAddr::Tcp(addr) => Ok(Bound::Tcp(
-            bind_tcp(addr)
+            bind_tcp(addr, reuse_port)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?,
         )),
@@ -125,19 +137,10 @@ const TCP_BACKLOG: u32 = 4096;
 
 /// Binds the first address `addr` resolves to that can be bound, as `TcpListener::bind` does,
 /// with a [`TCP_BACKLOG`] accept queue.
-async fn bind_tcp(addr: &str) -> io::Result<TcpListener> {
+async fn bind_tcp(addr: &str, reuse_port: bool) -> io::Result<TcpListener> {
     let mut last_error = None;
     for addr in tokio::net::lookup_host(addr).await? {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        let bound = socket
-            .set_reuseaddr(true)
-            .and_then(|()| socket.bind(addr))
-            .and_then(|()| socket.listen(TCP_BACKLOG));
-        match bound {
+        match listen_tcp(addr, reuse_port) {
             Ok(listener) => return Ok(listener),
             Err(err) => last_error = Some(err),
         }
@@ -148,6 +151,26 @@ async fn bind_tcp(addr: &str) -> io::Result<TcpListener> {
             "the address resolved to nothing",
         )
     }))
+}
+
+fn listen_tcp(addr: std::net::SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(TCP_BACKLOG)
+}
+
+/// One more socket listening where `listener` (bound by [`bind_shared`] with `reuse_port`)
+/// does, on the current runtime.
+pub(crate) fn bind_again(local: std::net::SocketAddr) -> io::Result<TcpListener> {
+    listen_tcp(local, true)
 }
 
 fn bind_unix(path: &Path, mode: Option<u32>) -> Result<Bound> {

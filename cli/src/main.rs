@@ -20,6 +20,7 @@ mod service;
 mod signals;
 mod socket;
 mod systemd;
+mod threads;
 mod tunnel;
 mod upstream;
 mod usage;

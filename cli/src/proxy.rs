@@ -33,6 +33,8 @@ pub(crate) struct ServeContext {
     pub(crate) draining: CancellationToken,
     /// Streams of multiplexed tunnels forwarded at once, over all tunnels (`--max-connections`).
     pub(crate) stream_slots: Arc<tokio::sync::Semaphore>,
+    /// Where admitted tunnels run, each on one thread with its streams.
+    pub(crate) tunnel_threads: Arc<crate::threads::Threads>,
 }
 
 /// Bytes each way through one connection, from the client's point of view.
@@ -122,7 +124,13 @@ where
         let mut revocations = context.revoked.as_ref().map(broadcast::Sender::subscribe);
         if who.mode().is_multiplexed() {
             // Each stream connects its own upstream, when the client opens it.
-            return Box::pin(crate::tunnel::serve(admitted, who, revocations, context)).await;
+            return Box::pin(crate::tunnel::serve_on_a_thread(
+                admitted,
+                who,
+                revocations,
+                context,
+            ))
+            .await;
         }
         let started = Instant::now();
         // Boxed: a step that is over by the time the connection idles should not size the task

@@ -15,6 +15,7 @@ use crate::reload::{self, Reloader};
 use crate::service::{Service, ServiceOptions};
 use crate::signals::Signals;
 use crate::systemd;
+use crate::threads::{self, Threads};
 
 const DEFAULT_KEYS_DIR: &str = "keys";
 
@@ -23,6 +24,7 @@ struct Operations {
     metrics: Option<String>,
     watch_keys: bool,
     drop_revoked: bool,
+    tunnel_threads: Option<usize>,
 }
 
 pub(crate) async fn run(args: ServeArgs, systemd_sockets: SystemdSockets) -> Result<()> {
@@ -34,6 +36,7 @@ pub(crate) async fn run(args: ServeArgs, systemd_sockets: SystemdSockets) -> Res
                 metrics: args.operations.metrics.clone().or(config.metrics),
                 watch_keys: args.operations.watch_keys || config.watch_keys,
                 drop_revoked: args.operations.drop_revoked || config.drop_revoked,
+                tunnel_threads: args.operations.tunnel_threads.or(config.tunnel_threads),
             };
             (config.services, operations, false)
         }
@@ -42,6 +45,7 @@ pub(crate) async fn run(args: ServeArgs, systemd_sockets: SystemdSockets) -> Res
                 metrics: args.operations.metrics.clone(),
                 watch_keys: args.operations.watch_keys,
                 drop_revoked: args.operations.drop_revoked,
+                tunnel_threads: args.operations.tunnel_threads,
             };
             (vec![args.service], operations, true)
         }
@@ -73,6 +77,11 @@ pub(crate) async fn run(args: ServeArgs, systemd_sockets: SystemdSockets) -> Res
         prepared.push(service);
     }
     systemd::raise_open_files_limit(needed);
+    let tunnel_threads = Arc::new(Threads::start(
+        operations
+            .tunnel_threads
+            .unwrap_or_else(threads::default_count),
+    )?);
     tokio::spawn(report_dropped_log_lines(metrics.clone()));
     if let (Some(addr), Some(metrics)) = (&operations.metrics, &metrics) {
         let (listener, local) = metrics::bind(addr).await?;
@@ -106,7 +115,7 @@ pub(crate) async fn run(args: ServeArgs, systemd_sockets: SystemdSockets) -> Res
     // Spawn every service first, then wait for them all.
     let running: Vec<_> = prepared
         .into_iter()
-        .map(|service| tokio::spawn(service.run(signals.clone())))
+        .map(|service| tokio::spawn(service.run(signals.clone(), Arc::clone(&tunnel_threads))))
         .collect();
     for service in running {
         service.await.context("a service task failed")?;

@@ -25,6 +25,7 @@ use crate::metrics::{Metrics, ServiceMetrics};
 use crate::proxy::{self, ServeContext};
 use crate::signals::Signals;
 use crate::socket::Socket;
+use crate::threads::Threads;
 use crate::upstream::Upstream;
 
 /// Everything about one service. As flags of `linkgate serve`, or as the keys of a `[[service]]`
@@ -422,7 +423,7 @@ impl Service {
     }
 
     /// Serves until the first termination signal, then drains.
-    pub(crate) async fn run(self, signals: Signals) -> Drained {
+    pub(crate) async fn run(self, signals: Signals, tunnel_threads: Arc<Threads>) -> Drained {
         let Self {
             options,
             keys,
@@ -472,6 +473,7 @@ impl Service {
                     .max_connections
                     .min(tokio::sync::Semaphore::MAX_PERMITS),
             )),
+            tunnel_threads,
         });
         let serve_options = ServeOptions::new()
             .with_max_connections(options.max_connections)

@@ -45,11 +45,25 @@ pub(crate) trait Socket: AsFd + Send + Sync + Unpin + 'static {
     fn set_reset_on_close(&self);
     /// This end's IP address, for sockets that have one.
     fn local_ip(&self) -> Option<std::net::SocketAddr>;
+    /// The socket, taken off this runtime (see [`crate::threads`]), to be attached to another.
+    type Detached: Send + 'static;
+    fn detach(self) -> io::Result<Self::Detached>;
+    /// Registers a detached socket with the current runtime.
+    fn attach(detached: Self::Detached) -> io::Result<Self>
+    where
+        Self: Sized;
 }
 
 macro_rules! socket {
-    ($type:ty, $reset:expr, $local:expr) => {
+    ($type:ty, $std:ty, $reset:expr, $local:expr) => {
         impl Socket for $type {
+            type Detached = $std;
+            fn detach(self) -> io::Result<$std> {
+                <$type>::into_std(self)
+            }
+            fn attach(detached: $std) -> io::Result<Self> {
+                <$type>::from_std(detached)
+            }
             fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
                 <$type>::readable(self)
             }
@@ -92,12 +106,13 @@ macro_rules! socket {
 
 socket!(
     TcpStream,
+    std::net::TcpStream,
     |stream| {
         let _ = stream.set_zero_linger();
     },
     |stream| stream.local_addr().ok()
 );
-socket!(UnixStream, |_| {}, |_| None);
+socket!(UnixStream, std::os::unix::net::UnixStream, |_| {}, |_| None);
 
 /// Writes all of `buf`.
 pub(crate) async fn write_all<S: Socket>(to: &S, mut buf: &[u8]) -> io::Result<()> {

@@ -51,11 +51,44 @@ impl Drop for CutOffOnDrop {
     }
 }
 
+/// Serves one admitted tunnel on the least busy tunnel thread (see [`crate::threads`]), with
+/// every stream it carries and their upstream connections, and waits for it to close.
+pub(crate) async fn serve_on_a_thread<IO>(
+    admitted: Admitted<IO>,
+    who: Admission,
+    revocations: Option<broadcast::Receiver<Arc<Vec<KeyId>>>>,
+    context: Arc<ServeContext>,
+) where
+    IO: Socket + AsyncRead + AsyncWrite,
+{
+    let conn = who.connection_id();
+    let detached = match admitted.map_io(Socket::detach) {
+        Ok(detached) => detached,
+        Err(err) => {
+            tracing::warn!(service = %context.service, %conn, error = %err,
+                "tunnel closed: cannot move it to a tunnel thread");
+            return;
+        }
+    };
+    let threads = Arc::clone(&context.tunnel_threads);
+    let service = context.service.clone();
+    let tunnel = async move {
+        match detached.map_io(IO::attach) {
+            Ok(admitted) => serve(admitted, who, revocations, context).await,
+            Err(err) => tracing::warn!(service = %context.service, %conn, error = %err,
+                "tunnel closed: cannot move it to a tunnel thread"),
+        }
+    };
+    if let Err(err) = threads.run_on_least_busy(tunnel).await {
+        tracing::warn!(%service, %conn, error = %err, "tunnel ended abnormally");
+    }
+}
+
 /// Serves one admitted tunnel until it closes: each stream the client opens gets an upstream
 /// connection (or is refused alone when the upstream cannot be reached), is forwarded in its own
 /// task, and is logged and counted like a connection. A drain asks the client for no more
 /// streams; a revocation of the tunnel's key closes it with all its streams.
-pub(crate) async fn serve<IO>(
+async fn serve<IO>(
     admitted: Admitted<IO>,
     who: Admission,
     mut revocations: Option<broadcast::Receiver<Arc<Vec<KeyId>>>>,

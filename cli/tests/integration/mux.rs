@@ -113,6 +113,94 @@ async fn thousands_of_connections_ride_one_tunnel() {
         .await;
 }
 
+/// CPU time each of `pid`'s tunnel threads has used, in nanoseconds (from schedstat).
+fn tunnel_thread_cpu(pid: u32) -> Vec<(String, u64)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if !name.starts_with("linkgate-tunnel") {
+            continue;
+        }
+        let schedstat = std::fs::read_to_string(task.join("schedstat")).unwrap();
+        let ns = schedstat
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        threads.push((name.trim().to_owned(), ns));
+    }
+    threads.sort();
+    threads
+}
+
+/// With two tunnel threads on each side: `connect` accepts local connections on both of its
+/// threads, each carrying them over a tunnel of its own, and `serve` runs the two tunnels on its
+/// two threads. Seen from outside: both tunnel ids in connect's stream lines, and CPU time on
+/// every tunnel thread of both processes, well beyond what starting up costs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_and_tunnels_spread_over_the_tunnel_threads() {
+    let upstream = echo_upstream().await;
+    let threads = ["--tunnel-threads", "2"];
+    let (_dir, serve, connect, local) = mux_pair_with(upstream.addr, &threads, &threads).await;
+    connect.wait_for_log(&["tunnel up", "slot=1"]).await;
+    connect.wait_for_log(&["tunnel up", "slot=0"]).await;
+    assert!(connect.stderr().contains("tunnel_threads=2"));
+    let before = [
+        tunnel_thread_cpu(serve.pid()),
+        tunnel_thread_cpu(connect.pid()),
+    ];
+    for side in &before {
+        assert_eq!(side.len(), 2, "{side:?}");
+    }
+    let total = 1_000u64;
+    for start in (0..total).step_by(50) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in start..start + 50 {
+            tasks.spawn(async move {
+                let data = payload(64, i);
+                assert_eq!(
+                    round_trip(local, data.clone()).await,
+                    data,
+                    "connection {i}"
+                );
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+    }
+    assert_eq!(
+        upstream.accepts.load(std::sync::atomic::Ordering::SeqCst),
+        total as usize
+    );
+    assert_eq!(admissions(&serve), 2, "{}", serve.stderr());
+    let tunnels: std::collections::HashSet<String> = connect
+        .stderr()
+        .lines()
+        .filter(|line| line.contains(" closed ") && line.contains("stream="))
+        .filter_map(|line| line.split_whitespace().find(|f| f.starts_with("conn=")))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(tunnels.len(), 2, "connections rode {tunnels:?}");
+    let after = [
+        tunnel_thread_cpu(serve.pid()),
+        tunnel_thread_cpu(connect.pid()),
+    ];
+    for (side, (before, after)) in ["serve", "connect"].iter().zip(before.iter().zip(&after)) {
+        for ((name, was), (_, is)) in before.iter().zip(after) {
+            // A round trip costs tens of microseconds per side: 1,000 spread over two threads
+            // give each well over 2 ms.
+            assert!(
+                is - was > 2_000_000,
+                "{side}'s {name} used {} µs for 1,000 connections",
+                (is - was) / 1000
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_transfers_at_once_through_one_tunnel_are_checked_by_hash() {
     let upstream = echo_upstream().await;
