@@ -24,6 +24,8 @@ use tokio_util::task::TaskTracker;
 pub struct ServeOptions {
     max_connections: usize,
     drain_timeout: Duration,
+    /// The connection slots, when serve loops share them (see [`ServeOptions::with_shared_bound`]).
+    shared_slots: Option<Arc<Semaphore>>,
 }
 
 impl Default for ServeOptions {
@@ -31,6 +33,7 @@ impl Default for ServeOptions {
         Self {
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(30),
+            shared_slots: None,
         }
     }
 }
@@ -46,6 +49,26 @@ impl ServeOptions {
     /// 1..=[`Semaphore::MAX_PERMITS`].
     pub fn with_max_connections(mut self, max: usize) -> Self {
         self.max_connections = max.clamp(1, Semaphore::MAX_PERMITS);
+        if self.shared_slots.is_some() {
+            self = self.with_shared_bound();
+        }
+        self
+    }
+
+    /// One bound for every serve loop given these options or a clone made after this call,
+    /// such as loops on several threads that each accept from a socket of their own: at
+    /// `max_connections` open over all of them, none accepts. Without it, each loop has a
+    /// bound of its own. A loop holds the slot it will accept with while it waits, so within one
+    /// slot per loop of the bound, a connection can wait in one loop's backlog while another
+    /// loop holds a free slot.
+    ///
+    /// ```
+    /// let options = linkgate::ServeOptions::new().with_max_connections(100).with_shared_bound();
+    /// let per_thread = [options.clone(), options.clone()]; // 100 between them, not 100 each
+    /// # drop(per_thread);
+    /// ```
+    pub fn with_shared_bound(mut self) -> Self {
+        self.shared_slots = Some(Arc::new(Semaphore::new(self.max_connections)));
         self
     }
 
@@ -153,7 +176,10 @@ where
     F: Future<Output = ()>,
     C: Future<Output = ()>,
 {
-    let permits = Arc::new(Semaphore::new(options.max_connections));
+    let permits = options
+        .shared_slots
+        .clone()
+        .unwrap_or_else(|| Arc::new(Semaphore::new(options.max_connections)));
     let open = Connections::new();
     tokio::pin!(shutdown);
     loop {

@@ -13,6 +13,7 @@ mod mux;
 mod proptest;
 mod proxy;
 mod sealed;
+mod serve;
 mod telemetry;
 #[cfg(feature = "tonic")]
 mod tonic;
