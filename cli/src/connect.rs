@@ -36,13 +36,11 @@ pub(crate) async fn run(args: ConnectArgs, systemd_sockets: SystemdSockets) -> R
     } else {
         0
     };
-    let bound = listen::bind_shared(
-        &args.listen,
-        args.socket_mode,
-        &systemd_sockets,
-        threads > 1,
-    )
-    .await?;
+    // Threads past the first bind sockets of their own to a TCP address this process binds;
+    // a socket from systemd, or a Unix socket, is shared.
+    let reuse_port = threads > 1 && matches!(args.listen, crate::addr::ListenAddr::Tcp(_));
+    let bound =
+        listen::bind_shared(&args.listen, args.socket_mode, &systemd_sockets, reuse_port).await?;
     let mode = match credentials.mode().multiplexed() {
         Some(mux) if args.mux => mux,
         _ => credentials.mode(),
@@ -66,7 +64,7 @@ pub(crate) async fn run(args: ConnectArgs, systemd_sockets: SystemdSockets) -> R
     } else {
         None
     };
-    let pools = tunnels.as_ref().map_or_else(Vec::new, |t| t.pools.clone());
+    let pools = tunnels.as_ref().map(|t| Arc::clone(&t.pools));
     tokio::spawn(reload_key(
         args,
         Arc::clone(&context),
@@ -79,7 +77,11 @@ pub(crate) async fn run(args: ConnectArgs, systemd_sockets: SystemdSockets) -> R
         Bound::Unix(listener, socket_file) => (Local::Unix(listener), socket_file),
     };
     let closed_at_drain = match tunnels {
-        Some(tunnels) => tunnels.serve(listener, &options, &signals).await?,
+        Some(tunnels) => {
+            tunnels
+                .serve(listener, reuse_port, &options, &signals)
+                .await?
+        }
         None => {
             let carrier = Carrier::Connections(context);
             match listener {
@@ -100,13 +102,13 @@ enum Local {
 }
 
 /// `connect --mux` on tunnel threads (see [`crate::threads`]): each thread accepts local
-/// connections from the same listening socket, with pooled tunnels of its own, so a local
-/// connection, its stream and the tunnel carrying it never leave one thread. The tunnels and
-/// `--max-connections` are shared out among the threads.
+/// connections on a listening socket of its own (or a shared one), with pooled tunnels of its
+/// own, so a local connection, its stream and the tunnel carrying it stay on one thread. The
+/// tunnels are shared out among the threads, and `--max-connections` bounds them all together.
 struct TunnelThreads {
     threads: Threads,
-    pools: Vec<Arc<MuxConnect>>,
-    max_connections: usize,
+    pools: Arc<[Pool]>,
+    wait: Duration,
 }
 
 impl TunnelThreads {
@@ -131,15 +133,12 @@ impl TunnelThreads {
             let _on_thread = threads.enter(index);
             let pool = Pool::new(args.client.server.clone(), credentials.clone(), config)
                 .map_err(|err| anyhow!("--mux: {err}"))?;
-            pools.push(Arc::new(MuxConnect {
-                pool,
-                wait: args.client.timeout,
-            }));
+            pools.push(pool);
         }
         Ok(Self {
             threads,
-            pools,
-            max_connections: args.service.max_connections,
+            pools: pools.into(),
+            wait: args.client.timeout,
         })
     }
 
@@ -147,38 +146,39 @@ impl TunnelThreads {
     async fn serve(
         self,
         listener: Local,
+        reuse_port: bool,
         options: &ServeOptions,
         signals: &Signals,
     ) -> Result<usize> {
-        let count = self.threads.len();
-        let mut running = Vec::with_capacity(count);
-        for (index, mux) in self.pools.into_iter().enumerate() {
-            let options =
-                options
-                    .clone()
-                    .with_max_connections(share(self.max_connections, count, index));
-            let (signals, carrier) = (signals.clone(), Carrier::Tunnels(mux));
+        let options = options.clone().with_shared_bound();
+        let mut running = Vec::with_capacity(self.threads.len());
+        for own in 0..self.threads.len() {
+            let mux = Arc::new(MuxConnect {
+                pools: Arc::clone(&self.pools),
+                own,
+                wait: self.wait,
+            });
+            let (options, signals, carrier) =
+                (options.clone(), signals.clone(), Carrier::Tunnels(mux));
             // Sockets are registered with the runtime of the thread that accepts on them.
-            let task = {
-                let _on_thread = self.threads.enter(index);
-                match &listener {
-                    // The others bind their own sockets to the same address (SO_REUSEPORT),
-                    // when the bound one allows it, rather than share one that wakes them all.
-                    Local::Tcp(listener) if index > 0 && reuses_port(listener) => {
-                        let listener = listen::bind_again(listener.local_addr()?)?;
-                        self.threads
-                            .spawn_on(index, serve(listener, options, signals, carrier))
-                    }
-                    Local::Tcp(listener) => {
-                        let listener = tokio::net::TcpListener::from_std(clone_tcp(listener)?)?;
-                        self.threads
-                            .spawn_on(index, serve(listener, options, signals, carrier))
-                    }
-                    Local::Unix(listener) => {
-                        let listener = tokio::net::UnixListener::from_std(clone_unix(listener)?)?;
-                        self.threads
-                            .spawn_on(index, serve(listener, options, signals, carrier))
-                    }
+            let _on_thread = self.threads.enter(own);
+            let task = match &listener {
+                // The others bind their own sockets to the address (SO_REUSEPORT), so that the
+                // kernel spreads connections over them, rather than share one that wakes them all.
+                Local::Tcp(listener) if own > 0 && reuse_port => {
+                    let listener = listen::bind_again(listener.local_addr()?)?;
+                    self.threads
+                        .spawn_on(own, serve(listener, options, signals, carrier))
+                }
+                Local::Tcp(listener) => {
+                    let listener = tokio::net::TcpListener::from_std(clone_tcp(listener)?)?;
+                    self.threads
+                        .spawn_on(own, serve(listener, options, signals, carrier))
+                }
+                Local::Unix(listener) => {
+                    let listener = tokio::net::UnixListener::from_std(clone_unix(listener)?)?;
+                    self.threads
+                        .spawn_on(own, serve(listener, options, signals, carrier))
                 }
             };
             running.push(task);
@@ -189,6 +189,7 @@ impl TunnelThreads {
         for task in running {
             aborted += task.await.context("a tunnel thread failed")?;
         }
+        self.threads.shutdown().await;
         Ok(aborted)
     }
 }
@@ -196,10 +197,6 @@ impl TunnelThreads {
 /// Thread `index`'s share of `total` over `count` threads (the first ones get one more).
 fn share(total: usize, count: usize, index: usize) -> usize {
     total / count + usize::from(index < total % count)
-}
-
-fn reuses_port(listener: &tokio::net::TcpListener) -> bool {
-    rustix::net::sockopt::socket_reuseport(listener).unwrap_or(false)
 }
 
 fn clone_tcp(listener: &tokio::net::TcpListener) -> Result<std::net::TcpListener> {
@@ -261,7 +258,7 @@ fn client_credentials(args: &ConnectArgs) -> Result<Credentials> {
 async fn reload_key(
     args: ConnectArgs,
     context: Arc<ConnectContext>,
-    pools: Vec<Arc<MuxConnect>>,
+    pools: Option<Arc<[Pool]>>,
     mut hups: tokio::sync::watch::Receiver<u64>,
 ) {
     while hups.changed().await.is_ok() {
@@ -273,8 +270,8 @@ async fn reload_key(
             Ok(credentials) => {
                 tracing::info!(key_id = %credentials.key_id(), "SIGHUP: key reloaded");
                 // New tunnels use it; those up stay as they are.
-                for mux in &pools {
-                    if let Err(err) = mux.pool.set_credentials(credentials.clone()) {
+                for pool in pools.iter().flat_map(|pools| pools.iter()) {
+                    if let Err(err) = pool.set_credentials(credentials.clone()) {
                         tracing::warn!(error = %err, "SIGHUP: the reloaded key cannot be used for tunnels");
                         break;
                     }

@@ -140,6 +140,16 @@ const TCP_BACKLOG: u32 = 4096;
 async fn bind_tcp(addr: &str, reuse_port: bool) -> io::Result<TcpListener> {
     let mut last_error = None;
     for addr in tokio::net::lookup_host(addr).await? {
+        // With SO_REUSEPORT a second instance (of this user) could bind the port too and take
+        // half the connections. Binding once without it first fails, as it always did, when
+        // anything already listens there.
+        if reuse_port
+            && addr.port() != 0
+            && let Err(err) = listen_tcp(addr, false)
+        {
+            last_error = Some(err);
+            continue;
+        }
         match listen_tcp(addr, reuse_port) {
             Ok(listener) => return Ok(listener),
             Err(err) => last_error = Some(err),

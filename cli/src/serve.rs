@@ -120,6 +120,8 @@ pub(crate) async fn run(args: ServeArgs, systemd_sockets: SystemdSockets) -> Res
     for service in running {
         service.await.context("a service task failed")?;
     }
+    // Tunnels cut off at the drain deadline end there, with their close lines.
+    tunnel_threads.shutdown().await;
     Ok(())
 }
 

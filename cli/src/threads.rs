@@ -4,21 +4,27 @@
 //! Why: in the process-wide work-stealing runtime a tunnel's task and its streams' tasks wake
 //! one another across threads, thousands of times a second, and each wake-up of an idle worker
 //! is a futex call and a context switch. Kept on one thread they wake one another for the price
-//! of a queue push. Measured on 2 cores (BENCHMARKS.md, "Tunnel threads"): about 20% more
-//! short connections a second through `connect --mux` → `serve`, and less CPU per connection.
+//! of a queue push. Measured on 2 cores (BENCHMARKS.md, "Multiplexed tunnels", runs H and I):
+//! 10–20% more short connections a second through `connect --mux` → `serve`, with less CPU per
+//! connection.
 
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// The threads' runtimes, and how many tasks each is running.
 pub(crate) struct Threads {
     threads: Vec<Thread>,
+    /// Tells every thread to shut its runtime down.
+    stop: CancellationToken,
+    joins: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 struct Thread {
@@ -26,32 +32,76 @@ struct Thread {
     running: Arc<AtomicUsize>,
 }
 
+/// How long a stopping thread gives its tasks' blocking work (a name lookup) to end.
+const SHUTDOWN_WAIT: Duration = Duration::from_millis(100);
+
 /// The default thread count: the cores this process may use.
 pub(crate) fn default_count() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 impl Threads {
-    /// Starts `count` threads (at least one), each running an idle single-threaded runtime until
-    /// the process exits.
+    /// Starts `count` threads (at least one), each running a single-threaded runtime until
+    /// [`Threads::shutdown`].
     pub(crate) fn start(count: usize) -> Result<Self> {
-        let mut threads = Vec::with_capacity(count.max(1));
+        let mut threads = Self {
+            threads: Vec::with_capacity(count.max(1)),
+            stop: CancellationToken::new(),
+            joins: Mutex::new(Vec::new()),
+        };
         for index in 0..count.max(1) {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start a tunnel thread's runtime")?;
-            let handle = runtime.handle().clone();
-            std::thread::Builder::new()
+            let (handle_tx, handle_rx) = std::sync::mpsc::sync_channel(1);
+            let stop = threads.stop.clone();
+            // The runtime is built (and dropped) on its own thread: never inside the caller's.
+            let join = std::thread::Builder::new()
                 .name(format!("linkgate-tunnel-{index}"))
-                .spawn(move || runtime.block_on(std::future::pending::<()>()))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(err) => {
+                            let _ = handle_tx.send(Err(err));
+                            return;
+                        }
+                    };
+                    let _ = handle_tx.send(Ok(runtime.handle().clone()));
+                    runtime.block_on(stop.cancelled());
+                    // Drops every task still there, so their close lines are written.
+                    runtime.shutdown_timeout(SHUTDOWN_WAIT);
+                })
                 .context("cannot start a tunnel thread")?;
-            threads.push(Thread {
+            threads.joins_mut().push(join);
+            let handle = handle_rx
+                .recv()
+                .map_err(|_| anyhow::anyhow!("a tunnel thread ended as it started"))?
+                .context("cannot start a tunnel thread's runtime")?;
+            threads.threads.push(Thread {
                 handle,
                 running: Arc::new(AtomicUsize::new(0)),
             });
         }
-        Ok(Self { threads })
+        Ok(threads)
+    }
+
+    fn joins_mut(&self) -> std::sync::MutexGuard<'_, Vec<std::thread::JoinHandle<()>>> {
+        self.joins
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stops every thread: the tasks still running there are dropped (a stream cut off at the
+    /// drain deadline is logged as such), and the threads are waited for.
+    pub(crate) async fn shutdown(&self) {
+        self.stop.cancel();
+        let joins = std::mem::take(&mut *self.joins_mut());
+        let _ = tokio::task::spawn_blocking(move || {
+            for join in joins {
+                let _ = join.join();
+            }
+        })
+        .await;
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -110,6 +160,13 @@ impl Drop for Running {
 
 /// A task on another runtime that is aborted when whoever waits for it stops waiting.
 struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl Drop for Threads {
+    /// Threads not shut down explicitly (an error on the way) stop with their owner.
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
@@ -175,5 +232,16 @@ mod tests {
             .expect("the aborted task dropped what it held");
         drop(hold_tx);
         first.await.unwrap();
+
+        // Shutting down drops what is still running there.
+        let (mut watch, held) = tokio::sync::oneshot::channel::<()>();
+        let _still_running = threads.spawn_on(1, async move {
+            let _held = held;
+            std::future::pending::<()>().await;
+        });
+        threads.shutdown().await;
+        tokio::time::timeout(std::time::Duration::from_secs(5), watch.closed())
+            .await
+            .expect("shutdown dropped the thread's tasks");
     }
 }

@@ -275,17 +275,40 @@ async fn echo(stream: MuxStream) -> io::Result<Bytes> {
     })
 }
 
-/// What `connect --mux` needs for each local connection.
+/// What `connect --mux` needs for each local connection: the pools of every tunnel thread,
+/// and which one is this thread's.
 pub(crate) struct MuxConnect {
-    pub(crate) pool: Pool,
+    pub(crate) pools: Arc<[Pool]>,
+    pub(crate) own: usize,
     /// How long a new connection waits for a tunnel to come up.
     pub(crate) wait: Duration,
+}
+
+impl MuxConnect {
+    /// A stream over this thread's tunnels; while none of them takes one (it just dropped, or
+    /// the gate is draining it), over another thread's, which is slower but better than
+    /// waiting; failing both, waits for this thread's.
+    async fn open(&self) -> io::Result<MuxStream> {
+        let own = &self.pools[self.own];
+        if let Ok(stream) = own.open(Duration::ZERO).await {
+            return Ok(stream);
+        }
+        for (index, pool) in self.pools.iter().enumerate() {
+            if index != self.own
+                && pool.tunnels_up() > 0
+                && let Ok(stream) = pool.open(Duration::ZERO).await
+            {
+                return Ok(stream);
+            }
+        }
+        own.open(self.wait).await
+    }
 }
 
 /// Carries one local connection as a stream of a pooled tunnel. If no tunnel is up in time, or
 /// the gate cannot reach its upstream, or the tunnel fails, the local connection is reset.
 pub(crate) async fn connect_one<L: Socket>(local: L, peer: String, mux: Arc<MuxConnect>) {
-    let stream = match mux.pool.open(mux.wait).await {
+    let stream = match mux.open().await {
         Ok(stream) => stream,
         Err(err) => {
             tracing::warn!(%peer, error = %err, "no stream to the gate: resetting the connection");
@@ -307,5 +330,98 @@ pub(crate) async fn connect_one<L: Socket>(local: L, peer: String, mux: Arc<MuxC
             tracing::info!(%conn, stream = stream_id, %peer, duration_ms, %reason, error = %err,
                 "closed after an error (reset)");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use linkgate::mux::PoolConfig;
+    use linkgate::{Credentials, Gate, GateConfig, Key, Keyring};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A gate on loopback whose tunnels greet every stream with "hi".
+    async fn greeting_gate(key: &Key) -> std::net::SocketAddr {
+        let mut keyring = Keyring::new();
+        keyring.insert(key.clone());
+        let config = GateConfig::new().with_multiplexing_allowed(true);
+        let gate = Gate::with_config(keyring, config).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(admitted) = gate.admit(tcp).await else {
+                    continue;
+                };
+                let Ok(mut server) = MuxServer::new(admitted, &MuxConfig::default()).await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    while let Some(Ok(incoming)) = server.next_stream().await {
+                        if let Ok(mut stream) = incoming.accept() {
+                            tokio::spawn(async move {
+                                let _ = stream.write_all(b"hi").await;
+                                let _ = stream.shutdown().await;
+                            });
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_thread_whose_tunnels_are_down_borrows_another_threads() {
+        let alice = Key::generate(linkgate::KeyId::new("alice").unwrap()).unwrap();
+        let live = greeting_gate(&alice).await;
+        // Nothing listens here: this thread's tunnel never comes up.
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let credentials = Credentials::new(alice);
+        let one = PoolConfig::default().with_tunnels(1);
+        let down = Pool::new(dead.to_string(), credentials.clone(), one).unwrap();
+        let up = Pool::new(live.to_string(), credentials, one.with_first_slot(1)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while up.tunnels_up() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the live gate's tunnel never came up"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mux = MuxConnect {
+            pools: vec![down, up].into(),
+            own: 0,
+            wait: Duration::from_secs(30),
+        };
+        // At once, not after the 30 s wait for its own tunnel.
+        let mut stream = tokio::time::timeout(Duration::from_secs(2), mux.open())
+            .await
+            .expect("a stream of the other thread's tunnel, without waiting")
+            .unwrap();
+        let mut hi = Vec::new();
+        stream.read_to_end(&mut hi).await.unwrap();
+        assert_eq!(hi, b"hi");
+        // With no tunnel up anywhere, it waits for its own and says why it gave up.
+        let lonely = MuxConnect {
+            pools: vec![
+                Pool::new(
+                    dead.to_string(),
+                    Credentials::new(Key::generate(linkgate::KeyId::new("bob").unwrap()).unwrap()),
+                    one,
+                )
+                .unwrap(),
+            ]
+            .into(),
+            own: 0,
+            wait: Duration::from_millis(300),
+        };
+        let err = lonely.open().await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
     }
 }

@@ -201,6 +201,40 @@ async fn connections_and_tunnels_spread_over_the_tunnel_threads() {
     }
 }
 
+/// The threads' SO_REUSEPORT sockets do not let a second `connect` share the port: it fails
+/// to start, as it would without them, and the first keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connect_on_the_same_port_is_refused() {
+    let upstream = echo_upstream().await;
+    let threads = ["--tunnel-threads", "2"];
+    let gate = gate(upstream.addr, &[]).await;
+    let (first, local) =
+        start_connect(gate.addr, &gate.key, &["--mux", "--tunnel-threads", "2"]).await;
+    first.wait_for_log(&["tunnel up", "slot=1"]).await;
+    let (server, local_text) = (gate.addr.to_string(), local.to_string());
+    let mut second = Linkgate::spawn(&[
+        "connect",
+        "--listen",
+        &local_text,
+        "--server",
+        &server,
+        "--key",
+        gate.key.to_str().unwrap(),
+        "--mux",
+        threads[0],
+        threads[1],
+    ]);
+    let status = second
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("the second connect exits");
+    assert!(!status.success());
+    second.wait_for_log(&["cannot listen on", "in use"]).await;
+    let data = payload(1000, 7);
+    assert_eq!(round_trip(local, data.clone()).await, data);
+    drop(first);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_transfers_at_once_through_one_tunnel_are_checked_by_hash() {
     let upstream = echo_upstream().await;
