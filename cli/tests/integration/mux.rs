@@ -79,18 +79,14 @@ async fn round_trip(local: SocketAddr, data: Vec<u8>) -> Vec<u8> {
     got
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thousands_of_connections_ride_one_tunnel() {
-    let upstream = echo_upstream().await;
-    let (_dir, serve, connect, local) =
-        mux_pair_with(upstream.addr, &[], &["--tunnels", "1"]).await;
-    connect.wait_for_log(&["tunnel up", "slot=0"]).await;
-    let total = 2_000u64;
-    for start in (0..total).step_by(100) {
+/// `total` connections through `local`, `at_once` at a time, connection `i` echoing
+/// `payload(len(i), i)`: every byte checked.
+async fn round_trips(local: SocketAddr, total: u64, at_once: u64, len: fn(u64) -> usize) {
+    for start in (0..total).step_by(at_once as usize) {
         let mut tasks = tokio::task::JoinSet::new();
-        for i in start..start + 100 {
+        for i in start..(start + at_once).min(total) {
             tasks.spawn(async move {
-                let data = payload(32 + (i % 500) as usize, i);
+                let data = payload(len(i), i);
                 assert_eq!(
                     round_trip(local, data.clone()).await,
                     data,
@@ -102,6 +98,16 @@ async fn thousands_of_connections_ride_one_tunnel() {
             done.unwrap();
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_connections_ride_one_tunnel() {
+    let upstream = echo_upstream().await;
+    let (_dir, serve, connect, local) =
+        mux_pair_with(upstream.addr, &[], &["--tunnels", "1"]).await;
+    connect.wait_for_log(&["tunnel up", "slot=0"]).await;
+    let total = 2_000u64;
+    round_trips(local, total, 100, |i| 32 + (i % 500) as usize).await;
     // Every connection reached the upstream as its own connection, over one admission.
     assert_eq!(
         upstream.accepts.load(std::sync::atomic::Ordering::SeqCst),
@@ -155,22 +161,7 @@ async fn connections_and_tunnels_spread_over_the_tunnel_threads() {
         assert_eq!(side.len(), 2, "{side:?}");
     }
     let total = 1_000u64;
-    for start in (0..total).step_by(50) {
-        let mut tasks = tokio::task::JoinSet::new();
-        for i in start..start + 50 {
-            tasks.spawn(async move {
-                let data = payload(64, i);
-                assert_eq!(
-                    round_trip(local, data.clone()).await,
-                    data,
-                    "connection {i}"
-                );
-            });
-        }
-        while let Some(done) = tasks.join_next().await {
-            done.unwrap();
-        }
-    }
+    round_trips(local, total, 50, |_| 64).await;
     assert_eq!(
         upstream.accepts.load(std::sync::atomic::Ordering::SeqCst),
         total as usize
