@@ -226,6 +226,99 @@ async fn a_second_connect_on_the_same_port_is_refused() {
     drop(first);
 }
 
+/// Echoes `payload(100, i)` through `connect`'s Unix socket at `path`, for 200 connections.
+async fn unix_round_trips(path: &std::path::Path) {
+    for i in 0..200u64 {
+        let mut client = tokio::net::UnixStream::connect(path).await.unwrap();
+        let data = payload(100, i);
+        client.write_all(&data).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, data, "connection {i}");
+    }
+}
+
+/// Sockets that cannot be bound again per thread are shared by the tunnel threads: a Unix
+/// socket, and a TCP socket systemd passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_threads_share_a_unix_socket_and_a_systemd_socket() {
+    let upstream = echo_upstream().await;
+    let gate = gate(upstream.addr, &[]).await;
+    let (server, key) = (gate.addr.to_string(), gate.key.to_str().unwrap().to_owned());
+    let path = gate.dir.path().join("local.sock");
+    let listen = format!("unix:{}", path.display());
+    let threads = ["--mux", "--tunnel-threads", "2"];
+    let mut args = vec![
+        "connect", "--listen", &listen, "--server", &server, "--key", &key,
+    ];
+    args.extend(threads);
+    let unix = Linkgate::spawn(&args);
+    unix.wait_for_log(&["listening", "tunnel_threads=2"]).await;
+    unix_round_trips(&path).await;
+    drop(unix);
+
+    let available = std::process::Command::new("systemd-socket-activate")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !available {
+        assert!(
+            std::env::var_os("LINKGATE_REQUIRE_PEERS").is_none(),
+            "systemd-socket-activate is required"
+        );
+        println!("skipped the systemd half: systemd-socket-activate is not installed");
+        return;
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut command = std::process::Command::new("systemd-socket-activate");
+    command.args([
+        "-l",
+        &format!("127.0.0.1:{port}"),
+        "--fdname=local",
+        "-E",
+        "RUST_LOG=info",
+    ]);
+    command.arg(crate::support::process::BIN);
+    command.args([
+        "connect",
+        "--listen",
+        "systemd:local",
+        "--server",
+        &server,
+        "--key",
+        &key,
+    ]);
+    command.args(threads);
+    let activated = Linkgate::spawn_command(command);
+    // The first connection (once the activator listens) starts connect, which takes the
+    // socket from systemd.
+    let local: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut first = None;
+    for _ in 0..100 {
+        if let Ok(stream) = TcpStream::connect(local).await {
+            first = Some(stream);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let echoed =
+        crate::support::echo_through(first.expect("the activator listens"), payload(10, 1));
+    let echoed = tokio::time::timeout(Duration::from_secs(20), echoed)
+        .await
+        .expect("the activated connect answers");
+    assert_eq!(echoed, payload(10, 1));
+    activated
+        .wait_for_log(&["listening", "tunnel_threads=2"])
+        .await;
+    round_trips(local, 200, 20, |_| 100).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_transfers_at_once_through_one_tunnel_are_checked_by_hash() {
     let upstream = echo_upstream().await;
