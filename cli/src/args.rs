@@ -229,6 +229,16 @@ pub(crate) struct ConnectArgs {
     /// and of --max-connections (default: the cores this process may use, at most --tunnels).
     #[arg(long, value_name = "N", value_parser = at_least_one, requires = "mux")]
     pub(crate) tunnel_threads: Option<usize>,
+    /// How often each tunnel's ends ping each other, and how long an answer may take before the
+    /// tunnel is given up: INTERVAL[,TIMEOUT] (e.g. 10s,5s; the timeout defaults to 20s or the
+    /// interval if shorter), or off. Shorter than a NAT's idle timeout keeps its flow alive.
+    #[arg(
+        long,
+        value_name = "INTERVAL[,TIMEOUT]",
+        default_value = "30s,20s",
+        requires = "mux"
+    )]
+    pub(crate) tunnel_keepalive: TunnelKeepalive,
     #[command(flatten)]
     pub(crate) service: ServiceArgs,
     #[command(flatten)]
@@ -330,6 +340,56 @@ pub(crate) enum LogFormat {
 pub(crate) fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|err| format!("{err} (write durations like 5s or 500ms)"))
+}
+
+/// How a tunnel's ends check that the other is still there (`--tunnel-keepalive`): a PING
+/// every `interval`, the tunnel closed when nothing has come back within `timeout`; or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TunnelKeepalive {
+    Every {
+        interval: Duration,
+        timeout: Duration,
+    },
+    Off,
+}
+
+impl Default for TunnelKeepalive {
+    fn default() -> Self {
+        let (interval, timeout) = linkgate::mux::MuxConfig::default()
+            .keepalive()
+            .unwrap_or((Duration::from_secs(30), Duration::from_secs(20)));
+        Self::Every { interval, timeout }
+    }
+}
+
+impl TunnelKeepalive {
+    pub(crate) fn apply(self, config: linkgate::mux::MuxConfig) -> linkgate::mux::MuxConfig {
+        match self {
+            Self::Every { interval, timeout } => config.with_keepalive(interval, timeout),
+            Self::Off => config.without_keepalive(),
+        }
+    }
+}
+
+impl std::str::FromStr for TunnelKeepalive {
+    type Err = String;
+
+    /// `off`, `INTERVAL` (20 s to answer, or the interval if shorter) or `INTERVAL,TIMEOUT`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "off" {
+            return Ok(Self::Off);
+        }
+        let (interval, timeout) = match text.split_once(',') {
+            Some((interval, timeout)) => (duration(interval)?, Some(duration(timeout)?)),
+            None => (duration(text)?, None),
+        };
+        let least = Duration::from_millis(10);
+        if interval < least || timeout.is_some_and(|t| t < least) {
+            return Err("the interval and the timeout must be at least 10ms".into());
+        }
+        let timeout = timeout.unwrap_or_else(|| interval.min(Duration::from_secs(20)));
+        Ok(Self::Every { interval, timeout })
+    }
 }
 
 /// A mode for --mode: the multiplexed ones are asked for with `connect --mux`.

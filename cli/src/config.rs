@@ -175,6 +175,40 @@ keys = "k2"
     }
 
     #[test]
+    fn tunnel_keepalive_parses_per_service() {
+        use crate::args::TunnelKeepalive;
+        use std::time::Duration;
+        let config = parse(
+            "[[service]]\nname = \"a\"\ntunnel-keepalive = \"off\"\n\
+             [[service]]\nname = \"b\"\ntunnel-keepalive = \"10s\"\n[[service]]\nname = \"c\"\n",
+        )
+        .unwrap();
+        let secs = Duration::from_secs;
+        assert_eq!(config.services[0].tunnel_keepalive, TunnelKeepalive::Off);
+        let ten = TunnelKeepalive::Every {
+            interval: secs(10),
+            timeout: secs(10),
+        };
+        assert_eq!(config.services[1].tunnel_keepalive, ten);
+        let default = TunnelKeepalive::Every {
+            interval: secs(30),
+            timeout: secs(20),
+        };
+        assert_eq!(config.services[2].tunnel_keepalive, default);
+        for bad in ["0s", "10s,1ms", "often"] {
+            let text = format!("[[service]]\nname = \"a\"\ntunnel-keepalive = \"{bad}\"\n");
+            assert!(parse(&text).is_err(), "{bad} was taken");
+        }
+        assert_eq!(
+            "1m,5s".parse::<TunnelKeepalive>(),
+            Ok(TunnelKeepalive::Every {
+                interval: secs(60),
+                timeout: secs(5)
+            })
+        );
+    }
+
+    #[test]
     fn tunnel_threads_must_be_positive() {
         let service = "[[service]]\nname = \"a\"\n";
         let two = parse(&format!("tunnel-threads = 2\n{service}")).unwrap();

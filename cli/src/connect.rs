@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use arc_swap::ArcSwap;
 use linkgate::ServeOptions;
-use linkgate::mux::{Pool, PoolConfig};
+use linkgate::mux::{MuxConfig, Pool, PoolConfig};
 use linkgate::record::RecordLimits;
 use linkgate::{Credentials, Error, Protocol, Rejection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -127,6 +127,7 @@ impl TunnelThreads {
             // Tunnels numbered across the threads: thread 0 has slots 0.., thread 1 the next.
             let first_slot = (0..index).map(|i| share(args.tunnels, count, i)).sum();
             let config = PoolConfig::default()
+                .with_mux(args.tunnel_keepalive.apply(MuxConfig::default()))
                 .with_tunnels(share(args.tunnels, count, index))
                 .with_first_slot(first_slot);
             // The pool's tunnels are spawned on the thread it serves.

@@ -43,6 +43,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         metrics: None,
         draining: tokio_util::sync::CancellationToken::new(),
         stream_slots: Arc::new(tokio::sync::Semaphore::new(1024)),
+        mux: linkgate::mux::MuxConfig::default(),
         tunnel_threads: Arc::new(crate::threads::Threads::start(1)?),
     });
     tokio::spawn(linkgate::serve_with(gate_listener, move |admitted| {

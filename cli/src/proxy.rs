@@ -33,6 +33,8 @@ pub(crate) struct ServeContext {
     pub(crate) draining: CancellationToken,
     /// Streams of multiplexed tunnels forwarded at once, over all tunnels (`--max-connections`).
     pub(crate) stream_slots: Arc<tokio::sync::Semaphore>,
+    /// The tunnels' settings (keepalive).
+    pub(crate) mux: linkgate::mux::MuxConfig,
     /// Where admitted tunnels run, each on one thread with its streams.
     pub(crate) tunnel_threads: Arc<crate::threads::Threads>,
 }

@@ -92,6 +92,12 @@ pub(crate) struct ServiceOptions {
     #[arg(long)]
     #[serde(default)]
     pub(crate) no_mux: bool,
+    /// How often the gate pings each tunnel, and how long an answer may take before the tunnel
+    /// is closed: INTERVAL[,TIMEOUT] (e.g. 10s,5s), or off (the client's pings are still
+    /// answered).
+    #[arg(long, value_name = "INTERVAL[,TIMEOUT]", default_value = "30s,20s")]
+    #[serde(default, deserialize_with = "from_str_or_default")]
+    pub(crate) tunnel_keepalive: crate::args::TunnelKeepalive,
     /// Handshake: linkgate1, or seed (the original recipe's scheme, for its existing clients:
     /// no key ids, no server authentication, no sealing; short keys accepted with a warning).
     #[arg(long, value_name = "PROTOCOL", default_value = "linkgate1")]
@@ -473,6 +479,9 @@ impl Service {
                     .max_connections
                     .min(tokio::sync::Semaphore::MAX_PERMITS),
             )),
+            mux: options
+                .tunnel_keepalive
+                .apply(linkgate::mux::MuxConfig::default()),
             tunnel_threads,
         });
         let serve_options = ServeOptions::new()

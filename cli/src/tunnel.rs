@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use linkgate::mux::{IncomingStream, MuxConfig, MuxServer, MuxStream, Pool};
+use linkgate::mux::{IncomingStream, MuxServer, MuxStream, Pool};
 use linkgate::{Admission, Admitted, KeyId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast;
@@ -100,7 +100,7 @@ async fn serve<IO>(
     let gate_ip = admitted.get_ref().local_ip();
     let service = &context.service;
     let conn = who.connection_id();
-    let mut server = match MuxServer::new(admitted, &MuxConfig::default()).await {
+    let mut server = match MuxServer::new(admitted, &context.mux).await {
         Ok(server) => server,
         Err(err) => {
             tracing::info!(%service, %conn, peer = %peer_text(&who), key_id = %who.key_id(),
@@ -335,7 +335,7 @@ pub(crate) async fn connect_one<L: Socket>(local: L, peer: String, mux: Arc<MuxC
 
 #[cfg(test)]
 mod tests {
-    use linkgate::mux::PoolConfig;
+    use linkgate::mux::{MuxConfig, PoolConfig};
     use linkgate::{Credentials, Gate, GateConfig, Key, Keyring};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -319,6 +319,90 @@ async fn tunnel_threads_share_a_unix_socket_and_a_systemd_socket() {
     round_trips(local, 200, 20, |_| 100).await;
 }
 
+type Counts = std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>;
+
+/// A relay to `target` that counts the bytes it passes: [toward target, back].
+async fn counting_relay(target: SocketAddr) -> (SocketAddr, Counts) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counts: Counts = std::sync::Arc::new([0, 0].map(std::sync::atomic::AtomicU64::new));
+    let counted = std::sync::Arc::clone(&counts);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = TcpStream::connect(target).await else {
+                return;
+            };
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            for (way, mut from, mut to) in [
+                (0, client_read, server_write),
+                (1, server_read, client_write),
+            ] {
+                let counted = std::sync::Arc::clone(&counted);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = from.read(&mut buf).await {
+                        counted[way].fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+                        if to.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown().await;
+                });
+            }
+        }
+    });
+    (addr, counts)
+}
+
+/// Bytes each way through `counts` during `quiet` of an idle tunnel.
+async fn idle_traffic(counts: &Counts, quiet: Duration) -> [u64; 2] {
+    let read = || {
+        counts
+            .each_ref()
+            .map(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+    };
+    let before = read();
+    tokio::time::sleep(quiet).await;
+    let after = read();
+    [after[0] - before[0], after[1] - before[1]]
+}
+
+/// `--tunnel-keepalive` on either side: an idle tunnel carries a PING and its answer every
+/// 100 ms from the side that asked for it, and nothing with `off` on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_keepalive_pings_as_each_side_is_told() {
+    let upstream = echo_upstream().await;
+    // (connect's setting, serve's, which directions must carry pings or answers)
+    for (client, gate_side, expect_traffic) in [
+        ("100ms,1s", "off", true),
+        ("off", "100ms,1s", true),
+        ("off", "off", false),
+    ] {
+        let gate = gate(upstream.addr, &["--tunnel-keepalive", gate_side]).await;
+        let (relay, counts) = counting_relay(gate.addr).await;
+        let (connect, _) = start_connect(
+            relay,
+            &gate.key,
+            &["--mux", "--tunnels", "1", "--tunnel-keepalive", client],
+        )
+        .await;
+        connect.wait_for_log(&["tunnel up", "slot=0"]).await;
+        // Past the settings exchange and its acknowledgements.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let [toward_gate, back] = idle_traffic(&counts, Duration::from_secs(1)).await;
+        if expect_traffic {
+            // About ten PINGs and ten answers, each a sealed record of tens of bytes.
+            assert!(
+                toward_gate >= 200 && back >= 200,
+                "connect {client}, serve {gate_side}: {toward_gate} bytes toward the gate, {back} back"
+            );
+        } else {
+            assert_eq!([toward_gate, back], [0, 0], "keepalive off on both sides");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_transfers_at_once_through_one_tunnel_are_checked_by_hash() {
     let upstream = echo_upstream().await;
