@@ -226,7 +226,8 @@ pub(crate) struct ConnectArgs {
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = at_least_one, requires = "mux")]
     pub(crate) tunnels: usize,
     /// Threads that accept local connections with --mux, each with its share of the tunnels
-    /// and of --max-connections (default: the cores this process may use, at most --tunnels).
+    /// (default: the cores this process may use, at most --tunnels); --max-connections bounds
+    /// them together.
     #[arg(long, value_name = "N", value_parser = at_least_one, requires = "mux")]
     pub(crate) tunnel_threads: Option<usize>,
     /// How often each tunnel's ends ping each other, and how long an answer may take before the
