@@ -258,15 +258,7 @@ async fn tunnel_threads_share_a_unix_socket_and_a_systemd_socket() {
     unix_round_trips(&path).await;
     drop(unix);
 
-    let available = std::process::Command::new("systemd-socket-activate")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !available {
-        assert!(
-            std::env::var_os("LINKGATE_REQUIRE_PEERS").is_none(),
-            "systemd-socket-activate is required"
-        );
+    if !crate::support::systemd_socket_activate_available() {
         println!("skipped the systemd half: systemd-socket-activate is not installed");
         return;
     }
@@ -299,16 +291,8 @@ async fn tunnel_threads_share_a_unix_socket_and_a_systemd_socket() {
     // The first connection (once the activator listens) starts connect, which takes the
     // socket from systemd.
     let local: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut first = None;
-    for _ in 0..100 {
-        if let Ok(stream) = TcpStream::connect(local).await {
-            first = Some(stream);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let echoed =
-        crate::support::echo_through(first.expect("the activator listens"), payload(10, 1));
+    let first = crate::support::connect_when_listening(local).await;
+    let echoed = crate::support::echo_through(first, payload(10, 1));
     let echoed = tokio::time::timeout(Duration::from_secs(20), echoed)
         .await
         .expect("the activated connect answers");

@@ -493,15 +493,7 @@ async fn unix_sockets_on_both_sides_with_mode_and_stale_files() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn systemd_socket_activation_and_readiness() {
-    let available = Command::new("systemd-socket-activate")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !available {
-        assert!(
-            std::env::var_os("LINKGATE_REQUIRE_PEERS").is_none(),
-            "systemd-socket-activate is required"
-        );
+    if !crate::support::systemd_socket_activate_available() {
         println!("skipped: systemd-socket-activate is not installed");
         return;
     }
@@ -534,15 +526,8 @@ async fn systemd_socket_activation_and_readiness() {
     let activator = Linkgate::spawn_command(command);
     // The first connection starts the gate, which takes the listening socket from systemd.
     let gate: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut stream = None;
-    for _ in 0..100 {
-        if let Ok(s) = TcpStream::connect(gate).await {
-            stream = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut session = linkgate::authenticate(stream.unwrap(), &Credentials::new(alice))
+    let stream = crate::support::connect_when_listening(gate).await;
+    let mut session = linkgate::authenticate(stream, &Credentials::new(alice))
         .await
         .unwrap();
     session.write_all(b"activated").await.unwrap();

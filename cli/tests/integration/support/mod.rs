@@ -300,3 +300,29 @@ pub(crate) async fn start_connect(
     let addr = connect.listen_addr().await;
     (connect, addr)
 }
+
+/// Whether `systemd-socket-activate` can run here. Without it a test skips its systemd part,
+/// unless LINKGATE_REQUIRE_PEERS is set (CI), where its absence fails the test.
+pub(crate) fn systemd_socket_activate_available() -> bool {
+    let available = std::process::Command::new("systemd-socket-activate")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        available || std::env::var_os("LINKGATE_REQUIRE_PEERS").is_none(),
+        "systemd-socket-activate is required"
+    );
+    available
+}
+
+/// Connects to `addr` once something listens there (up to 5 s): a socket activator that was
+/// just started may not have bound yet.
+pub(crate) async fn connect_when_listening(addr: SocketAddr) -> TcpStream {
+    for _ in 0..100 {
+        if let Ok(stream) = TcpStream::connect(addr).await {
+            return stream;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("nothing listens on {addr} after 5 s");
+}
