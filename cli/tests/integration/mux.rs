@@ -591,16 +591,37 @@ async fn a_gate_with_no_mux_refuses_the_mode() {
         ])
         .await;
     // A local connection is reset, not answered.
-    let mut client = TcpStream::connect(local).await.unwrap();
-    let mut buf = [0u8; 1];
-    let result = client.read(&mut buf).await;
-    assert!(
-        matches!(&result, Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset),
-        "{result:?}"
-    );
+    assert_reset_before_any_answer(local, b"").await;
     assert_eq!(
         upstream.accepts.load(std::sync::atomic::Ordering::SeqCst),
         0
+    );
+}
+
+/// Connects to `local`, sends `request` and asserts the connection is reset without an answer
+/// or a clean end. A quick refusal can land at any of the three steps: `connect()` itself
+/// reports it when the reset arrives before the handshake's completion is polled, and a write
+/// that meets it fails with it (consuming it, so a read after that may see the end).
+async fn assert_reset_before_any_answer(local: SocketAddr, request: &[u8]) {
+    let is_reset = |err: &std::io::Error| {
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        )
+    };
+    let mut client = match TcpStream::connect(local).await {
+        Ok(client) => client,
+        Err(err) if is_reset(&err) => return,
+        Err(err) => panic!("connect to {local}: {err}"),
+    };
+    let written = client.write_all(request).await;
+    let mut buf = [0u8; 8];
+    let read = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf))
+        .await
+        .expect("the connection was neither answered nor reset");
+    assert!(
+        written.as_ref().is_err_and(is_reset) || read.as_ref().is_err_and(is_reset),
+        "a reset, never an answer or a clean end: write {written:?}, read {read:?}"
     );
 }
 
@@ -612,21 +633,7 @@ async fn an_unreachable_upstream_refuses_that_connection_alone() {
     let (_dir, serve, connect, local) = mux_pair(nowhere, &[]).await;
     connect.wait_for_log(&["tunnel up", "slot=1"]).await;
     for _ in 0..4 {
-        let mut client = TcpStream::connect(local).await.unwrap();
-        // The refusal may reset the connection before the write: then the write fails.
-        let written = client.write_all(b"hello").await;
-        let mut buf = [0u8; 8];
-        let result = client.read(&mut buf).await;
-        let reset = |err: &std::io::Error| {
-            matches!(
-                err.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-            )
-        };
-        assert!(
-            written.as_ref().is_err_and(reset) || result.as_ref().is_err_and(reset),
-            "write {written:?}, read {result:?}"
-        );
+        assert_reset_before_any_answer(local, b"hello").await;
     }
     serve
         .wait_for_log(&["upstream unreachable: refusing the stream", "stream="])
@@ -684,14 +691,7 @@ async fn a_draining_gate_lets_open_streams_finish_and_takes_no_new_ones() {
     // HTTP/2's graceful shutdown takes a round trip (GOAWAY, PING, final GOAWAY): streams
     // opened before it completes are still served. After it, a new connection is not carried.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut late = TcpStream::connect(local).await.unwrap();
-    let _ = late.write_all(&8u64.to_be_bytes()).await;
-    let mut buf = [0u8; 8];
-    let late_result = late.read(&mut buf).await;
-    assert!(
-        matches!(&late_result, Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset),
-        "{late_result:?}"
-    );
+    assert_reset_before_any_answer(local, &8u64.to_be_bytes()).await;
     // The open stream still completes, every byte.
     let mut rest = Vec::new();
     client.read_to_end(&mut rest).await.unwrap();
