@@ -25,6 +25,9 @@ pub(crate) struct Threads {
     /// Tells every thread to shut its runtime down.
     stop: CancellationToken,
     joins: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Held while a task's thread is chosen and the task counted on it, so that two tunnels
+    /// admitted at once do not both see the same thread as the least busy.
+    choosing: Mutex<()>,
 }
 
 struct Thread {
@@ -48,6 +51,7 @@ impl Threads {
             threads: Vec::with_capacity(count.max(1)),
             stop: CancellationToken::new(),
             joins: Mutex::new(Vec::new()),
+            choosing: Mutex::new(()),
         };
         for index in 0..count.max(1) {
             let (handle_tx, handle_rx) = std::sync::mpsc::sync_channel(1);
@@ -115,9 +119,17 @@ impl Threads {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let thread = &self.threads[index % self.threads.len()];
-        let running = Running::count(&thread.running);
-        thread.handle.spawn(async move {
+        let index = index % self.threads.len();
+        let running = Running::count(&self.threads[index].running);
+        self.spawn_counted(index, running, task)
+    }
+
+    fn spawn_counted<F>(&self, index: usize, running: Running, task: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.threads[index].handle.spawn(async move {
             let _running = running;
             task.await
         })
@@ -129,10 +141,17 @@ impl Threads {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let index = (0..self.threads.len())
-            .min_by_key(|&index| self.threads[index].running.load(Ordering::Relaxed))
-            .unwrap_or(0);
-        let task = AbortOnDrop(self.spawn_on(index, task));
+        let (index, running) = {
+            let _choosing = self
+                .choosing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let index = (0..self.threads.len())
+                .min_by_key(|&index| self.threads[index].running.load(Ordering::Relaxed))
+                .unwrap_or(0);
+            (index, Running::count(&self.threads[index].running))
+        };
+        let task = AbortOnDrop(self.spawn_counted(index, running, task));
         task.await
     }
 
