@@ -468,8 +468,9 @@ async fn silent_client_is_closed_after_the_handshake_timeout() {
     let config = GateConfig::new().with_handshake_timeout(Duration::from_millis(300));
     let gate = Gate::with_config(keyring(&[&key("alice")]), config).unwrap();
     let (addr, server) = serve_one(gate).await;
-    let (mut client, _) = raw_connect(addr).await;
+    // Timed from before the connection: the gate's deadline starts when it accepts.
     let started = std::time::Instant::now();
+    let (mut client, _) = raw_connect(addr).await;
     assert_eq!(
         read_until_closed(&mut client).await,
         b"",

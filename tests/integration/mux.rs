@@ -376,6 +376,15 @@ async fn a_pool_replaces_a_tunnel_that_drops() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The other slot reconnects on its own schedule: both are up again before long.
+    while pool.tunnels_up() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of 2 tunnels up again",
+            pool.tunnels_up()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(pool.tunnels_up(), 2);
 }
 

@@ -317,12 +317,15 @@ async fn connect_out_of_file_descriptors_pauses_accepting_instead_of_spinning() 
     let connect = process::Linkgate::spawn_command(command);
     let local = connect.listen_addr().await;
 
-    // More connections than 40 descriptors can carry (each takes two: local and gate).
+    // More connections than 40 descriptors can carry (each takes two: local and gate). The one
+    // accepted with no descriptor left for its gate connection is reset at once, which may show
+    // at the connect or the write: that is `connect` doing its job, not a failure here.
     let mut held = Vec::new();
     for _ in 0..60 {
-        let mut client = TcpStream::connect(local).await.unwrap();
-        client.write_all(b"x").await.unwrap();
-        held.push(client);
+        if let Ok(mut client) = TcpStream::connect(local).await {
+            let _ = client.write_all(b"x").await;
+            held.push(client);
+        }
     }
     let exhausted = Instant::now();
     connect.wait_for_log(&["accept failed"]).await;

@@ -58,12 +58,21 @@ async fn mux_pair_with(
 }
 
 /// Counts the serve log's admission lines: one per tunnel, however many connections.
-fn admissions(serve: &Linkgate) -> usize {
-    serve
-        .stderr()
-        .lines()
-        .filter(|line| line.contains(" admitted ") && line.contains("mode=sealed-fs+mux"))
-        .count()
+/// How many tunnels `serve` has admitted, counted once at least `expected` are logged (or after
+/// 10 s): a gate may log its admission a little after `connect` logs the tunnel up.
+async fn admissions(serve: &Linkgate, expected: usize) -> usize {
+    let count = || {
+        serve
+            .stderr()
+            .lines()
+            .filter(|line| line.contains(" admitted ") && line.contains("mode=sealed-fs+mux"))
+            .count()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while count() < expected && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    count()
 }
 
 async fn round_trip(local: SocketAddr, data: Vec<u8>) -> Vec<u8> {
@@ -113,7 +122,7 @@ async fn thousands_of_connections_ride_one_tunnel() {
         upstream.accepts.load(std::sync::atomic::Ordering::SeqCst),
         total as usize
     );
-    assert_eq!(admissions(&serve), 1, "{}", serve.stderr());
+    assert_eq!(admissions(&serve, 1).await, 1, "{}", serve.stderr());
     serve
         .wait_for_log(&["closed", "stream=", "key_id=alice", "bytes_in="])
         .await;
@@ -166,7 +175,7 @@ async fn connections_and_tunnels_spread_over_the_tunnel_threads() {
         upstream.accepts.load(std::sync::atomic::Ordering::SeqCst),
         total as usize
     );
-    assert_eq!(admissions(&serve), 2, "{}", serve.stderr());
+    assert_eq!(admissions(&serve, 2).await, 2, "{}", serve.stderr());
     let tunnels: std::collections::HashSet<String> = connect
         .stderr()
         .lines()
@@ -376,9 +385,10 @@ async fn tunnel_keepalive_pings_as_each_side_is_told() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let [toward_gate, back] = idle_traffic(&counts, Duration::from_secs(1)).await;
         if expect_traffic {
-            // About ten PINGs and ten answers, each a sealed record of tens of bytes.
+            // About ten PINGs and ten answers, each a sealed record of 39 bytes; at least three
+            // each way even on a loaded machine (an idle tunnel with keepalive off sends none).
             assert!(
-                toward_gate >= 200 && back >= 200,
+                toward_gate >= 117 && back >= 117,
                 "connect {client}, serve {gate_side}: {toward_gate} bytes toward the gate, {back} back"
             );
         } else {
@@ -406,7 +416,7 @@ async fn large_transfers_at_once_through_one_tunnel_are_checked_by_hash() {
     while let Some(done) = tasks.join_next().await {
         done.unwrap();
     }
-    assert_eq!(admissions(&serve), 1);
+    assert_eq!(admissions(&serve, 1).await, 1);
 }
 
 /// An upstream that answers each connection's 8-byte length with that many bytes of
@@ -599,10 +609,18 @@ async fn a_gate_with_no_mux_refuses_the_mode() {
 }
 
 /// Connects to `local`, sends `request` and asserts the connection is reset without an answer
-/// or a clean end. A quick refusal can land at any of the three steps: `connect()` itself
-/// reports it when the reset arrives before the handshake's completion is polled, and a write
-/// that meets it fails with it (consuming it, so a read after that may see the end).
+/// or a clean end.
 async fn assert_reset_before_any_answer(local: SocketAddr, request: &[u8]) {
+    if let Err(outcome) = reset_before_any_answer(local, request).await {
+        panic!("a reset, never an answer or a clean end: {outcome}");
+    }
+}
+
+/// Whether a connection to `local` that sends `request` is reset before any answer; if not,
+/// what happened instead. A quick refusal can land at any of the three steps: `connect()`
+/// itself reports it when the reset arrives before the handshake's completion is polled, and
+/// a write that meets it fails with it (consuming it, so a read after that may see the end).
+async fn reset_before_any_answer(local: SocketAddr, request: &[u8]) -> Result<(), String> {
     let is_reset = |err: &std::io::Error| {
         matches!(
             err.kind(),
@@ -611,7 +629,7 @@ async fn assert_reset_before_any_answer(local: SocketAddr, request: &[u8]) {
     };
     let mut client = match TcpStream::connect(local).await {
         Ok(client) => client,
-        Err(err) if is_reset(&err) => return,
+        Err(err) if is_reset(&err) => return Ok(()),
         Err(err) => panic!("connect to {local}: {err}"),
     };
     let written = client.write_all(request).await;
@@ -619,10 +637,11 @@ async fn assert_reset_before_any_answer(local: SocketAddr, request: &[u8]) {
     let read = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf))
         .await
         .expect("the connection was neither answered nor reset");
-    assert!(
-        written.as_ref().is_err_and(is_reset) || read.as_ref().is_err_and(is_reset),
-        "a reset, never an answer or a clean end: write {written:?}, read {read:?}"
-    );
+    if written.as_ref().is_err_and(is_reset) || read.as_ref().is_err_and(is_reset) {
+        Ok(())
+    } else {
+        Err(format!("write {written:?}, read {read:?}"))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -642,7 +661,7 @@ async fn an_unreachable_upstream_refuses_that_connection_alone() {
         .wait_for_log(&["closed after an error", "refused the stream"])
         .await;
     // The tunnels stayed up: still the first two admissions.
-    assert_eq!(admissions(&serve), 2);
+    assert_eq!(admissions(&serve, 2).await, 2);
     assert!(!connect.stderr().contains("tunnel closed"));
 }
 
@@ -664,7 +683,7 @@ async fn each_stream_gets_its_own_proxy_header_with_the_key_id() {
         stream.read_exact(&mut first).await.unwrap();
         assert_eq!(first, [i; 4], "the header came before the stream's bytes");
     }
-    assert_eq!(admissions(&serve), 2);
+    assert_eq!(admissions(&serve, 2).await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -690,8 +709,17 @@ async fn a_draining_gate_lets_open_streams_finish_and_takes_no_new_ones() {
     serve.wait_for_log(&["received SIGTERM"]).await;
     // HTTP/2's graceful shutdown takes a round trip (GOAWAY, PING, final GOAWAY): streams
     // opened before it completes are still served. After it, a new connection is not carried.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_reset_before_any_answer(local, &8u64.to_be_bytes()).await;
+    let request = 8u64.to_be_bytes();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Err(outcome) = reset_before_any_answer(local, &request).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "new connections are still carried 10 s after the drain began: {outcome}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Once refused, refused for good.
+    assert_reset_before_any_answer(local, &request).await;
     // The open stream still completes, every byte.
     let mut rest = Vec::new();
     client.read_to_end(&mut rest).await.unwrap();
@@ -791,12 +819,26 @@ async fn a_tunnel_failing_reaches_a_quiet_client_after_its_answer() {
     connect
         .wait_for_log(&["closed after an error (reset)", "stream="])
         .await;
-    let written = client.write_all(b"late").await;
-    let mut buf = [0u8; 4];
-    let read = client.read(&mut buf).await;
+    // The reset arrives without the client sending anything: its socket reports it (EPIPE in
+    // Linux's terms, as the client had the gate's end already). Polled, because `connect` logs
+    // the line just before it resets the connection.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let err = loop {
+        if let Some(err) = client.take_error().unwrap() {
+            break err;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the quiet client's connection was not reset"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert!(
-        written.is_err() || read.is_err(),
-        "the client's connection was not reset: write {written:?}, read {read:?}"
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "{err}"
     );
 }
 

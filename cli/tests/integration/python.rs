@@ -962,10 +962,13 @@ async fn tampered_records_refused_by(kind: &str) {
         (Tamper::Inject, "record_bad_header"),
     ] {
         let (relay, intact) = tampering_relay(gate, true, SEALED_FS_ALICE_RESPONSE, tamper).await;
-        let (_connect, local) = start_connect(relay, &key, &[]).await;
+        let (connect, local) = start_connect(relay, &key, &[]).await;
 
         // Five messages, most in a record of their own (the client waits between them).
         let mut client = TcpStream::connect(local).await.unwrap();
+        // Only once the tunnel is up does each message become a record of its own: before,
+        // they would pile up and be sealed together, and the tampered record might not exist.
+        connect.wait_for_log(&["authenticated to the gate"]).await;
         let mut sent = Vec::new();
         let mut failed = None;
         for i in 0..5u8 {
@@ -975,7 +978,7 @@ async fn tampered_records_refused_by(kind: &str) {
                 break;
             }
             sent.push(message);
-            tokio::time::sleep(Duration::from_millis(60)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         if failed.is_none() {
             let _ = client.shutdown().await;

@@ -88,9 +88,7 @@ async fn the_upstream_can_close_first_and_the_client_can_still_send() {
     // Upstream: sends a greeting, half-closes, then reads everything the client sends.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = listener.local_addr().unwrap();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let got_by_upstream = Arc::clone(&got);
-    tokio::spawn(async move {
+    let got = tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
         stream
             .write_all(b"greeting, then I am done talking")
@@ -99,7 +97,7 @@ async fn the_upstream_can_close_first_and_the_client_can_still_send() {
         stream.shutdown().await.unwrap();
         let mut all = Vec::new();
         stream.read_to_end(&mut all).await.unwrap();
-        *got_by_upstream.lock().unwrap() = all;
+        all
     });
     let dir = TempDir::new().unwrap();
     let key = keygen(dir.path(), "alice");
@@ -118,10 +116,11 @@ async fn the_upstream_can_close_first_and_the_client_can_still_send() {
     serve
         .wait_for_log(&["closed", "bytes_in=3145728", "bytes_out=32"])
         .await;
-    assert!(
-        *got.lock().unwrap() == late,
-        "the other direction kept flowing"
-    );
+    let got = tokio::time::timeout(Duration::from_secs(10), got)
+        .await
+        .expect("the upstream did not see the end of the client's bytes")
+        .unwrap();
+    assert!(got == late, "the other direction kept flowing");
 }
 
 #[tokio::test(flavor = "multi_thread")]
