@@ -45,6 +45,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         stream_slots: Arc::new(tokio::sync::Semaphore::new(1024)),
         mux: linkgate::mux::MuxConfig::default(),
         tunnel_threads: Arc::new(crate::threads::Threads::start(1)?),
+        cut_off: proxy::CutOff::default(),
+        on_threads: tokio_util::task::TaskTracker::new(),
     });
     tokio::spawn(linkgate::serve_with(gate_listener, move |admitted| {
         proxy::serve_one(admitted, Arc::clone(&serve))

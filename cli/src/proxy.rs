@@ -4,6 +4,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -37,6 +38,28 @@ pub(crate) struct ServeContext {
     pub(crate) mux: linkgate::mux::MuxConfig,
     /// Where admitted tunnels run, each on one thread with its streams.
     pub(crate) tunnel_threads: Arc<crate::threads::Threads>,
+    /// What the drain deadline cut off, for the "stopped" line.
+    pub(crate) cut_off: CutOff,
+    /// This service's tunnels and their streams, on the tunnel threads: a tunnel dropped at the
+    /// drain deadline ends there a moment later, and its streams after it.
+    pub(crate) on_threads: tokio_util::task::TaskTracker,
+}
+
+/// Tunnels and streams cut off at the drain deadline. The listener counts each admitted
+/// connection it drops, a tunnel among them, as one: the "stopped" line counts a tunnel's
+/// streams instead.
+#[derive(Debug, Default)]
+pub(crate) struct CutOff {
+    pub(crate) tunnels: AtomicUsize,
+    pub(crate) streams: AtomicUsize,
+}
+
+impl CutOff {
+    /// Connections and streams cut off, from the listener's count of dropped connections.
+    pub(crate) fn connections_and_streams(&self, dropped_connections: usize) -> usize {
+        dropped_connections.saturating_sub(self.tunnels.load(Ordering::Relaxed))
+            + self.streams.load(Ordering::Relaxed)
+    }
 }
 
 /// Bytes each way through one connection, from the client's point of view.
@@ -328,6 +351,9 @@ pub(crate) fn log_close(
             ("revoked", Bytes::default())
         }
         Ended::CutOff => {
+            if stream.is_some() {
+                context.cut_off.streams.fetch_add(1, Ordering::Relaxed);
+            }
             tracing::info!(%service, %conn, stream, %peer, via = via_field(who), %key_id, duration_ms,
                 "closed: still open at the drain deadline (cut off)");
             ("cut_off", Bytes::default())

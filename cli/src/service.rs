@@ -483,6 +483,8 @@ impl Service {
                 .tunnel_keepalive
                 .apply(linkgate::mux::MuxConfig::default()),
             tunnel_threads,
+            cut_off: crate::proxy::CutOff::default(),
+            on_threads: tokio_util::task::TaskTracker::new(),
         });
         let serve_options = ServeOptions::new()
             .with_max_connections(options.max_connections)
@@ -490,19 +492,31 @@ impl Service {
         let drained = match bound {
             Bound::Tcp(listener) => {
                 let listener = GatedListener::with_config(listener, keys.gate, listener_config);
-                run_listener(listener, serve_options, context, &signals).await
+                run_listener(listener, serve_options, Arc::clone(&context), &signals).await
             }
             Bound::Unix(listener, socket_file) => {
                 let listener = GatedListener::with_config(listener, keys.gate, listener_config);
-                let drained = run_listener(listener, serve_options, context, &signals).await;
+                let drained =
+                    run_listener(listener, serve_options, Arc::clone(&context), &signals).await;
                 drop(socket_file);
                 drained
             }
         };
-        tracing::info!(service = %options.name, closed_at_drain = drained.aborted, "linkgate serve: stopped");
+        // The tunnels dropped at the deadline, and their streams, end on their threads: waited
+        // for (briefly) so that the count below includes them.
+        context.on_threads.close();
+        let _ = tokio::time::timeout(CUT_OFF_WAIT, context.on_threads.wait()).await;
+        let cut_off = &context.cut_off;
+        tracing::info!(service = %options.name,
+            closed_at_drain = cut_off.connections_and_streams(drained.aborted),
+            tunnels_closed_at_drain = cut_off.tunnels.load(std::sync::atomic::Ordering::Relaxed),
+            "linkgate serve: stopped");
         drained
     }
 }
+
+/// How long the "stopped" line waits for the tunnels cut off at the drain deadline to end.
+const CUT_OFF_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 async fn run_listener<L>(
     listener: GatedListener<L>,

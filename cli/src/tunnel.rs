@@ -38,15 +38,20 @@ type TunnelOutcome = Arc<std::sync::OnceLock<StreamsEnded>>;
 /// Marks the tunnel's streams as cut off if the tunnel's task is dropped (the drain deadline)
 /// before it ends on its own. Declared after the tunnel's connection, so it runs before the
 /// connection is dropped and its streams fail.
-struct CutOffOnDrop {
+struct CutOffOnDrop<'a> {
     outcome: TunnelOutcome,
+    context: &'a ServeContext,
     armed: bool,
 }
 
-impl Drop for CutOffOnDrop {
+impl Drop for CutOffOnDrop<'_> {
     fn drop(&mut self) {
         if self.armed {
             let _ = self.outcome.set(StreamsEnded::CutOff);
+            self.context
+                .cut_off
+                .tunnels
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -72,7 +77,9 @@ pub(crate) async fn serve_on_a_thread<IO>(
     };
     let threads = Arc::clone(&context.tunnel_threads);
     let service = context.service.clone();
+    let on_threads = context.on_threads.token();
     let tunnel = async move {
+        let _on_threads = on_threads;
         match detached.map_io(IO::attach) {
             Ok(admitted) => serve(admitted, who, revocations, context).await,
             Err(err) => tracing::warn!(service = %context.service, %conn, error = %err,
@@ -112,6 +119,7 @@ async fn serve<IO>(
     let outcome = TunnelOutcome::default();
     let mut cut_off = CutOffOnDrop {
         outcome: Arc::clone(&outcome),
+        context: &context,
         armed: true,
     };
     let mut opened = 0u64;
@@ -121,9 +129,9 @@ async fn serve<IO>(
             incoming = server.next_stream() => match incoming {
                 Some(Ok(incoming)) => {
                     opened += 1;
-                    let (context, who) = (Arc::clone(&context), who.clone());
-                    let outcome = Arc::clone(&outcome);
-                    streams.spawn(serve_stream(incoming, who, gate_ip, context, outcome));
+                    let (who, outcome) = (who.clone(), Arc::clone(&outcome));
+                    let stream = serve_stream(incoming, who, gate_ip, Arc::clone(&context), outcome);
+                    streams.spawn(context.on_threads.track_future(stream));
                 }
                 Some(Err(err)) => break TunnelEnd::Failed(err),
                 None => break TunnelEnd::Closed,

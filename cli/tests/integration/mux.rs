@@ -873,7 +873,7 @@ async fn a_connection_cut_off_at_the_drain_deadline_is_reset_not_ended() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_still_open_at_the_gates_drain_deadline_is_cut_off_and_reset() {
+async fn streams_still_open_at_the_gates_drain_deadline_are_cut_off_reset_and_counted() {
     let upstream = echo_upstream().await;
     let TestGate {
         dir: _dir,
@@ -883,17 +883,22 @@ async fn a_stream_still_open_at_the_gates_drain_deadline_is_cut_off_and_reset() 
         ..
     } = gate(upstream.addr, &["--drain-timeout", "500ms"]).await;
     let (_connect, local) = start_connect(gate, &key, &["--mux", "--tunnels", "1"]).await;
-    let mut client = TcpStream::connect(local).await.unwrap();
-    client.write_all(b"hi").await.unwrap();
-    let mut echoed = [0u8; 2];
-    client.read_exact(&mut echoed).await.unwrap();
+    // Two connections, two streams of the one tunnel.
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let mut client = TcpStream::connect(local).await.unwrap();
+        client.write_all(b"hi").await.unwrap();
+        let mut echoed = [0u8; 2];
+        client.read_exact(&mut echoed).await.unwrap();
+        clients.push(client);
+    }
     serve.signal("TERM");
     let status = serve.wait_exit(Duration::from_secs(10)).await;
     assert!(
         status.is_some(),
         "serve did not exit after its drain deadline"
     );
-    // The gate's side: the stream is logged as cut off, not as an error.
+    // The gate's side: each stream is logged as cut off, not as an error …
     let line = serve
         .wait_for_log(&[
             "closed: still open at the drain deadline (cut off)",
@@ -901,18 +906,30 @@ async fn a_stream_still_open_at_the_gates_drain_deadline_is_cut_off_and_reset() 
         ])
         .await;
     assert!(line.contains("key_id=alice"), "{line}");
-    assert!(
-        !serve.stderr().contains("closed after an error"),
-        "{}",
-        serve.stderr()
+    let stderr = serve.stderr();
+    assert_eq!(
+        stderr
+            .matches("closed: still open at the drain deadline (cut off)")
+            .count(),
+        2,
+        "{stderr}"
     );
-    // The client's side: a reset, never a clean end.
-    let mut buf = [0u8; 8];
-    let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
-        .await
-        .expect("the client's connection stayed open");
+    assert!(!stderr.contains("closed after an error"), "{stderr}");
+    // … and the "stopped" line counts the streams, not the tunnel that carried them.
+    let stopped = serve.wait_for_log(&["linkgate serve: stopped"]).await;
     assert!(
-        matches!(&read, Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset),
-        "a stream cut off at the gate's deadline must reach its client as a reset: {read:?}"
+        stopped.contains("closed_at_drain=2") && stopped.contains("tunnels_closed_at_drain=1"),
+        "{stopped}"
     );
+    // The clients' side: a reset, never a clean end.
+    for mut client in clients {
+        let mut buf = [0u8; 8];
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf))
+            .await
+            .expect("the client's connection stayed open");
+        assert!(
+            matches!(&read, Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset),
+            "a stream cut off at the gate's deadline must reach its client as a reset: {read:?}"
+        );
+    }
 }
