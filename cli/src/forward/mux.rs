@@ -1,9 +1,10 @@
 //! Forwarding between a socket and one stream of a multiplexed tunnel.
 //!
-//! Socket to stream: each read goes into a fresh buffer that is handed to HTTP/2 whole (no second
-//! copy). Stream to socket: each piece HTTP/2 received is written out before the next is taken,
+//! Socket to stream: each read goes into the thread's read buffer; a small piece is copied out
+//! and the buffer kept, a large one is handed to HTTP/2 with the buffer (no second copy). Stream to socket: each piece HTTP/2 received is written out before the next is taken,
 //! so a slow socket holds back only its own stream's window. A waiting direction holds no buffer.
 
+use std::cell::RefCell;
 use std::io;
 
 use bytes::{Bytes, BytesMut};
@@ -66,18 +67,7 @@ async fn socket_to_stream<S: Socket>(from: &S, to: &mut MuxWriteHalf) -> io::Res
                 None => return Ok(total),
             },
         }
-        // Read into fresh, unzeroed capacity that is handed to HTTP/2 as it is (zeroing 64 KiB
-        // for every 16-byte request cost more than the rest of the read); a small piece is
-        // copied out so it does not hold the whole chunk while it waits to be sent.
-        let mut buf = BytesMut::with_capacity(CHUNK);
-        let read = from.try_read_buf_draining(&mut buf).map(|n| {
-            if n < SMALL {
-                Bytes::copy_from_slice(&buf[..n])
-            } else {
-                buf.freeze()
-            }
-        });
-        match read {
+        match read_piece(from) {
             Ok(piece) if piece.is_empty() => {
                 to.finish()?;
                 return Ok(total);
@@ -90,6 +80,33 @@ async fn socket_to_stream<S: Socket>(from: &S, to: &mut MuxWriteHalf) -> io::Res
             Err(err) => return Err(err),
         }
     }
+}
+
+thread_local! {
+    /// This thread's read buffer: unzeroed capacity for one chunk, reused while the pieces read
+    /// are small (copied out), handed to HTTP/2 whole when a piece is large.
+    static SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// Reads what the socket has, up to one chunk, as a piece to send. A small piece is copied out
+/// of the thread's buffer, which is kept (a 64 KiB allocation per 16-byte request cost more than
+/// the rest of the read); a large one takes the buffer with it, with no second copy.
+fn read_piece<S: Socket>(from: &S) -> io::Result<Bytes> {
+    SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        buf.clear();
+        if buf.capacity() < CHUNK {
+            *buf = BytesMut::with_capacity(CHUNK);
+        }
+        let n = from.try_read_buf_draining(&mut buf)?;
+        Ok(if n < SMALL {
+            let piece = Bytes::copy_from_slice(&buf[..n]);
+            buf.clear();
+            piece
+        } else {
+            std::mem::take(&mut *buf).freeze()
+        })
+    })
 }
 
 async fn stream_to_socket<S: Socket>(from: &mut MuxReadHalf, to: &S) -> io::Result<u64> {
