@@ -252,6 +252,14 @@ impl<IO> Admitted<IO> {
         }
     }
 
+    /// Whether a sealed stream keeps its read buffer while it waits for more (by default an
+    /// idle stream holds none).
+    pub(crate) fn keep_read_buffer(&mut self, keep: bool) {
+        if let Some(sealed) = &mut self.sealed {
+            sealed.keep_read_buffer(keep);
+        }
+    }
+
     pub(crate) fn admission_mut(&mut self) -> &mut Admission {
         &mut self.admission
     }

@@ -19,6 +19,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::admitted::Admitted;
+
 /// Writes smaller than this are held back once (a frame header and a few small frames).
 const HOLD_BELOW: usize = 16 * 1024;
 
@@ -91,13 +93,17 @@ impl<S> Coalescing<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Coalescing<S> {
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalescing<Admitted<IO>> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // A tunnel carrying several streams reads every few frames: its read buffer is kept
+        // between reads. With one stream or none it is freed while the tunnel waits, as an idle
+        // sealed connection's is.
+        this.inner.keep_read_buffer(this.open.count() >= 2);
         let before = buf.filled().len();
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
