@@ -220,7 +220,7 @@ enum Carrier {
 }
 
 impl Carrier {
-    async fn carry<S: crate::socket::Socket>(self, local: S, peer: String) {
+    async fn carry<S: crate::socket::Socket>(self, local: S, peer: LocalPeer) {
         match self {
             Self::Connections(context) => proxy::connect_one(local, peer, context).await,
             Self::Tunnels(mux) => tunnel::connect_one(local, peer, mux).await,
@@ -285,6 +285,23 @@ async fn reload_key(
     }
 }
 
+/// Who connected locally, for log lines: formatted only when a line is written (an address
+/// formatted for every connection cost more than a twentieth of `connect --mux`'s own work).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LocalPeer {
+    Tcp(std::net::SocketAddr),
+    Unix,
+}
+
+impl std::fmt::Display for LocalPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(addr) => addr.fmt(f),
+            Self::Unix => f.write_str("unix"),
+        }
+    }
+}
+
 /// A local listener `connect` accepts from: TCP (with the peer address accept returned, so no
 /// `getpeername` per connection) or Unix.
 trait LocalListener: Unpin {
@@ -292,7 +309,7 @@ trait LocalListener: Unpin {
     fn poll_accept(
         &self,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<(Self::Stream, String)>>;
+    ) -> std::task::Poll<io::Result<(Self::Stream, LocalPeer)>>;
 }
 
 impl LocalListener for tokio::net::TcpListener {
@@ -300,10 +317,10 @@ impl LocalListener for tokio::net::TcpListener {
     fn poll_accept(
         &self,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<(Self::Stream, String)>> {
+    ) -> std::task::Poll<io::Result<(Self::Stream, LocalPeer)>> {
         self.poll_accept(cx).map_ok(|(stream, peer)| {
             let _ = stream.set_nodelay(true);
-            (stream, peer.to_string())
+            (stream, LocalPeer::Tcp(peer))
         })
     }
 }
@@ -313,9 +330,9 @@ impl LocalListener for tokio::net::UnixListener {
     fn poll_accept(
         &self,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<(Self::Stream, String)>> {
+    ) -> std::task::Poll<io::Result<(Self::Stream, LocalPeer)>> {
         self.poll_accept(cx)
-            .map_ok(|(stream, _)| (stream, "unix".to_owned()))
+            .map_ok(|(stream, _)| (stream, LocalPeer::Unix))
     }
 }
 
@@ -339,7 +356,7 @@ impl<L> Accepted<L> {
 }
 
 impl<L: LocalListener> futures_core::Stream for Accepted<L> {
-    type Item = (L::Stream, String);
+    type Item = (L::Stream, LocalPeer);
 
     fn poll_next(
         mut self: std::pin::Pin<&mut Self>,

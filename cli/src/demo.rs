@@ -61,7 +61,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
     let accepted = tokio_stream::StreamExt::filter_map(TcpListenerStream::new(local), |accepted| {
         let stream = accepted.ok()?;
         let peer = stream.peer_addr().ok()?;
-        Some((stream, peer.to_string()))
+        Some((stream, crate::connect::LocalPeer::Tcp(peer)))
     });
     tokio::spawn(linkgate::serve_with_shutdown(
         Box::pin(accepted),

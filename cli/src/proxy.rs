@@ -311,9 +311,20 @@ async fn echo<IO: AsyncRead + AsyncWrite + Unpin>(admitted: Admitted<IO>) -> io:
 }
 
 /// The client for logs: the real one (behind a balancer, the one its header named).
-pub(crate) fn peer_text(who: &Admission) -> String {
-    who.peer()
-        .map_or_else(|| "-".to_owned(), ToString::to_string)
+pub(crate) fn peer_text(who: &Admission) -> PeerText<'_> {
+    PeerText(who.peer())
+}
+
+/// The client's address in a log line, `-` if unknown: formatted only when a line is written.
+pub(crate) struct PeerText<'a>(Option<&'a Peer>);
+
+impl std::fmt::Display for PeerText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(peer) => peer.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 /// The balancer a connection came through, as an optional log field.
@@ -400,7 +411,7 @@ pub(crate) struct ConnectContext {
 )]
 pub(crate) fn connect_one<L: Socket>(
     local: L,
-    peer: String,
+    peer: crate::connect::LocalPeer,
     context: Arc<ConnectContext>,
 ) -> impl Future<Output = ()> + Send {
     async move {

@@ -315,7 +315,11 @@ impl MuxConnect {
 
 /// Carries one local connection as a stream of a pooled tunnel. If no tunnel is up in time, or
 /// the gate cannot reach its upstream, or the tunnel fails, the local connection is reset.
-pub(crate) async fn connect_one<L: Socket>(local: L, peer: String, mux: Arc<MuxConnect>) {
+pub(crate) async fn connect_one<L: Socket>(
+    local: L,
+    peer: crate::connect::LocalPeer,
+    mux: Arc<MuxConnect>,
+) {
     let stream = match mux.open().await {
         Ok(stream) => stream,
         Err(err) => {
