@@ -43,9 +43,13 @@ impl fmt::Debug for EphemeralSecret {
 }
 
 impl EphemeralSecret {
-    /// A fresh secret from aws-lc's CSPRNG.
+    /// A fresh secret: 32 bytes from the operating system's CSPRNG (as the nonces are), which
+    /// aws-lc clamps. Not aws-lc's own generator: before its first use on each thread it seeds
+    /// itself from CPU jitter, which cost the first handshake on every new thread about 40 ms.
     pub fn generate() -> Result<Self, Error> {
-        PrivateKey::generate(&X25519)
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        crate::keys::fill_random(bytes.as_mut())?;
+        PrivateKey::from_private_key(&X25519, bytes.as_ref())
             .map(Self)
             .map_err(|_| Error::Io(std::io::Error::other("X25519 key generation failed")))
     }
@@ -103,6 +107,7 @@ mod tests {
     fn both_sides_agree_and_low_order_points_are_refused() {
         let a = EphemeralSecret::generate().unwrap();
         let b = EphemeralSecret::generate().unwrap();
+        assert_ne!(a.public_key(), b.public_key(), "two draws gave one secret");
         let ab = a.agree(&b.public_key()).unwrap();
         let ba = b.agree(&a.public_key()).unwrap();
         assert_eq!(*ab, *ba);
