@@ -79,6 +79,7 @@ pub(crate) struct Metrics {
     handshake_seconds: Family<ServiceLabel, Histogram, fn() -> Histogram>,
     admissions: Family<AdmissionLabels, Counter>,
     open: Family<ServiceLabel, Gauge>,
+    tunnels: Family<ServiceLabel, Gauge>,
     connection_seconds: Family<ServiceLabel, Histogram, fn() -> Histogram>,
     closed: Family<ClosedLabels, Counter>,
     bytes: Family<BytesLabels, Counter>,
@@ -100,6 +101,7 @@ impl Metrics {
             Family::new_with_constructor(|| seconds_histogram(0.000_25));
         let admissions = Family::default();
         let open = Family::default();
+        let tunnels = Family::default();
         let connection_seconds: Family<ServiceLabel, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(|| seconds_histogram(0.001));
         let closed = Family::default();
@@ -143,6 +145,11 @@ impl Metrics {
             "connections_open",
             "Admitted connections being forwarded",
             open.clone(),
+        );
+        registry.register(
+            "tunnels_open",
+            "Multiplexed tunnels admitted and open (each of their streams counts as a connection)",
+            tunnels.clone(),
         );
         registry.register(
             "connection_duration_seconds",
@@ -189,6 +196,7 @@ impl Metrics {
             handshake_seconds,
             admissions,
             open,
+            tunnels,
             connection_seconds,
             closed,
             bytes,
@@ -279,6 +287,12 @@ impl ServiceMetrics {
         }
     }
 
+    /// A multiplexed tunnel is open until the returned guard is dropped.
+    pub(crate) fn tunnel_opened(&self) -> TunnelOpen {
+        self.metrics.tunnels.get_or_create(&self.label()).inc();
+        TunnelOpen(self.clone())
+    }
+
     pub(crate) fn upstream_failed(&self) {
         self.metrics
             .upstream_failures
@@ -288,6 +302,15 @@ impl ServiceMetrics {
 
     pub(crate) fn keys_loaded(&self, n: usize) {
         self.metrics.keys.get_or_create(&self.label()).set(n as i64);
+    }
+}
+
+/// Counts one tunnel in `tunnels_open` while it lives.
+pub(crate) struct TunnelOpen(ServiceMetrics);
+
+impl Drop for TunnelOpen {
+    fn drop(&mut self) {
+        self.0.metrics.tunnels.get_or_create(&self.0.label()).dec();
     }
 }
 

@@ -115,6 +115,10 @@ async fn serve<IO>(
             return;
         }
     };
+    let _open = context
+        .metrics
+        .as_ref()
+        .map(crate::metrics::ServiceMetrics::tunnel_opened);
     let streams = TaskTracker::new();
     let outcome = TunnelOutcome::default();
     let mut cut_off = CutOffOnDrop {

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::operations::{sample, scrape};
 use crate::support::process::{Linkgate, keygen, start_serve};
 use crate::support::{echo_upstream, payload, start_connect};
 
@@ -126,6 +127,71 @@ async fn thousands_of_connections_ride_one_tunnel() {
     serve
         .wait_for_log(&["closed", "stream=", "key_id=alice", "bytes_in="])
         .await;
+}
+
+/// Metrics count each stream as a connection (opened, closed, bytes by key id), and the
+/// tunnels carrying them in `tunnels_open`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_streams_as_connections_and_tunnels_apart() {
+    let upstream = echo_upstream().await;
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let (_dir, serve, connect, local) =
+        mux_pair_with(upstream.addr, &["--metrics", &metrics], &["--tunnels", "2"]).await;
+    serve.wait_for_log(&["serving metrics"]).await;
+    connect.wait_for_log(&["tunnel up", "slot=1"]).await;
+    connect.wait_for_log(&["tunnel up", "slot=0"]).await;
+    // 20 connections of 100 bytes each way.
+    round_trips(local, 20, 5, |_| 100).await;
+    let done = "linkgate_connections_closed_total{service=\"default\",result=\"ok\"} 20";
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = scrape(&metrics).await;
+        if text.contains(done) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = |prefix: &str| sample(&text, prefix);
+    assert_eq!(
+        s("linkgate_connections_closed_total{service=\"default\",result=\"ok\"}"),
+        20.0,
+        "{text}"
+    );
+    assert_eq!(s("linkgate_connections_open{service=\"default\"}"), 0.0);
+    assert_eq!(
+        s("linkgate_bytes_total{service=\"default\",key_id=\"alice\",direction=\"in\"}"),
+        2000.0
+    );
+    assert_eq!(
+        s("linkgate_bytes_total{service=\"default\",key_id=\"alice\",direction=\"out\"}"),
+        2000.0
+    );
+    // Two admissions, the tunnels, both still open.
+    assert_eq!(
+        s("linkgate_admissions_total{service=\"default\",key_id=\"alice\",mode=\"sealed-fs+mux\"}"),
+        2.0
+    );
+    assert_eq!(s("linkgate_tunnels_open{service=\"default\"}"), 2.0);
+    // When connect goes, so do its tunnels.
+    drop(connect);
+    let mut open = f64::NAN;
+    for _ in 0..100 {
+        open = sample(
+            &scrape(&metrics).await,
+            "linkgate_tunnels_open{service=\"default\"}",
+        );
+        if open == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(open, 0.0, "{}", serve.stderr());
 }
 
 /// CPU time each of `pid`'s tunnel threads has used, in nanoseconds (from schedstat).
