@@ -33,11 +33,6 @@ fn have(program: &str, version_flag: &str) -> bool {
     found
 }
 
-async fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 /// Waits (up to 10 s) until something accepts on `port`.
 async fn wait_port(port: u16) {
     for _ in 0..200 {
@@ -212,7 +207,7 @@ async fn haproxy_v2_in_front_of_two_gates() {
     let dir = TempDir::new().unwrap();
     let key = Key::from_file(keygen(dir.path(), "alice")).unwrap();
     let gates = two_gates(dir.path()).await;
-    let port = free_port().await;
+    let port = crate::support::free_port().await;
     let _haproxy = haproxy(
         dir.path(),
         &format!(
@@ -272,7 +267,7 @@ async fn nginx_v1_in_front_of_two_gates() {
     let dir = TempDir::new().unwrap();
     let key = Key::from_file(keygen(dir.path(), "alice")).unwrap();
     let gates = two_gates(dir.path()).await;
-    let port = free_port().await;
+    let port = crate::support::free_port().await;
     let _nginx = nginx(
         dir.path(),
         &format!(
@@ -374,7 +369,7 @@ async fn haproxy_upstream_logs_the_real_client_and_the_key_id() {
     let dir = TempDir::new().unwrap();
     let key = Key::from_file(keygen(dir.path(), "alice")).unwrap();
     let echo = echo_upstream().await;
-    let port = free_port().await;
+    let port = crate::support::free_port().await;
     let haproxy = haproxy(
         dir.path(),
         &format!(
@@ -437,7 +432,7 @@ async fn nginx_upstream_logs_the_real_client_from_send_proxy_v1() {
     let dir = TempDir::new().unwrap();
     let key = Key::from_file(keygen(dir.path(), "alice")).unwrap();
     let echo = echo_upstream().await;
-    let port = free_port().await;
+    let port = crate::support::free_port().await;
     let log = dir.path().join("access.log");
     let _nginx = nginx(
         dir.path(),

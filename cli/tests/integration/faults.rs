@@ -230,7 +230,7 @@ async fn a_client_reset_reaches_the_upstream_as_a_reset() {
 async fn a_source_that_keeps_failing_is_refused_at_accept_but_not_its_neighbours() {
     let dir = TempDir::new().unwrap();
     let key = Key::from_file(keygen(dir.path(), "alice")).unwrap();
-    let metrics = free_port().await;
+    let metrics = format!("127.0.0.1:{}", crate::support::free_port().await);
     let (serve, gate) = start_serve(dir.path(), None, &["--metrics", &metrics]).await;
     let attacker = Ipv4Addr::new(127, 0, 0, 40);
     for _ in 0..4 {
@@ -281,12 +281,6 @@ async fn connect_from(source: Ipv4Addr, addr: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::new(IpAddr::V4(source), 0)).unwrap();
     socket.connect(addr).await.unwrap()
-}
-
-/// A loopback address with a port nothing listens on (for --metrics).
-async fn free_port() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap().to_string()
 }
 
 /// `connect` out of file descriptors: accept fails with EMFILE while the listener stays ready,

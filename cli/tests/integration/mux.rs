@@ -134,12 +134,7 @@ async fn thousands_of_connections_ride_one_tunnel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_streams_as_connections_and_tunnels_apart() {
     let upstream = echo_upstream().await;
-    let port = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port().await;
     let metrics = format!("127.0.0.1:{port}");
     let (_dir, serve, connect, local) =
         mux_pair_with(upstream.addr, &["--metrics", &metrics], &["--tunnels", "2"]).await;
@@ -337,12 +332,7 @@ async fn tunnel_threads_share_a_unix_socket_and_a_systemd_socket() {
         println!("skipped the systemd half: systemd-socket-activate is not installed");
         return;
     }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port().await;
     let mut command = std::process::Command::new("systemd-socket-activate");
     command.args([
         "-l",

@@ -235,12 +235,7 @@ pub(crate) fn sample(text: &str, prefix: &str) -> f64 {
 async fn metrics_count_what_happened_and_parse() {
     let keys = TempDir::new().unwrap();
     let alice = key(&keygen(keys.path(), "alice"));
-    let port = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port().await;
     let metrics = format!("127.0.0.1:{port}");
     let (serve, gate) = start_serve(
         keys.path(),
@@ -501,12 +496,7 @@ async fn systemd_socket_activation_and_readiness() {
     let alice = key(&keygen(dir.path(), "alice"));
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port().await;
     let mut command = Command::new("systemd-socket-activate");
     command.args([
         "-l",

@@ -212,6 +212,12 @@ pub(crate) struct Upstream {
     pub(crate) bytes: Arc<AtomicU64>,
 }
 
+/// A loopback port nothing listens on (a listener bound to it and dropped).
+pub(crate) async fn free_port() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
 pub(crate) async fn echo_upstream() -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     serve_echo(listener)
