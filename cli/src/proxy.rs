@@ -55,6 +55,12 @@ pub(crate) struct CutOff {
 }
 
 impl CutOff {
+    /// Whether a task dropped now counts as cut off: during a drain, and not a task unwinding
+    /// from a panic (which the listener did not count either).
+    pub(crate) fn counts_now(&self, draining: &CancellationToken) -> bool {
+        draining.is_cancelled() && !std::thread::panicking()
+    }
+
     /// Connections and streams cut off, from the listener's count of dropped connections.
     pub(crate) fn connections_and_streams(&self, dropped_connections: usize) -> usize {
         dropped_connections.saturating_sub(self.tunnels.load(Ordering::Relaxed))
@@ -362,7 +368,7 @@ pub(crate) fn log_close(
             ("revoked", Bytes::default())
         }
         Ended::CutOff => {
-            if stream.is_some() {
+            if stream.is_some() && context.cut_off.counts_now(&context.draining) {
                 context.cut_off.streams.fetch_add(1, Ordering::Relaxed);
             }
             tracing::info!(%service, %conn, stream, %peer, via = via_field(who), %key_id, duration_ms,

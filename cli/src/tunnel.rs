@@ -48,10 +48,12 @@ impl Drop for CutOffOnDrop<'_> {
     fn drop(&mut self) {
         if self.armed {
             let _ = self.outcome.set(StreamsEnded::CutOff);
-            self.context
-                .cut_off
-                .tunnels
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let cut_off = &self.context.cut_off;
+            if cut_off.counts_now(&self.context.draining) {
+                cut_off
+                    .tunnels
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 }

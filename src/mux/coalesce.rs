@@ -100,9 +100,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalescing<Admitted<IO>> 
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        // A tunnel carrying several streams reads every few frames: its read buffer is kept
-        // between reads. With one stream or none it is freed while the tunnel waits, as an idle
-        // sealed connection's is.
+        // A tunnel carrying several streams reads every few frames: its read buffer (80 KiB)
+        // is kept between reads, even while those streams are quiet. With one stream or none
+        // it is freed while the tunnel waits, as an idle sealed connection's is (decided at
+        // each read, so a tunnel whose streams just ended frees it after its next read).
         this.inner.keep_read_buffer(this.open.count() >= 2);
         let before = buf.filled().len();
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
