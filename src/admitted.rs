@@ -260,6 +260,14 @@ impl<IO> Admitted<IO> {
         }
     }
 
+    /// The sealed read buffer's capacity (0 when freed), for tests.
+    #[cfg(test)]
+    pub(crate) fn read_buffer_capacity(&self) -> usize {
+        self.sealed
+            .as_ref()
+            .map_or(0, |sealed| sealed.read_buffer_capacity())
+    }
+
     pub(crate) fn admission_mut(&mut self) -> &mut Admission {
         &mut self.admission
     }

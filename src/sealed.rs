@@ -187,6 +187,11 @@ impl SealedState {
         Ok(true)
     }
 
+    #[cfg(test)]
+    pub(crate) fn read_buffer_capacity(&self) -> usize {
+        self.rbuf.capacity()
+    }
+
     /// Whether to keep the read buffer while waiting for more (see `keep_read_buffer`).
     pub(crate) fn keep_read_buffer(&mut self, keep: bool) {
         self.keep_read_buffer = keep;

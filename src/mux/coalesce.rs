@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -23,6 +24,9 @@ use crate::admitted::Admitted;
 
 /// Writes smaller than this are held back once (a frame header and a few small frames).
 const HOLD_BELOW: usize = 16 * 1024;
+/// A tunnel whose last two reads came closer together than this is busy: it keeps its read
+/// buffer while it waits for the next.
+const BUSY_READS_WITHIN: Duration = Duration::from_secs(1);
 
 /// How many streams of one tunnel are open (held by a [`StreamTicket`] each).
 #[derive(Debug, Clone, Default)]
@@ -59,6 +63,9 @@ pub(crate) struct Coalescing<S> {
     /// This write has been held back once already: it goes out on the next try.
     held: bool,
     received: Arc<AtomicU64>,
+    /// When bytes last came in, and how long before that the previous ones did.
+    last_read: Instant,
+    read_gap: Duration,
 }
 
 impl<S> Coalescing<S> {
@@ -68,6 +75,8 @@ impl<S> Coalescing<S> {
             open,
             held: false,
             received: Arc::default(),
+            last_read: Instant::now(),
+            read_gap: Duration::MAX,
         }
     }
 
@@ -100,16 +109,20 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalescing<Admitted<IO>> 
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        // A tunnel carrying several streams reads every few frames: its read buffer (80 KiB)
-        // is kept between reads, even while those streams are quiet. With one stream or none
-        // it is freed while the tunnel waits, as an idle sealed connection's is (decided at
-        // each read, so a tunnel whose streams just ended frees it after its next read).
-        this.inner.keep_read_buffer(this.open.count() >= 2);
+        // A busy tunnel (two streams or more, reads less than a second apart) keeps its read
+        // buffer (80 KiB) between reads. Otherwise it is freed while the tunnel waits, as an
+        // idle sealed connection's is: a tunnel whose streams went quiet frees it at its next
+        // read, a keepalive's at the latest.
+        let busy = this.open.count() >= 2 && this.read_gap < BUSY_READS_WITHIN;
+        this.inner.keep_read_buffer(busy);
         let before = buf.filled().len();
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
             this.received.fetch_add(n as u64, Ordering::Relaxed);
+            let now = Instant::now();
+            this.read_gap = now.saturating_duration_since(this.last_read);
+            this.last_read = now;
         }
         read
     }
@@ -265,5 +278,73 @@ mod stream_count_tests {
         drop((halves, second));
         assert_eq!(open.count(), 0);
         assert_eq!(write(&mut io, &mut cx), Poll::Ready(5));
+    }
+}
+
+#[cfg(test)]
+mod read_buffer_tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use super::{Coalescing, OpenStreams};
+    use crate::admitted::Admitted;
+    use crate::{Credentials, Gate, GateConfig, Key, KeyId, Keyring, Mode};
+
+    /// An admitted sealed pair over memory: the client's end, and the gate's end in the
+    /// tunnel's transport.
+    async fn sealed_pair(
+        open: OpenStreams,
+    ) -> (Admitted<DuplexStream>, Coalescing<Admitted<DuplexStream>>) {
+        let key = Key::generate(KeyId::new("alice").unwrap()).unwrap();
+        let mut keyring = Keyring::new();
+        keyring.insert(key.clone());
+        let gate = Gate::with_config(keyring, GateConfig::new()).unwrap();
+        let (client_io, gate_io) = tokio::io::duplex(1 << 20);
+        let credentials = Credentials::new(key).with_mode(Mode::Sealed);
+        let (client, admitted) = tokio::join!(
+            crate::authenticate(client_io, &credentials),
+            gate.admit(gate_io)
+        );
+        (client.unwrap(), Coalescing::new(admitted.unwrap(), open))
+    }
+
+    /// Sends `byte`, reads it through the transport, then polls once more with nothing sent:
+    /// the read that decides whether the buffer is kept.
+    async fn one_read(
+        client: &mut Admitted<DuplexStream>,
+        tunnel: &mut Coalescing<Admitted<DuplexStream>>,
+        byte: u8,
+    ) {
+        client.write_all(&[byte]).await.unwrap();
+        client.flush().await.unwrap();
+        let mut got = [0u8; 1];
+        tunnel.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [byte]);
+        let mut more = [0u8; 1];
+        let waiting = tokio::time::timeout(Duration::from_millis(20), tunnel.read(&mut more)).await;
+        assert!(waiting.is_err(), "nothing more was sent");
+    }
+
+    #[tokio::test]
+    async fn a_busy_tunnel_keeps_its_read_buffer_and_a_quiet_or_lone_one_frees_it() {
+        let open = OpenStreams::default();
+        let two = [open.ticket(), open.ticket()];
+        let (mut client, mut tunnel) = sealed_pair(open).await;
+        // Reads in quick succession with two streams open: kept.
+        one_read(&mut client, &mut tunnel, 1).await;
+        one_read(&mut client, &mut tunnel, 2).await;
+        assert!(tunnel.inner.read_buffer_capacity() > 0);
+        // The next read after a quiet second: freed while it waits.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        one_read(&mut client, &mut tunnel, 3).await;
+        assert_eq!(tunnel.inner.read_buffer_capacity(), 0);
+        // Busy again, kept again; with one stream left, freed.
+        one_read(&mut client, &mut tunnel, 4).await;
+        assert!(tunnel.inner.read_buffer_capacity() > 0);
+        let [first, _second] = two;
+        drop(first);
+        one_read(&mut client, &mut tunnel, 5).await;
+        assert_eq!(tunnel.inner.read_buffer_capacity(), 0);
     }
 }
