@@ -207,7 +207,9 @@ async fn gate_that_admits_anyone() -> std::net::SocketAddr {
                     return;
                 }
                 let mut buf = [0u8; 512];
-                let read = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf));
+                // Long enough for a loaded machine to deliver the probe's reply, short enough
+                // that the silent-client check sees this hang up within its 1 s --silent-limit.
+                let read = tokio::time::timeout(Duration::from_millis(600), stream.read(&mut buf));
                 if let Ok(Ok(n)) = read.await
                     && n > 0
                 {
