@@ -136,7 +136,9 @@ async fn serve<IO>(
                 Some(Ok(incoming)) => {
                     opened += 1;
                     let (who, outcome) = (who.clone(), Arc::clone(&outcome));
-                    let stream = serve_stream(incoming, who, gate_ip, Arc::clone(&context), outcome);
+                    // Boxed: the future is kilobytes, and spawning moves it several times
+                    // over (into the tracker, the task, its cell); boxed, each move is a pointer.
+                    let stream = Box::pin(serve_stream(incoming, who, gate_ip, Arc::clone(&context), outcome));
                     streams.spawn(context.on_threads.track_future(stream));
                 }
                 Some(Err(err)) => break TunnelEnd::Failed(err),
