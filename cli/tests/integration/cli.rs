@@ -13,7 +13,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::process::{self, Linkgate, check, keygen, run, start_serve};
-use crate::support::{echo_through, echo_upstream, payload, serve_echo, start_connect};
+use crate::support::{
+    echo_through, echo_upstream, payload, serve_echo, silent_upstream, start_connect,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sixty_four_mib_each_way_arrive_unchanged() {
@@ -153,6 +155,43 @@ async fn half_close_passes_through() {
         got.len(),
         expected.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_never_answers_is_given_up_at_the_connect_timeout() {
+    let silent = silent_upstream().await;
+    let dir = TempDir::new().unwrap();
+    let key_path = keygen(dir.path(), "alice");
+    let credentials = Credentials::new(Key::from_file(&key_path).unwrap());
+    let (serve, gate) = start_serve(
+        dir.path(),
+        Some(silent.addr),
+        &["--upstream-connect-timeout", "400ms"],
+    )
+    .await;
+    let started = Instant::now();
+    let mut client = linkgate::connect(gate, &credentials).await.unwrap();
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut got))
+        .await
+        .expect("the admitted client was neither answered nor reset");
+    let waited = started.elapsed();
+    assert!(got.is_empty(), "the admitted client gets nothing");
+    assert!(
+        ended
+            .as_ref()
+            .is_err_and(|err| err.kind() == std::io::ErrorKind::ConnectionReset),
+        "a reset, never a clean end: {ended:?}"
+    );
+    // Reset by the timeout, and by this one, not the default 5 s.
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(4),
+        "reset after {waited:?}"
+    );
+    let warning = serve
+        .wait_for_log(&["upstream unreachable", "connect timed out"])
+        .await;
+    assert!(warning.contains("key_id=alice"), "{warning}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::operations::{sample, scrape};
 use crate::support::process::{Linkgate, keygen, start_serve};
-use crate::support::{echo_upstream, payload, start_connect};
+use crate::support::{echo_upstream, payload, silent_upstream, start_connect};
 
 /// A key directory holding alice's key, and `serve` (with `serve_extra`) in front of `upstream`.
 struct TestGate {
@@ -727,6 +727,33 @@ async fn an_unreachable_upstream_refuses_that_connection_alone() {
     // The tunnels stayed up: still the first two admissions.
     assert_eq!(admissions(&serve, 2).await, 2);
     assert!(!connect.stderr().contains("tunnel closed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_never_answers_is_given_up_at_the_connect_timeout() {
+    let silent = silent_upstream().await;
+    let (_dir, serve, connect, local) =
+        mux_pair(silent.addr, &["--upstream-connect-timeout", "400ms"]).await;
+    connect.wait_for_log(&["tunnel up", "slot=1"]).await;
+    let started = std::time::Instant::now();
+    assert_reset_before_any_answer(local, b"hello").await;
+    let waited = started.elapsed();
+    // Refused by the timeout (not at once, as for a closed port), and by this one, not the
+    // default 5 s.
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(4),
+        "refused after {waited:?}"
+    );
+    serve
+        .wait_for_log(&[
+            "upstream unreachable: refusing the stream",
+            "connect timed out",
+        ])
+        .await;
+    connect
+        .wait_for_log(&["closed after an error", "refused the stream"])
+        .await;
+    assert_eq!(admissions(&serve, 2).await, 2, "the tunnels stayed up");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

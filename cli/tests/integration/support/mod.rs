@@ -218,6 +218,42 @@ pub(crate) async fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
+/// A loopback upstream that never answers a connect: a listener with a backlog of 0 whose
+/// one queue place is taken by a connection nobody accepts, so the kernel drops every later
+/// SYN (a connect to it hangs, as to a host that is down). Keep it alive while it is used.
+pub(crate) struct SilentUpstream {
+    pub(crate) addr: SocketAddr,
+    _listener: TcpListener,
+    _queued: Vec<TcpStream>,
+}
+
+pub(crate) async fn silent_upstream() -> SilentUpstream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..8 {
+        let attempt = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            TcpStream::connect(addr),
+        );
+        match attempt.await {
+            Ok(Ok(stream)) => queued.push(stream),
+            Ok(Err(err)) => panic!("filling the silent upstream's queue: {err}"),
+            // The queue is full: this SYN went unanswered, and so will the next.
+            Err(_) => {
+                return SilentUpstream {
+                    addr,
+                    _listener: listener,
+                    _queued: queued,
+                };
+            }
+        }
+    }
+    panic!("the kernel kept accepting connects to a backlog-0 listener");
+}
+
 pub(crate) async fn echo_upstream() -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     serve_echo(listener)
