@@ -1,9 +1,12 @@
 //! Where `serve` sends admitted connections.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::{Pin, pin};
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::net::{TcpStream, UnixStream};
@@ -68,14 +71,35 @@ impl Upstream {
         if matches!(self, Self::Echo) {
             return None;
         }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut connecting = pin!(connecting);
+        // A connect to a nearby server (loopback, a LAN) is done by the runtime's next look at
+        // its sockets. Only one that is not needs the timer: arming one for every connect costs
+        // a timer registration and a wake-up of this thread's event loop (a system call).
+        if let Some(done) = poll_once(connecting.as_mut()).await {
+            return Some(done);
+        }
+        tokio::task::yield_now().await;
+        if let Some(done) = poll_once(connecting.as_mut()).await {
+            return Some(done);
+        }
         Some(
-            tokio::time::timeout(timeout, connecting)
+            tokio::time::timeout_at(deadline, connecting)
                 .await
                 .unwrap_or_else(|_| {
                     Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
                 }),
         )
     }
+}
+
+/// Polls `future` once: its output if it is ready, `None` if not (it stays usable).
+async fn poll_once<F: Future>(mut future: Pin<&mut F>) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
+        Poll::Ready(output) => Poll::Ready(Some(output)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
 }
 
 impl fmt::Display for Upstream {
