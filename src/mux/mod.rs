@@ -55,6 +55,11 @@ pub use stream::{MuxReadHalf, MuxStream, MuxWriteHalf};
 /// The `:authority` of every open: the server forwards to its own upstream, whatever is named.
 const AUTHORITY: &str = "upstream.linkgate.invalid:0";
 
+/// [`AUTHORITY`] parsed once: parsing it for every open cost about 1,000 instructions, a
+/// fiftieth of `connect --mux`'s work per connection. A clone shares the static bytes.
+static AUTHORITY_URI: std::sync::LazyLock<http::Uri> =
+    std::sync::LazyLock::new(|| http::Uri::from_static(AUTHORITY));
+
 /// Bounds and windows of a multiplexed tunnel; the same on both sides.
 ///
 /// The tunnel-wide window is `max_streams × stream_window`, capped at HTTP/2's 2 GiB: HTTP/2
@@ -251,11 +256,9 @@ impl Tunnel {
             .ready()
             .await
             .map_err(stream::stream_error)?;
-        let request = Request::builder()
-            .method(Method::CONNECT)
-            .uri(AUTHORITY)
-            .body(())
-            .map_err(io::Error::other)?;
+        let mut request = Request::new(());
+        *request.method_mut() = Method::CONNECT;
+        *request.uri_mut() = AUTHORITY_URI.clone();
         let (answer, send) = sender
             .send_request(request, false)
             .map_err(stream::stream_error)?;
