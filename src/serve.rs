@@ -184,20 +184,24 @@ where
     tokio::pin!(shutdown);
     loop {
         // Take a connection slot before accepting, so at the bound nothing new is accepted.
+        // `biased`: shutdown is looked at first, so a busy listener still stops (and no random
+        // branch order is drawn for every connection).
         let permit = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
             permit = Arc::clone(&permits).acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break, // never closed; stop rather than spin
             },
-            () = &mut shutdown => break,
         };
         let next = poll_fn(|cx| Pin::new(&mut connections).poll_next(cx));
         let connection = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
             connection = next => match connection {
                 Some(connection) => connection,
                 None => break,
             },
-            () = &mut shutdown => break,
         };
         open.spawn(handler(connection), permit);
     }
@@ -230,7 +234,10 @@ impl Connections {
         // holds. Boxed, the task keeps a pointer.
         let connection = Box::pin(connection);
         self.tracker.spawn(async move {
+            // `biased`: the connection ends once, so it cannot starve the cut-off; and no
+            // random branch order is drawn each time the task wakes.
             tokio::select! {
+                biased;
                 () = connection => {}
                 () = cut_off.cancelled() => {}
             }

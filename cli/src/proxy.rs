@@ -186,6 +186,7 @@ where
             None => Ended::Done(forwarding.await),
             Some(revocations) => {
                 tokio::select! {
+                    biased; // forwarding ends once: it cannot starve the revocation
                     result = forwarding => Ended::Done(result),
                     () = revoked(revocations, who.key_id()) => Ended::Revoked,
                 }

@@ -130,25 +130,37 @@ async fn serve<IO>(
     };
     let mut opened = 0u64;
     let mut draining = false;
+    // Made once, not once per stream: each would register with its notifier anew.
+    let drain_signal = context.draining.cancelled();
+    let revocation = revoked(&mut revocations, who.key_id());
+    tokio::pin!(drain_signal, revocation);
     let end = loop {
         tokio::select! {
+            // The signals first, so a tunnel busy with new streams still sees them.
+            biased;
+            () = &mut drain_signal, if !draining => {
+                draining = true;
+                server.graceful_shutdown();
+            }
+            () = &mut revocation => break TunnelEnd::Revoked,
             incoming = server.next_stream() => match incoming {
                 Some(Ok(incoming)) => {
                     opened += 1;
                     let (who, outcome) = (who.clone(), Arc::clone(&outcome));
                     // Boxed: the future is kilobytes, and spawning moves it several times
                     // over (into the tracker, the task, its cell); boxed, each move is a pointer.
-                    let stream = Box::pin(serve_stream(incoming, who, gate_ip, Arc::clone(&context), outcome));
+                    let stream = Box::pin(serve_stream(
+                        incoming,
+                        who,
+                        gate_ip,
+                        Arc::clone(&context),
+                        outcome,
+                    ));
                     streams.spawn(context.on_threads.track_future(stream));
                 }
                 Some(Err(err)) => break TunnelEnd::Failed(err),
                 None => break TunnelEnd::Closed,
             },
-            () = context.draining.cancelled(), if !draining => {
-                draining = true;
-                server.graceful_shutdown();
-            }
-            () = revoked(&mut revocations, who.key_id()) => break TunnelEnd::Revoked,
         }
     };
     cut_off.armed = false;

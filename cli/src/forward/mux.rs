@@ -58,8 +58,11 @@ async fn socket_to_stream<S: Socket>(from: &S, to: &mut MuxWriteHalf) -> io::Res
     let mut total = 0u64;
     loop {
         // A reset (or the tunnel's end) while the socket is quiet ends this at once; otherwise
-        // it would hold the connection until the socket sent something.
+        // it would hold the connection until the socket sent something. `biased`, socket
+        // first: no random order drawn per wake-up, and a socket that is always readable
+        // meets a reset at its next write to the stream instead.
         tokio::select! {
+            biased;
             ready = from.readable() => ready?,
             reset = to.reset_by_peer() => match reset {
                 Some(err) => return Err(err),
