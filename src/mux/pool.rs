@@ -155,20 +155,18 @@ impl Pool {
     pub async fn open(&self, wait: Duration) -> io::Result<MuxStream> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
+            // Tried before registering for news of a tunnel: registering costs a lock and a
+            // list insertion each way, and nearly every open finds a tunnel up.
+            if let Some(stream) = self.open_on_a_tunnel_up().await {
+                return Ok(stream);
+            }
             let came_up = self.inner.up.notified();
             tokio::pin!(came_up);
-            // Registered before looking, so a tunnel that comes up in between is not missed.
             came_up.as_mut().enable();
-            // Each tunnel up is tried once: one that is closing (the gate is draining, or it
-            // just dropped) refuses new streams while its slot is re-established.
-            for _ in 0..self.inner.slots.len() {
-                let Some(tunnel) = self.pick() else { break };
-                match tunnel.open().await {
-                    Ok(stream) => return Ok(stream),
-                    Err(err) => {
-                        self.inner.last_error.store(Some(Arc::new(err.to_string())));
-                    }
-                }
+            // Looked at again once registered, so a tunnel that came up in between is not
+            // missed.
+            if let Some(stream) = self.open_on_a_tunnel_up().await {
+                return Ok(stream);
             }
             if tokio::time::timeout_at(deadline, came_up).await.is_err() {
                 let why = self
@@ -186,6 +184,22 @@ impl Pool {
                 ));
             }
         }
+    }
+
+    /// Opens a stream on the first tunnel up that takes it, trying each once: one that is
+    /// closing (the gate is draining, or it just dropped) refuses new streams while its slot
+    /// is re-established. `None` if none did; the last refusal is kept for the error.
+    async fn open_on_a_tunnel_up(&self) -> Option<MuxStream> {
+        for _ in 0..self.inner.slots.len() {
+            let tunnel = self.pick()?;
+            match tunnel.open().await {
+                Ok(stream) => return Some(stream),
+                Err(err) => {
+                    self.inner.last_error.store(Some(Arc::new(err.to_string())));
+                }
+            }
+        }
+        None
     }
 
     /// The next tunnel that is up, round robin.
