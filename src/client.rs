@@ -125,7 +125,7 @@ pub async fn authenticate<IO>(stream: IO, credentials: &Credentials) -> Result<A
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let deadline = Instant::now() + credentials.timeout;
+    let deadline = crate::deadline::deadline_after(credentials.timeout);
     authenticate_until(stream, credentials, deadline).await
 }
 
@@ -169,7 +169,7 @@ pub async fn connect(
     addr: impl ToSocketAddrs,
     credentials: &Credentials,
 ) -> Result<Admitted<TcpStream>> {
-    let deadline = Instant::now() + credentials.timeout;
+    let deadline = crate::deadline::deadline_after(credentials.timeout);
     let stream = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
         .await
         .map_err(|_| Timeout::new(credentials.timeout, Waiting::Connect))??;

@@ -242,7 +242,7 @@ impl Gate {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let deadline = Instant::now() + self.inner.config.handshake_timeout;
+        let deadline = crate::deadline::deadline_after(self.inner.config.handshake_timeout);
         match self.handshake_until(&mut stream, deadline).await {
             Ok(session) => {
                 Ok(session.into_admitted(stream, &self.inner.config, ConnectionId::next()))

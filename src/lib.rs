@@ -72,6 +72,7 @@ pub mod tonic;
 
 mod admitted;
 mod client;
+mod deadline;
 mod error;
 mod gate;
 mod key_file;

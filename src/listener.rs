@@ -609,7 +609,7 @@ where
         from_balancer,
     } = who;
     let timeout = gate.config().handshake_timeout();
-    let deadline = Instant::now() + timeout;
+    let deadline = crate::deadline::deadline_after(timeout);
     let refused = |peer: &Peer, via: Option<&Peer>, reason: &Error, timer: HandshakeTimer| {
         let now = Instant::now();
         let outcome = Outcome::of(reason);

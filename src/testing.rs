@@ -847,7 +847,7 @@ where
 {
     let mut challenge = [0u8; CHALLENGE_LEN];
     let mut filled = 0;
-    let deadline = Instant::now() + wait;
+    let deadline = crate::deadline::deadline_after(wait);
     while filled < CHALLENGE_LEN {
         let read = timeout_at(deadline, stream.read(&mut challenge[filled..])).await;
         match read {
@@ -869,7 +869,7 @@ async fn read_verdict<S>(stream: &mut S, wait: Duration) -> Reply
 where
     S: AsyncRead + Unpin,
 {
-    let deadline = Instant::now() + wait;
+    let deadline = crate::deadline::deadline_after(wait);
     let mut buf = [0u8; 256];
     let mut first = None;
     let mut more = 0usize;
@@ -922,7 +922,7 @@ async fn handshake_by_hand(
         .map_err(|err| format!("sending the RESPONSE failed: {err}"))?;
     let mut verdict = vec![0u8; hello.admitted_verdict_len()];
     let mut filled = 0;
-    let deadline = Instant::now() + wait;
+    let deadline = crate::deadline::deadline_after(wait);
     while filled < verdict.len() {
         match timeout_at(deadline, stream.read(&mut verdict[filled..])).await {
             Ok(Ok(0)) | Ok(Err(_)) if filled == 0 => {

@@ -71,9 +71,10 @@ impl Upstream {
         if matches!(self, Self::Echo) {
             return None;
         }
-        let deadline = tokio::time::Instant::now() + timeout;
+        // A timeout too long to add to the clock is no timeout.
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
         let mut connecting = pin!(connecting);
-        // A connect to a nearby server (loopback, a LAN) is done by the runtime's next look at
+        // A connect over loopback (or to a Unix socket) is done by the runtime's next look at
         // its sockets. Only one that is not needs the timer: arming one for every connect costs
         // a timer registration and a wake-up of this thread's event loop (a system call).
         if let Some(done) = poll_once(connecting.as_mut()).await {
@@ -83,6 +84,9 @@ impl Upstream {
         if let Some(done) = poll_once(connecting.as_mut()).await {
             return Some(done);
         }
+        let Some(deadline) = deadline else {
+            return Some(connecting.await);
+        };
         Some(
             tokio::time::timeout_at(deadline, connecting)
                 .await
@@ -114,7 +118,21 @@ impl fmt::Display for Upstream {
 
 #[cfg(test)]
 mod tests {
-    use super::Upstream;
+    use std::time::Duration;
+
+    use super::{Upstream, UpstreamStream};
+
+    #[tokio::test]
+    async fn a_connect_timeout_too_long_for_the_clock_is_no_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = Upstream::Tcp(listener.local_addr().unwrap().to_string());
+        let connected = upstream.connect(Duration::MAX).await;
+        assert!(
+            matches!(connected, Some(Ok(UpstreamStream::Tcp(_)))),
+            "connected: {:?}",
+            connected.map(|result| result.map(|_| ()))
+        );
+    }
 
     #[test]
     fn upstream_addresses() {

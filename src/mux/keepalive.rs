@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 /// When to ping and how long to wait for the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +104,8 @@ impl Keepalive {
     }
 
     fn reset(&mut self, after: Duration) {
-        self.deadline.as_mut().reset(Instant::now() + after);
+        self.deadline
+            .as_mut()
+            .reset(crate::deadline::deadline_after(after));
     }
 }

@@ -153,7 +153,7 @@ impl Pool {
 
     /// Opens a stream over a tunnel that is up, waiting up to `wait` for one to come up.
     pub async fn open(&self, wait: Duration) -> io::Result<MuxStream> {
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = crate::deadline::deadline_after(wait);
         loop {
             // Tried before registering for news of a tunnel: registering costs a lock and a
             // list insertion each way, and nearly every open finds a tunnel up.
