@@ -2,8 +2,8 @@
 //!
 //! Reads take ciphertext in chunks of several records and open them in place; writes seal into a
 //! buffer that is written out before more is accepted. Both buffers exist only while data moves:
-//! a drained buffer is freed, so an idle connection holds no buffer at all (a tunnel carrying
-//! several streams keeps its read buffer: see [`SealedState::keep_read_buffer`]).
+//! a drained buffer is freed, so an idle connection holds no buffer at all (a busy tunnel keeps
+//! its read buffer: see [`SealedState::keep_read_buffer`]).
 
 use std::io;
 use std::pin::Pin;

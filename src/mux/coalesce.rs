@@ -109,13 +109,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalescing<Admitted<IO>> 
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        // A busy tunnel (reads less than a second apart) keeps its read buffer (80 KiB)
-        // between reads, whatever number of streams it carries: short connections one after
-        // another leave it with one or none open most of the time. Otherwise the buffer is
-        // freed while the tunnel waits, as an idle sealed connection's is: a tunnel whose
-        // streams went quiet frees it at its next read, a keepalive's at the latest. Tunnels
-        // are few (two per client by default), so this is not memory per connection.
-        let busy = this.read_gap < BUSY_READS_WITHIN;
+        // A busy tunnel (a stream open, reads less than a second apart) keeps its read buffer
+        // (80 KiB) between reads: one stream is enough, since short connections one after
+        // another often leave just one open. Otherwise the buffer is freed while the tunnel
+        // waits, as an idle sealed connection's is: a tunnel whose streams went quiet frees it
+        // at its next read, a keepalive's at the latest, and one with no stream open frees it
+        // however often it hears from its peer (keepalives can be set below a second).
+        let busy = this.open.count() >= 1 && this.read_gap < BUSY_READS_WITHIN;
         this.inner.keep_read_buffer(busy);
         let before = buf.filled().len();
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -329,10 +329,11 @@ mod read_buffer_tests {
     }
 
     #[tokio::test]
-    async fn a_busy_tunnel_keeps_its_read_buffer_and_a_quiet_one_frees_it() {
-        let (mut client, mut tunnel) = sealed_pair(OpenStreams::default()).await;
-        // Reads in quick succession: kept, with no stream open (short connections one after
-        // another leave a busy tunnel with none open most of the time).
+    async fn a_busy_tunnel_keeps_its_read_buffer_and_a_quiet_or_empty_one_frees_it() {
+        let open = OpenStreams::default();
+        let stream = open.ticket();
+        let (mut client, mut tunnel) = sealed_pair(open).await;
+        // Reads in quick succession with one stream open: kept.
         one_read(&mut client, &mut tunnel, 1).await;
         one_read(&mut client, &mut tunnel, 2).await;
         assert!(tunnel.inner.read_buffer_capacity() > 0);
@@ -343,5 +344,11 @@ mod read_buffer_tests {
         // Busy again, kept again.
         one_read(&mut client, &mut tunnel, 4).await;
         assert!(tunnel.inner.read_buffer_capacity() > 0);
+        // No stream open: freed, however quickly reads come (keepalives below a second).
+        drop(stream);
+        one_read(&mut client, &mut tunnel, 5).await;
+        assert_eq!(tunnel.inner.read_buffer_capacity(), 0);
+        one_read(&mut client, &mut tunnel, 6).await;
+        assert_eq!(tunnel.inner.read_buffer_capacity(), 0);
     }
 }
