@@ -58,17 +58,18 @@ async fn socket_to_stream<S: Socket>(from: &S, to: &mut MuxWriteHalf) -> io::Res
     let mut total = 0u64;
     loop {
         // A reset (or the tunnel's end) while the socket is quiet ends this at once; otherwise
-        // it would hold the connection until the socket sent something. `biased`, socket
-        // first: no random order drawn per wake-up, and a socket that is always readable
-        // meets a reset at its next write to the stream instead.
+        // it would hold the connection until the socket sent something. `biased`, reset
+        // first: a refusal or reset is reported as such even while the socket has more to
+        // send, it ends this loop so it cannot starve the socket, and no random order is
+        // drawn per wake-up.
         tokio::select! {
             biased;
-            ready = from.readable() => ready?,
             reset = to.reset_by_peer() => match reset {
                 Some(err) => return Err(err),
                 // Nothing more wanted: stop sending, the other direction tells how it ended.
                 None => return Ok(total),
             },
+            ready = from.readable() => ready?,
         }
         match read_piece(from) {
             Ok(piece) if piece.is_empty() => {
