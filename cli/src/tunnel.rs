@@ -147,7 +147,7 @@ async fn serve<IO>(
                 Some(Ok(incoming)) => {
                     opened += 1;
                     let (who, outcome) = (who.clone(), Arc::clone(&outcome));
-                    // Boxed: the future is kilobytes, and spawning moves it several times
+                    // Boxed: the future is nearly 2 KiB, and spawning moves it several times
                     // over (into the tracker, the task, its cell); boxed, each move is a pointer.
                     let stream = Box::pin(serve_stream(
                         incoming,
