@@ -124,6 +124,20 @@ class Handshake(unittest.TestCase):
                 self.assertIsInstance(error, linkgate.Malformed)
                 self.assertEqual(str(error), f"malformed response: {reason}")
 
+    def test_a_multiplexed_tunnel_is_refused_as_a_mode_this_package_does_not_serve(self):
+        for byte, name in ((0x11, "sealed+mux"), (0x12, "sealed-fs+mux")):
+            with self.subTest(mode=name):
+                self.setUp()
+                join = self.serve()
+                self.assertEqual(self.client.recv(40)[:8], linkgate.MAGIC)
+                self.client.sendall(bytes([byte, 5]) + b"alice" + bytes(96))
+                self.assertEqual(self.client.recv(10), b"\x02")
+                _, error = join()
+                self.assertIsInstance(error, linkgate.ModeNotAllowed)
+                self.assertEqual(error.reason, "mode_not_allowed")
+                self.assertEqual(str(error), f"mode {name} refused by policy: multiplexed "
+                                             "tunnels are not supported by this package")
+
     def test_policy_refusals_send_malformed(self):
         cases = [("plain", {"allow_plain": False}, "plain mode is not allowed"),
                  ("sealed", {"require_forward_secrecy": True}, "forward secrecy is required")]

@@ -1,6 +1,7 @@
 """SealedSocket over real TCP: data both ways, half-close via close_notify, truncation,
 tampering, bytes after close_notify, key updates, timeouts, makefile."""
 
+import select
 import socket
 import struct
 import time
@@ -176,6 +177,30 @@ class SealedSocketTests(unittest.TestCase):
         server.sendall(b"later")
         client.settimeout(5)
         self.assertEqual(client.recv(10), b"later")
+
+    def test_non_blocking_recv_waits_for_a_whole_record_and_sending_is_refused(self):
+        client, server = self.connect_pair()
+        record = server._layer.seal(b"in two pieces")
+        client.setblocking(False)
+        with self.assertRaises(BlockingIOError):
+            client.recv(100)  # nothing sent yet
+        server.socket.sendall(record[:9])
+        self.assertEqual(select.select([client], [], [], 5)[0], [client])
+        with self.assertRaises(BlockingIOError):
+            client.recv(100)  # half a record: kept, not a failure
+        self.assertEqual(client.pending(), 0)
+        # Sending could stop part-way through a record: refused before anything is sent.
+        with self.assertRaises(linkgate.NetworkError) as caught:
+            client.sendall(b"x")
+        self.assertIn("non-blocking mode", str(caught.exception))
+        server.socket.sendall(record[9:])
+        self.assertEqual(select.select([client], [], [], 5)[0], [client])
+        self.assertEqual(client.recv(100), b"in two pieces")
+        # The stream is whole both ways.
+        client.setblocking(True)
+        client.sendall(b"back")
+        server.settimeout(5)
+        self.assertEqual(server.recv(100), b"back")
 
     def test_a_block_that_raises_aborts_and_the_peer_sees_an_error(self):
         client, server = self.connect_pair()

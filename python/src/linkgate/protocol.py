@@ -22,8 +22,8 @@ import struct
 from typing import Dict, NamedTuple, Optional
 
 from . import _crypto
-from .errors import (Denied, ImpostorServer, InvalidArgument, KeyExchangeFailed, Malformed,
-                     MalformedVerdict, ModeNotAllowed, NotLinkgate, RefusedAsMalformed)
+from .errors import (Denied, ImpostorServer, InvalidArgument, KeyExchangeFailed, LinkgateError,
+                     Malformed, MalformedVerdict, ModeNotAllowed, NotLinkgate, RefusedAsMalformed)
 from .keys import MAX_KEY_ID_LEN, check_key, check_key_id, is_valid_key_id
 
 __all__ = [
@@ -363,8 +363,18 @@ def judge(response: bytes, server_nonce: bytes, keyring: Dict[str, bytes],
     return Judgement(key_id, mode, verdict, secrets)
 
 
-def refuse_head(head: bytes) -> Optional[Malformed]:
-    """The Malformed refusal (with its ``verdict``) for a RESPONSE head, or None if it is fine."""
+#: The multiplexed-tunnel modes (PROTOCOL.md): defined, but this package does not carry tunnels.
+_MUX_MODE_NAMES = {0x11: "sealed+mux", 0x12: "sealed-fs+mux"}
+
+
+def refuse_head(head: bytes) -> Optional[LinkgateError]:
+    """The refusal (with its ``verdict``) for a RESPONSE head, or None if it is fine: Malformed,
+    or ModeNotAllowed for a multiplexed tunnel (a defined mode, but not one this package serves).
+    """
+    if head[:1] and head[0] in _MUX_MODE_NAMES:
+        return _refused(ModeNotAllowed(_MUX_MODE_NAMES[head[0]],
+                                       "multiplexed tunnels are not supported by this package"),
+                        VERDICT_MALFORMED)
     try:
         response_remaining_len(head)
     except Malformed as err:

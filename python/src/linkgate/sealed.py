@@ -44,7 +44,9 @@ class SealedSocket:
 
     One thread may receive while another sends. Blocking and timeout modes are supported
     (``settimeout``); a ``recv`` that times out raises :class:`Timeout` and can be retried, a
-    ``send`` that times out part-way through a record breaks the stream.
+    ``send`` that times out part-way through a record breaks the stream. In non-blocking mode a
+    ``recv`` with no whole record in yet raises ``BlockingIOError`` and can be retried (check
+    :meth:`pending` before waiting in ``select``); sending needs blocking or timeout mode.
 
     Attributes: ``key_id`` (the id admitted), ``mode`` (``"sealed"`` or ``"sealed-fs"``),
     ``socket`` (the TCP socket underneath: never read or write it directly).
@@ -126,6 +128,10 @@ class SealedSocket:
             chunk = self.socket.recv(_READ_CHUNK)
         except socket.timeout as err:
             raise Timeout("timed out", self.socket.gettimeout()) from err
+        except BlockingIOError:
+            # Non-blocking mode, no whole record yet: what came so far stays buffered in the
+            # record layer, and the caller retries once select says the socket is readable.
+            raise
         except OSError as err:
             failure = network_error(err, _DURING)
             self._fail(failure, self._write_lock)
@@ -165,6 +171,10 @@ class SealedSocket:
             raise NetworkError("the sealed socket is closed", errno.EBADF)
         if self._write_shut:
             raise NetworkError("cannot send after shutdown: close_notify was sent", errno.EPIPE)
+        if self.socket.gettimeout() == 0.0:
+            # A record sent in part would break the stream: refuse before anything is sent.
+            raise NetworkError("cannot send in non-blocking mode: use blocking or timeout mode "
+                               "(settimeout) to send", errno.EINVAL)
 
     def _send_records(self, records: bytes) -> None:
         try:
