@@ -11,6 +11,7 @@ use crate::error::{Error, Rejection, Result, Timeout, Waiting};
 use crate::gate::read_exact_or_closed;
 use crate::keys::{Key, KeyId, fill_random};
 use crate::mode::Mode;
+use crate::protocol::seed::SeedDigest;
 use crate::protocol::{self, CHALLENGE_LEN, ClientHello, Protocol};
 use crate::record::RecordLimits;
 use crate::sealed::{SealedState, Side};
@@ -87,9 +88,10 @@ impl Credentials {
 
     /// The mode asked for ([`Mode::Plain`] under the seed protocol, which has no other).
     pub fn mode(&self) -> Mode {
-        match self.protocol {
-            Protocol::Seed => Mode::Plain,
-            _ => self.mode,
+        if self.protocol.is_seed() {
+            Mode::Plain
+        } else {
+            self.mode
         }
     }
 
@@ -137,13 +139,13 @@ async fn authenticate_until<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let secrets = match credentials.protocol {
-        Protocol::Seed => {
-            let answered = seed_handshake(&mut stream, &credentials.key);
+    let secrets = match credentials.protocol.seed_digest() {
+        Some(digest) => {
+            let answered = seed_handshake(&mut stream, &credentials.key, digest);
             within(deadline, credentials, Waiting::Challenge, answered).await?;
             None
         }
-        _ => handshake(&mut stream, credentials, deadline).await?,
+        None => handshake(&mut stream, credentials, deadline).await?,
     };
     let sealed =
         secrets.map(|secrets| SealedState::new(&secrets, Side::Client, credentials.record_limits));
@@ -263,14 +265,14 @@ where
 }
 
 /// The original recipe's client half: read 32 bytes, answer with their HMAC.
-async fn seed_handshake<S>(stream: &mut S, key: &Key) -> Result<()>
+async fn seed_handshake<S>(stream: &mut S, key: &Key, digest: SeedDigest) -> Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut nonce = [0u8; protocol::seed::CHALLENGE_LEN];
     read_exact_or_closed(stream, &mut nonce).await?;
     stream
-        .write_all(&protocol::seed::answer(key, &nonce))
+        .write_all(protocol::seed::answer(digest, key, &nonce).as_ref())
         .await?;
     stream.flush().await?;
     Ok(())

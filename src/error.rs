@@ -315,6 +315,9 @@ pub enum KeyError {
     /// A key given in code has the wrong length.
     #[error("a key must be 16 to 64 bytes long, this one has {0}")]
     Length(usize),
+    /// A key for the seed protocols (short keys allowed) is empty or longer than 64 bytes.
+    #[error("a seed-protocol key must be 1 to 64 bytes long, this one has {0}")]
+    SeedLength(usize),
     /// A key id that is empty, longer than 64 bytes, or has characters other than ASCII letters,
     /// digits, `.`, `_` and `-`.
     #[error("invalid key id {0:?}: use 1 to 64 ASCII letters, digits, '.', '_' or '-'")]
@@ -364,6 +367,9 @@ pub enum KeyFileProblem {
     /// The key is shorter than 16 or longer than 64 bytes.
     #[error("the key is {0} bytes long; it must be 16 to 64 bytes")]
     Length(usize),
+    /// Loaded for the seed protocols (short keys allowed): empty or longer than 64 bytes.
+    #[error("the key is {0} bytes long; a seed-protocol key must be 1 to 64 bytes")]
+    SeedLength(usize),
     /// The file is far too large to hold a key.
     #[error("the file is too large to be a key file")]
     TooLarge,

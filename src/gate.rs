@@ -11,6 +11,7 @@ use crate::admitted::{Admission, Admitted, ConnectionId};
 use crate::error::{Error, Refusal, Result, Timeout, Waiting};
 use crate::keys::{Key, KeyId, Keyring, KeyringDiff, fill_random};
 use crate::mode::Mode;
+use crate::protocol::seed::SeedDigest;
 use crate::protocol::{
     self, EphemeralSecret, Judgement, ModePolicy, Protocol, RESPONSE_HEAD_LEN, SessionSecrets,
     VERDICT_MALFORMED,
@@ -262,9 +263,9 @@ impl Gate {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let handshake = async {
-            match self.inner.config.protocol {
-                Protocol::Linkgate1 => self.handshake(stream).await,
-                Protocol::Seed => self.seed_handshake(stream).await,
+            match self.inner.config.protocol.seed_digest() {
+                None => self.handshake(stream).await,
+                Some(digest) => self.seed_handshake(stream, digest).await,
             }
         };
         match tokio::time::timeout_at(deadline, handshake).await {
@@ -343,7 +344,7 @@ impl Gate {
 
     /// The original recipe's server half: 32 random bytes out, their HMAC back, compared in
     /// constant time; a wrong answer is closed without a message.
-    async fn seed_handshake<IO>(&self, stream: &mut IO) -> Result<ServerSession>
+    async fn seed_handshake<IO>(&self, stream: &mut IO, digest: SeedDigest) -> Result<ServerSession>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
@@ -351,9 +352,10 @@ impl Gate {
         fill_random(&mut nonce)?;
         stream.write_all(&nonce).await?;
         stream.flush().await?;
-        let mut answer = [0u8; protocol::seed::ANSWER_LEN];
-        read_exact_or_closed(stream, &mut answer).await?;
-        match protocol::seed::judge(&answer, &nonce, &self.inner.keyring.load()) {
+        let mut answer = [0u8; protocol::seed::MAX_ANSWER_LEN];
+        let answer = &mut answer[..digest.answer_len()];
+        read_exact_or_closed(stream, answer).await?;
+        match protocol::seed::judge(digest, answer, &nonce, &self.inner.keyring.load()) {
             Some(key_id) => Ok(ServerSession {
                 key_id,
                 mode: Mode::Plain,

@@ -107,12 +107,10 @@ pub(crate) fn load(path: &Path, options: &KeyFileOptions) -> Result<Key> {
     let id = id_from_path(path)?;
     let contents = read(path, options)?;
     let secret = decode(&contents).map_err(|problem| file_error(path, problem))?;
-    let min = if options.short_keys_allowed {
-        1
-    } else {
-        MIN_KEY_LEN
-    };
-    if !(min..=MAX_KEY_LEN).contains(&secret.len()) {
+    if options.short_keys_allowed && !(1..=MAX_KEY_LEN).contains(&secret.len()) {
+        return Err(file_error(path, KeyFileProblem::SeedLength(secret.len())));
+    }
+    if !options.short_keys_allowed && !(MIN_KEY_LEN..=MAX_KEY_LEN).contains(&secret.len()) {
         return Err(file_error(path, KeyFileProblem::Length(secret.len())));
     }
     Ok(Key::from_checked(id, secret))

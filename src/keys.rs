@@ -143,7 +143,7 @@ impl Key {
     /// recipe deployments (`b"secret"`) work. linkgate/1 refuses keys under 16 bytes.
     pub fn new_short(id: KeyId, secret: &[u8]) -> Result<Self> {
         if !(1..=MAX_KEY_LEN).contains(&secret.len()) {
-            return Err(KeyError::Length(secret.len()).into());
+            return Err(KeyError::SeedLength(secret.len()).into());
         }
         Ok(Self::from_checked(id, Zeroizing::new(secret.to_vec())))
     }
@@ -212,8 +212,10 @@ impl Key {
             path: format!("<{id}>").into(),
             problem,
         })?;
-        let min = if allow_short { 1 } else { MIN_KEY_LEN };
-        if !(min..=MAX_KEY_LEN).contains(&secret.len()) {
+        if allow_short && !(1..=MAX_KEY_LEN).contains(&secret.len()) {
+            return Err(KeyError::SeedLength(secret.len()).into());
+        }
+        if !allow_short && !(MIN_KEY_LEN..=MAX_KEY_LEN).contains(&secret.len()) {
             return Err(KeyError::Length(secret.len()).into());
         }
         Ok(Self::from_checked(id, secret))
@@ -464,8 +466,17 @@ mod tests {
         assert!(Key::new(id.clone(), &[0; 16]).is_ok());
         assert!(Key::new(id.clone(), &[0; 64]).is_ok());
         assert!(matches!(
-            Key::new(id, &[0; 65]),
+            Key::new(id.clone(), &[0; 65]),
             Err(Error::Key(KeyError::Length(65)))
+        ));
+        // Seed keys: 1 to 64 bytes, and the error says so.
+        assert!(Key::new_short(id.clone(), &[0; 1]).is_ok());
+        let err = Key::new_short(id.clone(), &[0; 65]).unwrap_err();
+        assert!(matches!(err, Error::Key(KeyError::SeedLength(65))));
+        assert!(err.to_string().contains("1 to 64 bytes"), "{err}");
+        assert!(matches!(
+            Key::decode(id, &[b'a'; 130], true),
+            Err(Error::Key(KeyError::SeedLength(65)))
         ));
     }
 

@@ -266,8 +266,9 @@ pub(crate) struct ClientArgs {
     /// sealed, or plain (only if the gate allows it).
     #[arg(long, value_name = "MODE", default_value = "sealed-fs", value_parser = session_mode)]
     pub(crate) mode: Mode,
-    /// Handshake: linkgate1, or seed (the original recipe's scheme, for its existing servers:
-    /// no key id, and the server is not authenticated; short keys accepted with a warning).
+    /// Handshake: linkgate1, or seed / seed-md5 (the original recipe's scheme with HMAC-SHA-256
+    /// or, as published, HMAC-MD5, for its existing servers: no key id, and the server is not
+    /// authenticated; short keys accepted with a warning).
     #[arg(long, value_name = "PROTOCOL", default_value = "linkgate1")]
     pub(crate) protocol: Protocol,
     /// Time allowed to connect and authenticate.

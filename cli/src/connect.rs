@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use linkgate::ServeOptions;
 use linkgate::mux::{MuxConfig, Pool, PoolConfig};
 use linkgate::record::RecordLimits;
-use linkgate::{Credentials, Error, Protocol, Rejection};
+use linkgate::{Credentials, Error, Rejection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::args::{CheckArgs, ConnectArgs, LogFormat};
@@ -404,17 +404,17 @@ pub(crate) async fn check(args: CheckArgs, format: LogFormat) -> Result<()> {
         Err(err) => bail!(explain_failure(server, &credentials, &err)),
     };
     let id = credentials.key_id();
-    if credentials.protocol() == Protocol::Seed {
+    if credentials.protocol().is_seed() {
         let mut byte = [0u8; 1];
         return match tokio::time::timeout(SEED_VERDICT_WAIT, stream.read(&mut byte)).await {
             Ok(Ok(0)) | Ok(Err(_)) => bail!(
-                "not admitted by {server}: it closed the connection after our answer (wrong key?)"
+                "not admitted by {server}: it closed the connection after our answer (wrong key, or the other digest: --protocol seed is HMAC-SHA-256, seed-md5 HMAC-MD5)"
             ),
             Ok(Ok(_)) | Err(_) => {
                 report(
                     format,
                     id.as_str(),
-                    "seed",
+                    credentials.protocol().name(),
                     "unknown (seed protocol: the server cannot prove it holds the key)",
                 );
                 Ok(())

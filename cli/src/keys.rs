@@ -118,7 +118,7 @@ pub(crate) fn options(args: &KeyFileArgs, protocol: Protocol) -> KeyFileOptions 
     KeyFileOptions::new()
         .with_open_permissions_allowed(args.allow_open_key_permissions)
         .with_group_readable_allowed(args.allow_group_readable_keys)
-        .with_short_keys_allowed(protocol == Protocol::Seed)
+        .with_short_keys_allowed(protocol.is_seed())
 }
 
 /// The client's key from `--key PATH|-` or `--key-env NAME` (with `--id`).
@@ -179,14 +179,15 @@ pub(crate) fn warn_short_key(key: &Key) {
     tracing::warn!(
         key_id = %key.id(),
         bytes = key.byte_len(),
-        "short key accepted only because of --protocol seed; use 32 random bytes (linkgate keygen)"
+        "short key accepted only because of a seed --protocol; use 32 random bytes (linkgate keygen)"
     );
 }
 
 pub(crate) fn warn_if_seed(protocol: Protocol) {
-    if protocol == Protocol::Seed {
+    if protocol.is_seed() {
         tracing::warn!(
-            "--protocol seed: no key ids, no server authentication (any server can pose as the real one) and no sealing; for compatibility with the original recipe only"
+            "--protocol {}: no key ids, no server authentication (any server can pose as the real one) and no sealing; for compatibility with the original recipe only",
+            protocol.name()
         );
     }
 }

@@ -98,8 +98,9 @@ pub(crate) struct ServiceOptions {
     #[arg(long, value_name = "INTERVAL[,TIMEOUT]", default_value = "30s,20s")]
     #[serde(default, deserialize_with = "from_str_or_default")]
     pub(crate) tunnel_keepalive: crate::args::TunnelKeepalive,
-    /// Handshake: linkgate1, or seed (the original recipe's scheme, for its existing clients:
-    /// no key ids, no server authentication, no sealing; short keys accepted with a warning).
+    /// Handshake: linkgate1, or seed / seed-md5 (the original recipe's scheme with HMAC-SHA-256
+    /// or, as published, HMAC-MD5, for its existing clients: no key ids, no server
+    /// authentication, no sealing; short keys accepted with a warning).
     #[arg(long, value_name = "PROTOCOL", default_value = "linkgate1")]
     #[serde(default, deserialize_with = "from_str_or_default")]
     pub(crate) protocol: Protocol,
@@ -306,7 +307,9 @@ impl ServiceOptions {
             self.allow_plain,
             self.require_forward_secrecy,
         ) {
-            (Protocol::Seed, _, _) => return "seed (plain)".to_owned(),
+            (protocol, _, _) if protocol.is_seed() => {
+                return format!("{} (plain)", protocol.name());
+            }
             (_, true, _) => "sealed-fs,sealed,plain",
             (_, false, true) => "sealed-fs",
             _ => "sealed-fs,sealed",

@@ -56,6 +56,14 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(hex_of(&again), hex_of(key));
             }
             Err(Error::Key(KeyError::Length(len))) => {
+                assert_eq!(min, MIN_KEY_LEN, "the strict error for a short-key decode");
+                assert!(
+                    !(min..=MAX_KEY_LEN).contains(len),
+                    "refused a length of {len}"
+                );
+            }
+            Err(Error::Key(KeyError::SeedLength(len))) => {
+                assert_eq!(min, 1, "the seed error for a strict decode");
                 assert!(
                     !(min..=MAX_KEY_LEN).contains(len),
                     "refused a length of {len}"

@@ -351,6 +351,25 @@ class Seed(unittest.TestCase):
         self.assertEqual(linkgate.seed_answer(b"secret", nonce),
                          hmac.new(b"secret", nonce, "sha256").digest())
 
+    def test_md5_is_the_published_recipe(self):
+        # The same vector as the Rust unit test: nonce a0 a1 .. bf, key b"secret".
+        nonce = bytes(range(0xa0, 0xc0))
+        self.assertEqual(linkgate.seed_answer(b"secret", nonce, "md5").hex(),
+                         "90f1ce69e8dbe0d41699df53796cdfe3")
+        self.assertEqual(linkgate.seed_answer(b"secret", nonce).hex(),
+                         "65836ff26a540958b8d97806aefe0c821cf930a7d5229d6062cc78801dd72daa")
+        join = run_in_thread(linkgate.seed_admit, self.server, b"secret", digest="md5")
+        linkgate.seed_authenticate(self.client, b"secret", digest="md5")
+        self.assertEqual(join(), (True, None))
+        with self.assertRaises(linkgate.InvalidArgument) as caught:
+            linkgate.seed_answer(b"secret", nonce, "sha1")
+        self.assertIn("unknown seed digest 'sha1'", str(caught.exception))
+
+    def test_a_server_of_one_digest_refuses_the_other(self):
+        join = run_in_thread(linkgate.seed_admit, self.server, b"secret", digest="md5")
+        linkgate.seed_authenticate(self.client, b"secret")  # SHA-256: 32 bytes, 16 judged
+        self.assertEqual(join(), (False, None))
+
     def test_timeouts_and_early_ends(self):
         join = run_in_thread(linkgate.seed_admit, self.server, b"secret", 0.2)
         self.client.recv(32)

@@ -91,6 +91,34 @@ pub enum Protocol {
     /// bytes, the client answers `HMAC-SHA-256(K, nonce)`. No key id, no server authentication,
     /// no verdict (a refused client is just closed), and plain mode only. See PROTOCOL.md.
     Seed,
+    /// [`Protocol::Seed`] with HMAC-MD5 (a 16-byte answer): the recipe exactly as published,
+    /// whose `hmac.new(key, msg)` defaulted to MD5 until Python 3.8.
+    SeedMd5,
+}
+
+impl Protocol {
+    /// The recipe's HMAC for the seed protocols; `None` for linkgate/1.
+    pub fn seed_digest(self) -> Option<seed::SeedDigest> {
+        match self {
+            Self::Linkgate1 => None,
+            Self::Seed => Some(seed::SeedDigest::Sha256),
+            Self::SeedMd5 => Some(seed::SeedDigest::Md5),
+        }
+    }
+
+    /// True for the seed protocols (the original recipe's scheme, either digest).
+    pub fn is_seed(self) -> bool {
+        self.seed_digest().is_some()
+    }
+
+    /// The name `FromStr` takes: `linkgate1`, `seed` or `seed-md5`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Linkgate1 => "linkgate1",
+            Self::Seed => "seed",
+            Self::SeedMd5 => "seed-md5",
+        }
+    }
 }
 
 impl std::str::FromStr for Protocol {
@@ -99,8 +127,9 @@ impl std::str::FromStr for Protocol {
         match name {
             "linkgate1" => Ok(Self::Linkgate1),
             "seed" => Ok(Self::Seed),
+            "seed-md5" => Ok(Self::SeedMd5),
             other => Err(format!(
-                "unknown protocol {other:?} (use linkgate1 or seed)"
+                "unknown protocol {other:?} (use linkgate1, seed or seed-md5)"
             )),
         }
     }

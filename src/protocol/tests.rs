@@ -1,5 +1,6 @@
 use super::*;
 use crate::record::{Opened, Opener, Sealer};
+use seed::SeedDigest;
 
 fn seq(start: u8) -> [u8; 32] {
     std::array::from_fn(|i| start + i as u8)
@@ -505,30 +506,55 @@ fn verdicts_the_client_refuses() {
 
 #[test]
 fn seed_answer_is_plain_hmac_of_the_nonce() {
-    // What the recipe computes: hmac.new(b"secret", nonce, "sha256").digest()
+    // What the recipe computes, from Python's hmac module with the nonce a0 a1 .. bf:
+    // hmac.new(b"secret", nonce, "sha256").digest() and hmac.new(b"secret", nonce).digest()
+    // (MD5, the published recipe's default before Python 3.8).
+    let cases = [
+        (
+            SeedDigest::Sha256,
+            "65836ff26a540958b8d97806aefe0c821cf930a7d5229d6062cc78801dd72daa",
+        ),
+        (SeedDigest::Md5, "90f1ce69e8dbe0d41699df53796cdfe3"),
+    ];
     let key = Key::new_short(KeyId::new("recipe").unwrap(), b"secret").unwrap();
     let nonce = seq(0xa0);
-    let mut mac = <HmacSha256 as hmac::KeyInit>::new_from_slice(b"secret").unwrap();
-    mac.update(&nonce);
-    let expected: [u8; 32] = mac.finalize().into_bytes().into();
-    assert_eq!(seed::answer(&key, &nonce), expected);
-
     let mut ring = Keyring::new();
     ring.insert(key.clone());
     ring.insert(Key::generate(KeyId::new("other").unwrap()).unwrap());
+    for (digest, expected) in cases {
+        let expected = hex::decode(expected).unwrap();
+        assert_eq!(digest.answer_len(), expected.len());
+        assert_eq!(
+            seed::answer(digest, &key, &nonce).as_ref(),
+            expected,
+            "{digest:?}"
+        );
+        assert_eq!(
+            seed::judge(digest, &expected, &nonce, &ring),
+            Some(key.id().clone()),
+            "{digest:?}"
+        );
+        assert_eq!(
+            seed::judge(digest, &expected, &seq(0x10), &ring),
+            None,
+            "{digest:?}: another nonce"
+        );
+        assert_eq!(
+            seed::judge(digest, &expected[..expected.len() - 1], &nonce, &ring),
+            None,
+            "{digest:?}: short answer"
+        );
+    }
+    // The other digest's answer is refused.
+    let sha = seed::answer(SeedDigest::Sha256, &key, &nonce);
     assert_eq!(
-        seed::judge(&expected, &nonce, &ring),
-        Some(key.id().clone())
+        seed::judge(SeedDigest::Md5, &sha.as_ref()[..16], &nonce, &ring),
+        None
     );
     assert_eq!(
-        seed::judge(&expected, &seq(0x10), &ring),
-        None,
-        "another nonce"
-    );
-    assert_eq!(
-        seed::judge(&expected[..31], &nonce, &ring),
-        None,
-        "short answer"
+        format!("{sha:?}"),
+        "SeedAnswer(32 bytes)",
+        "Debug shows no answer bytes"
     );
 }
 

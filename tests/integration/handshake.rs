@@ -759,6 +759,58 @@ async fn seed_protocol_admits_refuses_and_times_out_like_linkgate1() {
     );
 }
 
+#[tokio::test]
+async fn seed_md5_admits_the_published_recipe_and_refuses_the_other_digest() {
+    use linkgate::Protocol;
+    let recipe = Key::new_short(KeyId::new("recipe").unwrap(), b"peekaboo").unwrap();
+    let gate_speaking = |protocol| {
+        let config = GateConfig::new()
+            .with_protocol(protocol)
+            .with_handshake_timeout(Duration::from_millis(300));
+        Gate::with_config(keyring(&[&recipe]), config).unwrap()
+    };
+    let md5 = Credentials::new(recipe.clone()).with_protocol(Protocol::SeedMd5);
+
+    // The answer is HMAC-MD5 of the nonce, 16 bytes, as the published recipe computes it.
+    let (addr, server) = serve_one(gate_speaking(Protocol::SeedMd5)).await;
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    let mut nonce = [0u8; 32];
+    raw.read_exact(&mut nonce).await.unwrap();
+    let mut mac = <hmac::Hmac<md5::Md5> as hmac::KeyInit>::new_from_slice(b"peekaboo").unwrap();
+    hmac::Mac::update(&mut mac, &nonce);
+    raw.write_all(&hmac::Mac::finalize(mac).into_bytes())
+        .await
+        .unwrap();
+    let mut admitted = server.await.unwrap().unwrap();
+    assert_eq!(admitted.key_id().as_str(), "recipe");
+    raw.write_all(b"hi").await.unwrap();
+    let mut got = [0u8; 2];
+    admitted.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"hi");
+
+    // Our own client speaks it too.
+    let (addr, server) = serve_one(gate_speaking(Protocol::SeedMd5)).await;
+    let _client = linkgate::connect(addr, &md5).await.unwrap();
+    assert_eq!(server.await.unwrap().unwrap().mode(), Mode::Plain);
+
+    // A SHA-256 answer to an MD5 gate: its first 16 bytes are judged, and refused.
+    let (addr, server) = serve_one(gate_speaking(Protocol::SeedMd5)).await;
+    let sha = Credentials::new(recipe.clone()).with_protocol(Protocol::Seed);
+    let mut client = linkgate::connect(addr, &sha).await.unwrap();
+    assert_eq!(read_until_closed(&mut client).await, b"");
+    assert!(matches!(
+        server_error(server).await,
+        Error::Refused(Refusal::SeedMismatch)
+    ));
+
+    // An MD5 answer to a SHA-256 gate is too short: the gate waits for the rest until its
+    // handshake timeout, as a recipe server would block in recv.
+    let (addr, server) = serve_one(gate_speaking(Protocol::Seed)).await;
+    let mut client = linkgate::connect(addr, &md5).await.unwrap();
+    assert!(matches!(server_error(server).await, Error::Timeout(_)));
+    assert_eq!(read_until_closed(&mut client).await, b"");
+}
+
 fn gate_for_alice() -> Gate {
     gate(&[&key("alice")])
 }

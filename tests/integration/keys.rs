@@ -181,6 +181,19 @@ fn too_short_and_too_long_keys_are_refused() {
     assert!(Key::from_file(key_file(&dir, "max.key", &"ab".repeat(64))).is_ok());
     let (problem, _) = refusal(&key_file(&dir, "huge.key", &"ab".repeat(10_000)));
     assert!(matches!(problem, KeyFileProblem::TooLarge));
+
+    // For the seed protocols short keys are allowed, and the message says so.
+    let seed = KeyFileOptions::new().with_short_keys_allowed(true);
+    assert!(Key::from_file_with(key_file(&dir, "one.key", "ab"), &seed).is_ok());
+    let long = key_file(&dir, "long.key", &"ab".repeat(65));
+    let Err(Error::Key(KeyError::File { problem, .. })) = Key::from_file_with(&long, &seed) else {
+        panic!("a 65-byte key loaded for the seed protocols");
+    };
+    assert!(matches!(problem, KeyFileProblem::SeedLength(65)));
+    assert_eq!(
+        problem.to_string(),
+        "the key is 65 bytes long; a seed-protocol key must be 1 to 64 bytes"
+    );
 }
 
 #[test]

@@ -1150,6 +1150,56 @@ async fn check_protocol_seed_against_a_recipe_server() {
     .await;
 }
 
+/// The recipe as published: `hmac.new(key, msg)`, HMAC-MD5 before Python 3.8 (the scripts name
+/// md5, since later Pythons require a digest). `--protocol seed-md5` speaks it both ways.
+#[tokio::test(flavor = "multi_thread")]
+async fn seed_md5_speaks_the_published_recipe_both_ways() {
+    bounded(async {
+        let Some(py) = python() else { return };
+        let keys = TempDir::new().unwrap();
+        let key = raw_key_file(keys.path(), "recipe", b"peekaboo");
+        let (serve, gate) = start_serve(keys.path(), None, &["--protocol", "seed-md5"]).await;
+        serve
+            .wait_for_log(&["WARN", "--protocol seed-md5", "no server authentication"])
+            .await;
+        let (host, port) = (gate.ip().to_string(), gate.port().to_string());
+        let client = script("recipe_client.py");
+        let secret = hex::encode(b"peekaboo");
+
+        let out = py.run(&[&client, &host, &port, &secret, "hello", "md5"]);
+        assert_eq!(stdout(&out), "reply hello\n", "{}", stderr(&out));
+        serve.wait_for_log(&["admitted", "key_id=recipe"]).await;
+        // A client of the SHA-256 variant is refused by this gate.
+        let out = py.run(&[&client, &host, &port, &secret, "hello", "sha256"]);
+        assert_eq!(stdout(&out), "closed\n", "{}", stderr(&out));
+        serve
+            .wait_for_log(&["connection rejected", "matches no key (seed protocol)"])
+            .await;
+
+        // `check` against an MD5 recipe server: admitted with seed-md5; with seed (SHA-256)
+        // refused, and the message names the other digest.
+        let server = py.spawn(&[&script("recipe_server.py"), &secret, "2", "md5"]);
+        let addr = format!("127.0.0.1:{}", python_port(&server).await);
+        let out = check_now(&addr, &key, &["--protocol", "seed-md5"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(
+            stdout(&out).starts_with("admitted as recipe (mode seed-md5, upstream unknown"),
+            "{}",
+            stdout(&out)
+        );
+        server.wait_for_stdout(&["authenticated"]).await;
+        let out = check_now(&addr, &key, &["--protocol", "seed"]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(&out);
+        assert!(
+            err.contains("closed the connection after our answer") && err.contains("seed-md5"),
+            "{err}"
+        );
+        server.wait_for_stdout(&["rejected"]).await;
+    })
+    .await;
+}
+
 /// linkgate in front of an unchanged recipe server: linkgate/1 clients with their own keys →
 /// `serve` → `connect --protocol seed` (answers the recipe's challenge) → the recipe server.
 #[tokio::test(flavor = "multi_thread")]

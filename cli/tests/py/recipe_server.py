@@ -1,7 +1,8 @@
 """A server written the way the original recipe writes it (no linkgate import): 32 random
-bytes, HMAC-SHA-256 back, hmac.compare_digest, then an echo that upper-cases.
+bytes, their HMAC back (SHA-256, or MD5), hmac.compare_digest, then an echo that upper-cases.
 
-usage: recipe_server.py KEY_HEX COUNT
+usage: recipe_server.py KEY_HEX COUNT [DIGEST]
+DIGEST is sha256 (the default) or md5 (the published recipe's default before Python 3.8).
 Prints "listening PORT", then "authenticated" or "rejected" per connection.
 """
 import hmac
@@ -13,7 +14,7 @@ from socket import AF_INET, SOCK_STREAM, socket
 def server_authenticate(connection, secret_key):
     message = os.urandom(32)
     connection.send(message)
-    hash = hmac.new(secret_key, message, "sha256")
+    hash = hmac.new(secret_key, message, DIGEST)
     digest = hash.digest()
     response = connection.recv(len(digest))
     return hmac.compare_digest(digest, response)
@@ -34,6 +35,7 @@ def echo_handler(client_sock, secret_key):
 
 
 secret_key = bytes.fromhex(sys.argv[1])
+DIGEST = sys.argv[3] if len(sys.argv) > 3 else "sha256"
 s = socket(AF_INET, SOCK_STREAM)
 s.bind(("127.0.0.1", 0))
 s.listen(5)

@@ -1,7 +1,8 @@
 """The original recipe's ``seed`` scheme, for compatibility with its existing deployments only.
 
-The server sends 32 random bytes, the client answers ``HMAC-SHA-256(K, nonce)``, the server
-compares in constant time. No key id, no server authentication, no verdict, no sealing: see
+The server sends 32 random bytes, the client answers ``HMAC(K, nonce)``, the server compares in
+constant time. The HMAC is SHA-256 by default; ``digest="md5"`` speaks the recipe as published,
+whose ``hmac.new(key, msg)`` meant HMAC-MD5 until Python 3.8 made the digest a required argument. No key id, no server authentication, no verdict, no sealing: see
 PROTOCOL.md for what it lacks. Keys may be short (``b'secret'``); see :func:`load_seed_key`.
 """
 
@@ -13,13 +14,15 @@ import socket
 from typing import Optional
 
 from . import _io
-from .errors import HandshakeTimeout, LinkgateError, duration_text, network_error
+from .errors import (HandshakeTimeout, InvalidArgument, LinkgateError, duration_text,
+                     network_error)
 from .keys import Key, check_key
 
-__all__ = ["seed_answer", "seed_authenticate", "seed_admit"]
+__all__ = ["seed_answer", "seed_authenticate", "seed_admit", "SEED_DIGESTS"]
 
 NONCE_LEN = 32
-ANSWER_LEN = 32
+#: The digests the recipe's HMAC may use, and the answer's length under each.
+SEED_DIGESTS = {"sha256": 32, "md5": 16}
 
 
 def _secret(key) -> bytes:
@@ -28,9 +31,16 @@ def _secret(key) -> bytes:
     return check_key(key, 1)
 
 
-def seed_answer(key, nonce: bytes) -> bytes:
-    """``HMAC-SHA-256(K, nonce)``: the recipe client's answer."""
-    return hmac.new(_secret(key), nonce, "sha256").digest()
+def _check_digest(digest: str) -> str:
+    if digest not in SEED_DIGESTS:
+        raise InvalidArgument(f"unknown seed digest {digest!r} (use \"sha256\" or \"md5\")")
+    return digest
+
+
+def seed_answer(key, nonce: bytes, digest: str = "sha256") -> bytes:
+    """``HMAC(K, nonce)`` with ``digest`` (``"sha256"`` or ``"md5"``): the recipe client's
+    answer."""
+    return hmac.new(_secret(key), nonce, _check_digest(digest)).digest()
 
 
 def _run(sock: socket.socket, timeout: Optional[float], waiting: str, steps):
@@ -50,28 +60,33 @@ def _run(sock: socket.socket, timeout: Optional[float], waiting: str, steps):
         hio.restore()
 
 
-def seed_authenticate(sock: socket.socket, key, timeout: Optional[float] = 5.0) -> None:
+def seed_authenticate(sock: socket.socket, key, timeout: Optional[float] = 5.0, *,
+                      digest: str = "sha256") -> None:
     """Client half of seed: read 32 bytes, answer with their HMAC. There is no verdict: a server
     that refuses simply closes the connection. ``key`` is bytes or a Key (load_seed_key)."""
     secret = _secret(key)
+    _check_digest(digest)
 
     def steps(hio: _io.HandshakeIO) -> None:
         nonce = hio.recv_exact(NONCE_LEN)
-        hio.send(seed_answer(secret, nonce))
+        hio.send(seed_answer(secret, nonce, digest))
 
     _run(sock, timeout, "server's nonce", steps)
 
 
-def seed_admit(sock: socket.socket, key, timeout: Optional[float] = 5.0) -> bool:
+def seed_admit(sock: socket.socket, key, timeout: Optional[float] = 5.0, *,
+               digest: str = "sha256") -> bool:
     """Server half of seed: send 32 random bytes, compare the answer in constant time. Returns
     False (close the socket without a message) on a wrong answer; raises HandshakeTimeout,
     ClosedEarly or PeerReset for a client that stalls or leaves."""
     secret = _secret(key)
+    answer_len = SEED_DIGESTS[_check_digest(digest)]
 
     def steps(hio: _io.HandshakeIO) -> bool:
         nonce = os.urandom(NONCE_LEN)
         hio.send(nonce)
-        return hmac.compare_digest(seed_answer(secret, nonce), hio.recv_exact(ANSWER_LEN))
+        expected = seed_answer(secret, nonce, digest)
+        return hmac.compare_digest(expected, hio.recv_exact(answer_len))
 
     return _run(sock, timeout, "client's answer", steps)
 
