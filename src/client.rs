@@ -271,6 +271,10 @@ where
 {
     let mut nonce = [0u8; protocol::seed::CHALLENGE_LEN];
     read_exact_or_closed(stream, &mut nonce).await?;
+    // A random nonce starts with these 8 bytes once in 2^64 times; a linkgate/1 gate always.
+    if nonce.starts_with(&protocol::MAGIC) {
+        return Err(Rejection::SpeaksLinkgate1.into());
+    }
     stream
         .write_all(protocol::seed::answer(digest, key, &nonce).as_ref())
         .await?;

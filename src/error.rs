@@ -170,6 +170,10 @@ pub enum Rejection {
     /// Sealed with forward secrecy: the server's X25519 public key gave no usable shared secret.
     #[error("key exchange failed: the server's public key is invalid")]
     KeyExchange,
+    /// Asked for a seed protocol, the server greeted with `LGATE/1\n`: it speaks linkgate/1, and
+    /// would refuse the seed answer.
+    #[error("the server speaks linkgate/1, not the seed protocol")]
+    SpeaksLinkgate1,
 }
 
 impl Rejection {
@@ -182,6 +186,7 @@ impl Rejection {
             Self::MalformedVerdict(_) => "malformed_verdict",
             Self::ImpostorServer => "impostor_server",
             Self::KeyExchange => "key_exchange",
+            Self::SpeaksLinkgate1 => "speaks_linkgate1",
         }
     }
 }

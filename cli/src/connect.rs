@@ -1,5 +1,6 @@
 //! `linkgate connect` (beside an unmodified client) and `linkgate check` (one attempt).
 
+use crate::output::say;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -405,21 +406,31 @@ pub(crate) async fn check(args: CheckArgs, format: LogFormat) -> Result<()> {
     };
     let id = credentials.key_id();
     if credentials.protocol().is_seed() {
-        let mut byte = [0u8; 1];
-        return match tokio::time::timeout(SEED_VERDICT_WAIT, stream.read(&mut byte)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => bail!(
-                "not admitted by {server}: it closed the connection after our answer (wrong key, or the other digest: --protocol seed is HMAC-SHA-256, seed-md5 HMAC-MD5)"
-            ),
-            Ok(Ok(_)) | Err(_) => {
-                report(
-                    format,
-                    id.as_str(),
-                    credentials.protocol().name(),
-                    "unknown (seed protocol: the server cannot prove it holds the key)",
-                );
-                Ok(())
+        // Seed has no verdict: a refusing server just closes. Whatever it sends first (a
+        // greeting) does not count; only still being open at the end of the wait does.
+        let closed = async {
+            let mut discard = [0u8; 512];
+            loop {
+                match stream.read(&mut discard).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
             }
         };
+        if tokio::time::timeout(SEED_VERDICT_WAIT, closed)
+            .await
+            .is_ok()
+        {
+            bail!(
+                "not admitted by {server}: it closed the connection after our answer (wrong key, or the other digest: --protocol seed is HMAC-SHA-256, seed-md5 HMAC-MD5)"
+            );
+        }
+        return report(
+            format,
+            id.as_str(),
+            credentials.protocol().name(),
+            "unknown (seed protocol: the server cannot prove it holds the key)",
+        );
     }
     // Admitted. End our side: a gate whose upstream answers passes the end on and closes
     // cleanly; one that cannot reach its upstream resets the connection.
@@ -451,14 +462,13 @@ pub(crate) async fn check(args: CheckArgs, format: LogFormat) -> Result<()> {
             }
             Err(_) => "connected (still open after 2s)",
         };
-    report(format, id.as_str(), mode.as_str(), upstream);
-    Ok(())
+    report(format, id.as_str(), mode.as_str(), upstream)
 }
 
-fn report(format: LogFormat, id: &str, mode: &str, upstream: &str) {
+fn report(format: LogFormat, id: &str, mode: &str, upstream: &str) -> Result<()> {
     match format {
-        LogFormat::Text => println!("admitted as {id} (mode {mode}, upstream {upstream})"),
-        LogFormat::Json => println!(
+        LogFormat::Text => say!("admitted as {id} (mode {mode}, upstream {upstream})"),
+        LogFormat::Json => say!(
             "{}",
             serde_json::json!({"admitted": true, "key_id": id, "mode": mode, "upstream": upstream})
         ),
@@ -472,8 +482,21 @@ fn explain_failure(server: &str, credentials: &Credentials, err: &Error) -> Stri
         Error::Rejected(Rejection::Denied) => format!(
             "not admitted by {server}: denied for key id {id} (the gate does not know {id}, or holds another key for it)"
         ),
-        Error::Rejected(Rejection::RefusedAsMalformed(mode)) => format!(
-            "not admitted by {server}: the gate refused mode {mode} (try --mode sealed-fs, or ask for --allow-plain on the gate)"
+        Error::Rejected(Rejection::RefusedAsMalformed(mode)) => {
+            let why = match mode {
+                linkgate::Mode::Plain => {
+                    "it admits plain only with --allow-plain; try --mode sealed-fs"
+                }
+                linkgate::Mode::Sealed => "it may require forward secrecy; try --mode sealed-fs",
+                _ => {
+                    "it does not tell clients why; its log does (e.g. a PROXY header it does not trust)"
+                }
+            };
+            format!("not admitted by {server}: the gate refused mode {mode} as malformed ({why})")
+        }
+        Error::Rejected(Rejection::SpeaksLinkgate1) => format!(
+            "not admitted by {server}: it speaks linkgate/1, not the seed protocol (leave out --protocol {})",
+            credentials.protocol().name()
         ),
         Error::Io(io) => match io.kind() {
             io::ErrorKind::ConnectionRefused => format!(

@@ -1,5 +1,6 @@
 //! `linkgate demo`: the whole story on loopback in a few seconds, with real sockets.
 
+use crate::output::say;
 use std::future::pending;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,9 +71,9 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         move |(stream, peer)| proxy::connect_one(stream, peer, Arc::clone(&connect)),
     ));
 
-    println!(
+    say!(
         "linkgate demo: gated echo server on {gate}, client-side `connect` on {local_addr}, key id \"demo\""
-    );
+    )?;
 
     // 1. An unmodified TCP client, through `connect` → `serve` → echo, sealed with forward
     //    secrecy on the way.
@@ -85,16 +86,16 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         .await
         .context("the legitimate client got no echo")?;
     ensure!(echoed == message, "the echo differs from what was sent");
-    println!(
+    say!(
         "  admitted  plain client via `connect` (key \"demo\", sealed-fs between the two): sent {:?}, got it back",
         String::from_utf8_lossy(message)
-    );
+    )?;
 
     // 2. An impostor: right id, wrong key.
     let impostor = Credentials::new(Key::generate(KeyId::new("demo")?)?);
     match linkgate::connect(gate, &impostor).await {
         Err(Error::Rejected(Rejection::Denied)) => {
-            println!("  refused   impostor with a wrong key for \"demo\": denied by the server")
+            say!("  refused   impostor with a wrong key for \"demo\": denied by the server")?;
         }
         Err(other) => bail!("the impostor failed for the wrong reason: {other}"),
         Ok(_) => bail!("the impostor was admitted"),
@@ -112,9 +113,9 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         "the plain client got {} bytes",
         answer.len()
     );
-    println!(
+    say!(
         "  refused   plain HTTP client that skips the handshake: got only the challenge and a \"malformed\" verdict, the service never saw it"
-    );
+    )?;
 
     // 4. A client that connects and says nothing.
     let started = Instant::now();
@@ -126,16 +127,16 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         "the silent client got {} bytes",
         received.len()
     );
-    println!(
+    say!(
         "  refused   silent client: got only the 40-byte challenge, closed after {:.1} s (the handshake timeout)",
         started.elapsed().as_secs_f64()
-    );
+    )?;
 
     // The legitimate client is still connected and served.
     client.write_all(b"bye").await?;
     let mut bye = [0u8; 3];
     client.read_exact(&mut bye).await?;
     ensure!(&bye == b"bye", "the legitimate connection broke");
-    println!("demo ok: 1 client admitted, 3 refused");
+    say!("demo ok: 1 client admitted, 3 refused")?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `linkgate keygen`: a new random key file.
 
+use crate::output::say;
 use std::io::Write;
 use std::path::Path;
 
@@ -20,7 +21,7 @@ pub(crate) fn run(out: &Path, force: bool) -> Result<()> {
     } else {
         key.write_new_file(out)?;
     }
-    println!("wrote key {} to {} (mode 0600)", key.id(), out.display());
+    say!("wrote key {} to {} (mode 0600)", key.id(), out.display())?;
     Ok(())
 }
 

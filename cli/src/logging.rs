@@ -1,5 +1,6 @@
 //! Logging set-up, and how results and fatal errors are printed in each log format.
 
+use crate::output::say_err;
 use std::io::IsTerminal;
 use std::sync::OnceLock;
 
@@ -56,8 +57,8 @@ impl LogArgs {
 /// `level`, `message` and `error` fields when JSON logs were asked for.
 pub(crate) fn print_error(format: LogFormat, message: &str) {
     match format {
-        LogFormat::Text => eprintln!("linkgate: {message}"),
-        LogFormat::Json => eprintln!(
+        LogFormat::Text => say_err!("linkgate: {message}"),
+        LogFormat::Json => say_err!(
             "{}",
             serde_json::json!({"level": "ERROR", "message": "linkgate failed", "error": message})
         ),

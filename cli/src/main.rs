@@ -12,6 +12,7 @@ mod keys;
 mod listen;
 mod logging;
 mod metrics;
+mod output;
 mod probe;
 mod proxy;
 mod reload;

@@ -1,5 +1,6 @@
 //! `linkgate probe`: the library's impostor battery against a gate, one line per check.
 
+use crate::output::say;
 use anyhow::{Result, bail};
 use linkgate::Protocol;
 use linkgate::testing::{Finding, Probe, Report};
@@ -32,22 +33,22 @@ pub(crate) async fn run(args: ProbeArgs, format: LogFormat) -> Result<()> {
     let json = args.json || format == LogFormat::Json;
     for finding in &report.findings {
         if json {
-            println!("{}", finding_json(finding));
+            say!("{}", finding_json(finding))?;
         } else {
-            println!("{finding}");
+            say!("{finding}")?;
         }
     }
     if json {
-        println!(
+        say!(
             "{}",
             serde_json::json!({
                 "summary": report.summary(),
                 "passed": report.passed(),
                 "target": args.addr,
             })
-        );
+        )?;
     } else {
-        println!("{}", report.summary());
+        say!("{}", report.summary())?;
     }
     if !report.passed() {
         bail!(failure_line(&args.addr, &report));

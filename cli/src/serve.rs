@@ -1,6 +1,7 @@
 //! `linkgate serve` (one service from flags, or several from a config file) and
 //! `linkgate check-config`.
 
+use crate::output::say;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -156,7 +157,7 @@ pub(crate) fn check_config(args: &CheckConfigArgs) -> Result<()> {
             .with_context(|| format!("service {}", options.name))?;
         linkgate::Gate::new(keyring.clone())
             .with_context(|| format!("service {}", options.name))?;
-        println!(
+        say!(
             "service {}: listen {} -> {}, {} key{}",
             options.name,
             options.listen,
@@ -166,12 +167,12 @@ pub(crate) fn check_config(args: &CheckConfigArgs) -> Result<()> {
                 .map_or_else(|| "built-in echo".to_owned(), ToString::to_string),
             keyring.len(),
             if keyring.len() == 1 { "" } else { "s" }
-        );
+        )?;
     }
     if let Some(addr) = &config.metrics {
-        println!("metrics at {addr}/metrics");
+        say!("metrics at {addr}/metrics")?;
     }
-    println!("{}: ok", args.file.display());
+    say!("{}: ok", args.file.display())?;
     Ok(())
 }
 
@@ -205,11 +206,17 @@ pub(crate) fn default_keys() -> Result<(PathBuf, Option<PathBuf>)> {
     Ok((dir.to_path_buf(), Some(path)))
 }
 
+/// Tells whoever started the gate how clients can use the key just created. Writing is best
+/// effort: a gate whose standard output is closed serves all the same.
 fn print_client_commands(key_path: &Path, server: &str) {
+    let _ = tell_client_commands(key_path, server);
+}
+
+fn tell_client_commands(key_path: &Path, server: &str) -> Result<()> {
     let key = key_path.display();
-    println!("created a new key: {key} (mode 0600); clients with a copy of it can run:");
-    println!("  linkgate check --server {server} --key {key}");
-    println!("  linkgate connect --listen 127.0.0.1:7701 --server {server} --key {key}");
+    say!("created a new key: {key} (mode 0600); clients with a copy of it can run:")?;
+    say!("  linkgate check --server {server} --key {key}")?;
+    say!("  linkgate connect --listen 127.0.0.1:7701 --server {server} --key {key}")
 }
 
 fn create_private_dir(dir: &Path) -> Result<()> {

@@ -18,7 +18,7 @@ pub(crate) fn report(err: &clap::Error) -> ExitCode {
         }
         _ => {}
     }
-    eprintln!(
+    crate::output::say_err!(
         "linkgate: {}",
         one_line(err, &std::env::args().collect::<Vec<_>>())
     );

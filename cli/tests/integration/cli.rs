@@ -313,6 +313,93 @@ async fn check_reports_each_outcome_with_its_exit_code() {
     );
 }
 
+/// Seed has no verdict, so `check --protocol seed` judges by whether the server hangs up. A
+/// linkgate/1 gate is named as such, and a server that sends something and then closes has not
+/// admitted us.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_protocol_seed_is_not_fooled_by_a_refusing_server() {
+    let dir = TempDir::new().unwrap();
+    let recipe = dir.path().join("recipe.key");
+    fs::write(&recipe, format!("{}\n", hex::encode(b"secret"))).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&recipe, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let keys = TempDir::new().unwrap();
+    keygen(keys.path(), "alice");
+    let (serve, gate) = start_serve(keys.path(), None, &[]).await;
+    let gate = gate.to_string();
+    let out = tokio::task::block_in_place(|| check(&gate, &recipe, &["--protocol", "seed"]));
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains("it speaks linkgate/1, not the seed protocol (leave out --protocol seed)"),
+        "{message}"
+    );
+    assert!(out.stdout.is_empty(), "nothing reported as admitted");
+    serve.wait_for_log(&["connection rejected"]).await;
+
+    // A server that takes the answer, says one byte and hangs up.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        stream.write_all(&[7u8; 32]).await.unwrap();
+        let mut answer = [0u8; 32];
+        stream.read_exact(&mut answer).await.unwrap();
+        let _ = stream.write_all(b"x").await;
+    });
+    let out = tokio::task::block_in_place(|| check(&addr, &recipe, &["--protocol", "seed"]));
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains("closed the connection after our answer"),
+        "{message}"
+    );
+}
+
+/// `println!` panics when standard output cannot be written (a closed pipe, a full disk): the
+/// command says so in one line instead.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_unwritable_standard_output_is_one_line_and_status_1() {
+    let dir = TempDir::new().unwrap();
+    let key = dir.path().join("alice.key");
+    let config = dir.path().join("gate.toml");
+    fs::write(
+        &config,
+        format!(
+            "[[service]]\nname = \"one\"\nlisten = \"127.0.0.1:0\"\nkeys = \"{}\"\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    for args in [
+        vec!["keygen", "--out", key.to_str().unwrap()],
+        vec!["check-config", config.to_str().unwrap()],
+    ] {
+        let full = fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = std::process::Command::new(process::BIN)
+            .args(&args)
+            .env("RUST_BACKTRACE", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(full)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr,
+            "linkgate: cannot write to standard output: No space left on device (os error 28)\n",
+            "{args:?}"
+        );
+    }
+}
+
 #[cfg(unix)]
 #[test]
 fn keygen_writes_private_files_and_refuses_to_overwrite() {

@@ -129,15 +129,23 @@ async fn check_against_a_gate_that_refuses_the_mode_says_so() {
     let key = keygen(dir.path(), "alice");
     let (serve, gate) = start_serve(dir.path(), None, &["--require-forward-secrecy"]).await;
     let gate = gate.to_string();
-    for (mode, policy) in [
-        ("plain", "--allow-plain"),
-        ("sealed", "forward secrecy is required"),
+    for (mode, policy, hint) in [
+        (
+            "plain",
+            "--allow-plain",
+            "it admits plain only with --allow-plain",
+        ),
+        (
+            "sealed",
+            "forward secrecy is required",
+            "it may require forward secrecy; try --mode sealed-fs",
+        ),
     ] {
         let out = check(&gate, &key, &["--mode", mode]);
         assert_eq!(out.status.code(), Some(1));
         let message = String::from_utf8_lossy(&out.stderr);
         assert!(
-            message.contains(&format!("the gate refused mode {mode}")),
+            message.contains(&format!("the gate refused mode {mode}")) && message.contains(hint),
             "{message}"
         );
         serve
