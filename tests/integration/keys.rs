@@ -407,6 +407,37 @@ fn written_key_files_are_private_and_not_overwritten() {
         Key::from_file(&path).unwrap().to_hex_line(),
         other.to_hex_line()
     );
+
+    // Replacing a symlink replaces the link, never the file it points at.
+    #[cfg(unix)]
+    {
+        let precious = dir.path().join("precious.txt");
+        fs::write(&precious, "not a key\n").unwrap();
+        set_mode(&precious, 0o644);
+        let link = dir.path().join("link.key");
+        std::os::unix::fs::symlink(&precious, &link).unwrap();
+        key.write_file_replacing(&link).unwrap();
+        assert_eq!(fs::read_to_string(&precious).unwrap(), "not a key\n");
+        assert_eq!(mode_of(&precious), 0o644, "the target's mode is untouched");
+        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_file());
+        assert_eq!(mode_of(&link), 0o600);
+        assert_eq!(
+            Key::from_file(&link).unwrap().to_hex_line(),
+            key.to_hex_line()
+        );
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .filter(|name| name.to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+}
+
+#[cfg(unix)]
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
 #[test]
