@@ -35,6 +35,9 @@ impl FromStr for ListenAddr {
             return Ok(Self::Systemd(name.into()));
         }
         if let Some(port) = text.strip_prefix(':') {
+            if port.contains(':') {
+                return Err(bracket_hint(text));
+            }
             return parse_port(port, text).map(|port| Self::Tcp(format!("0.0.0.0:{port}")));
         }
         if text.parse::<u16>().is_ok() {
@@ -42,21 +45,62 @@ impl FromStr for ListenAddr {
                 "{text:?} is only a port: write 127.0.0.1:{text} for this machine only, or :{text} (0.0.0.0:{text}) for every interface"
             ));
         }
-        match text.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() => {
-                parse_port(port, text)?;
-                Ok(Self::Tcp(text.to_owned()))
-            }
-            _ => Err(format!(
+        check_host_port(text).map_err(|err| {
+            err.unwrap_or_else(|| format!(
                 "{text:?} is not HOST:PORT (e.g. 127.0.0.1:7700, :7700 for every interface, unix:/run/x.sock or systemd:NAME)"
-            )),
-        }
+            ))
+        })?;
+        Ok(Self::Tcp(text.to_owned()))
     }
+}
+
+/// Checks a TCP address as operators write it, `HOST:PORT` with an IPv6 host in brackets, and
+/// returns its port. `Err(None)` when it is not `HOST:PORT` at all (the caller says what is
+/// expected there); `Err(Some(message))` for a mistake worth naming.
+pub(crate) fn check_host_port(text: &str) -> Result<u16, Option<String>> {
+    if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
+        return Ok(addr.port());
+    }
+    if text.starts_with('[') && !text.contains("]:") {
+        return Err(Some(format!(
+            "{text:?}: an address in brackets needs a port after them, e.g. [::1]:7700"
+        )));
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(None);
+    };
+    if host.is_empty() || host.contains(['[', ']', ' ', '/']) {
+        return Err(None);
+    }
+    if host.contains(':') {
+        return Err(Some(bracket_hint(text)));
+    }
+    parse_port(port, text).map_err(Some)
+}
+
+fn bracket_hint(text: &str) -> String {
+    format!("{text:?}: put an IPv6 address in brackets before its port, e.g. [::1]:7700")
 }
 
 fn parse_port(port: &str, whole: &str) -> Result<u16, String> {
     port.parse::<u16>()
         .map_err(|_| format!("{whole:?}: {port:?} is not a port number (0 to 65535)"))
+}
+
+/// A linkgate server to connect to: `HOST:PORT`, over TCP.
+pub(crate) fn server_addr(text: &str) -> Result<String, String> {
+    if text.starts_with("unix:") {
+        return Err(format!(
+            "{text:?}: the server is reached over TCP (HOST:PORT); to reach a gate on a Unix socket, put `connect` on the same machine as a TCP listener in front of it"
+        ));
+    }
+    match check_host_port(text) {
+        Ok(0) => Err(format!("{text:?}: port 0 cannot be connected to")),
+        Ok(_) => Ok(text.to_owned()),
+        Err(err) => Err(err.unwrap_or_else(|| {
+            format!("{text:?} is not HOST:PORT (e.g. gate.example:7700 or 127.0.0.1:7700)")
+        })),
+    }
 }
 
 impl fmt::Display for ListenAddr {
@@ -79,7 +123,7 @@ pub(crate) fn socket_mode(text: &str) -> Result<u32, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{ListenAddr, socket_mode};
+    use super::{ListenAddr, server_addr, socket_mode};
 
     #[test]
     fn ports_alone_are_explained_and_colon_port_is_every_interface() {
@@ -98,6 +142,34 @@ mod tests {
             "[::1]:80".parse::<ListenAddr>(),
             Ok(ListenAddr::Tcp("[::1]:80".into()))
         );
+        for unbracketed in ["::1:23004", "fe80::1:80"] {
+            let err = unbracketed.parse::<ListenAddr>().unwrap_err();
+            assert!(
+                err.contains("in brackets") && err.contains("[::1]:7700"),
+                "{err}"
+            );
+        }
+        let err = "[::1]".parse::<ListenAddr>().unwrap_err();
+        assert!(err.contains("needs a port"), "{err}");
+    }
+
+    #[test]
+    fn servers_are_host_and_a_port_to_connect_to() {
+        assert_eq!(
+            server_addr("gate.example:7700"),
+            Ok("gate.example:7700".into())
+        );
+        assert_eq!(server_addr("[::1]:7700"), Ok("[::1]:7700".into()));
+        for (bad, says) in [
+            ("127.0.0.1:65536", "not a port number"),
+            ("127.0.0.1", "not HOST:PORT"),
+            ("127.0.0.1:0", "port 0"),
+            ("unix:/run/g.sock", "over TCP"),
+            ("::1:7700", "in brackets"),
+        ] {
+            let err = server_addr(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

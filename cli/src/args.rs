@@ -250,7 +250,7 @@ pub(crate) struct ConnectArgs {
 #[derive(Debug, Args)]
 pub(crate) struct ClientArgs {
     /// The linkgate server (HOST:PORT).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7700")]
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7700", value_parser = crate::addr::server_addr)]
     pub(crate) server: String,
     /// The key file, or - to read the key from standard input (with --id). Default:
     /// keys/default.key. SIGHUP reloads it.

@@ -42,6 +42,7 @@ pub(crate) async fn run(args: ConnectArgs, systemd_sockets: SystemdSockets) -> R
     let reuse_port = threads > 1 && matches!(args.listen, crate::addr::ListenAddr::Tcp(_));
     let bound =
         listen::bind_shared(&args.listen, args.socket_mode, &systemd_sockets, reuse_port).await?;
+    refuse_own_address(&bound, &args.client.server)?;
     let mode = match credentials.mode().multiplexed() {
         Some(mux) if args.mux => mux,
         _ => credentials.mode(),
@@ -473,6 +474,29 @@ fn report(format: LogFormat, id: &str, mode: &str, upstream: &str) -> Result<()>
             serde_json::json!({"admitted": true, "key_id": id, "mode": mode, "upstream": upstream})
         ),
     }
+}
+
+/// `--server` naming the address `connect` itself listens on would make every client
+/// connection open another through itself, until the process runs out of descriptors.
+fn refuse_own_address(bound: &listen::Bound, server: &str) -> Result<()> {
+    let (listen::Bound::Tcp(listener), Ok(server_addr)) =
+        (bound, server.parse::<std::net::SocketAddr>())
+    else {
+        return Ok(());
+    };
+    let Ok(local) = listener.local_addr() else {
+        return Ok(());
+    };
+    let reaches_us = local == server_addr
+        || (local.ip().is_unspecified()
+            && local.port() == server_addr.port()
+            && (server_addr.ip().is_loopback() || server_addr.ip().is_unspecified()));
+    if reaches_us {
+        bail!(
+            "--server {server} is the address this connect listens on ({local}): it would connect to itself"
+        );
+    }
+    Ok(())
 }
 
 /// One line that names what failed and what to try next.

@@ -3,7 +3,6 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::{Pin, pin};
 use std::task::Poll;
@@ -38,20 +37,16 @@ impl Upstream {
             }
             return Ok(Self::Unix(path.into()));
         }
-        if addr.parse::<SocketAddr>().is_ok() {
-            return Ok(Self::Tcp(addr.to_owned()));
-        }
-        match addr.rsplit_once(':') {
-            Some((host, port))
-                if !host.is_empty()
-                    && !host.contains([':', '[', ']', ' ', '/'])
-                    && port.parse::<u16>().is_ok_and(|p| p != 0) =>
-            {
-                Ok(Self::Tcp(addr.to_owned()))
-            }
-            _ => Err(format!(
-                "upstream address {addr:?} is not HOST:PORT or unix:/path (e.g. 127.0.0.1:6379)"
+        match crate::addr::check_host_port(addr) {
+            Ok(0) => Err(format!(
+                "upstream address {addr:?}: port 0 cannot be connected to"
             )),
+            Ok(_) => Ok(Self::Tcp(addr.to_owned())),
+            Err(err) => Err(err.unwrap_or_else(|| {
+                format!(
+                    "upstream address {addr:?} is not HOST:PORT or unix:/path (e.g. 127.0.0.1:6379)"
+                )
+            })),
         }
     }
 

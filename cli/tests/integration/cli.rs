@@ -359,6 +359,45 @@ async fn check_protocol_seed_is_not_fooled_by_a_refusing_server() {
     );
 }
 
+/// `--server` is checked when `connect` starts, not when its first client arrives, and may not
+/// be the address it listens on (each client would open another connection through itself).
+#[test]
+fn connect_checks_its_server_address_at_start() {
+    let dir = TempDir::new().unwrap();
+    let key = keygen(dir.path(), "alice");
+    let key = key.to_str().unwrap();
+    for (server, says, status) in [
+        ("127.0.0.1:65536", "\"65536\" is not a port number", 2),
+        ("127.0.0.1", "is not HOST:PORT", 2),
+        ("unix:/tmp/gate.sock", "reached over TCP", 2),
+        ("::1:7700", "in brackets", 2),
+    ] {
+        let out = run(&[
+            "connect",
+            "--listen",
+            "127.0.0.1:0",
+            "--server",
+            server,
+            "--key",
+            key,
+        ]);
+        let message = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(status), "{server}: {message}");
+        assert!(message.contains(says), "{server}: {message}");
+        assert_eq!(message.lines().count(), 1, "{message}");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let own = format!("127.0.0.1:{port}");
+    let out = run(&["connect", "--listen", &own, "--server", &own, "--key", key]);
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{message}");
+    assert!(message.contains("it would connect to itself"), "{message}");
+}
+
 /// `println!` panics when standard output cannot be written (a closed pipe, a full disk): the
 /// command says so in one line instead.
 #[cfg(target_os = "linux")]
