@@ -87,6 +87,15 @@ fn parse_port(port: &str, whole: &str) -> Result<u16, String> {
         .map_err(|_| format!("{whole:?}: {port:?} is not a port number (0 to 65535)"))
 }
 
+/// Where to serve metrics: `HOST:PORT` (port 0 picks a free one).
+pub(crate) fn metrics_addr(text: &str) -> Result<String, String> {
+    check_host_port(text)
+        .map(|_| text.to_owned())
+        .map_err(|err| {
+            err.unwrap_or_else(|| format!("{text:?} is not HOST:PORT (e.g. 127.0.0.1:9100)"))
+        })
+}
+
 /// A linkgate server to connect to: `HOST:PORT`, over TCP.
 pub(crate) fn server_addr(text: &str) -> Result<String, String> {
     if text.starts_with("unix:") {

@@ -146,7 +146,7 @@ const SERVICE_FLAGS: [&str; 26] = [
 pub(crate) struct OperationsArgs {
     /// Serve Prometheus/OpenMetrics metrics at http://ADDR/metrics (off by default).
     /// Example: --metrics 127.0.0.1:9100
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = crate::addr::metrics_addr)]
     pub(crate) metrics: Option<String>,
     /// Reload keys when a key directory (or a key file's directory) changes, as well as on SIGHUP.
     #[arg(long)]
@@ -263,9 +263,10 @@ pub(crate) struct ClientArgs {
     #[arg(long, value_name = "NAME")]
     pub(crate) id: Option<String>,
     /// What the connection carries after admission: sealed-fs (sealed, with forward secrecy),
-    /// sealed, or plain (only if the gate allows it).
-    #[arg(long, value_name = "MODE", default_value = "sealed-fs", value_parser = session_mode)]
-    pub(crate) mode: Mode,
+    /// sealed, or plain (only if the gate allows it). Default: sealed-fs; the seed protocols
+    /// have no modes.
+    #[arg(long, value_name = "MODE", value_parser = session_mode)]
+    pub(crate) mode: Option<Mode>,
     /// Handshake: linkgate1, or seed / seed-md5 (the original recipe's scheme with HMAC-SHA-256
     /// or, as published, HMAC-MD5, for its existing servers: no key id, and the server is not
     /// authenticated; short keys accepted with a warning).

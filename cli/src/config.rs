@@ -27,6 +27,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+use crate::addr::ListenAddr;
 use crate::service::ServiceOptions;
 
 /// The whole file.
@@ -69,7 +70,12 @@ impl ConfigFile {
         if config.services.is_empty() {
             bail!("config file {}: no [[service]] table", path.display());
         }
+        if let Some(metrics) = &config.metrics {
+            crate::addr::metrics_addr(metrics)
+                .map_err(|err| anyhow::anyhow!("config file {}: metrics: {err}", path.display()))?;
+        }
         let mut names = HashSet::new();
+        let mut listening: Vec<(&ListenAddr, &str)> = Vec::new();
         for service in &config.services {
             if !names.insert(service.name.as_str()) {
                 bail!(
@@ -78,6 +84,15 @@ impl ConfigFile {
                     service.name
                 );
             }
+            if let Some((_, other)) = listening.iter().find(|(addr, _)| **addr == service.listen) {
+                bail!(
+                    "config file {}: services {other} and {} both listen on {}",
+                    path.display(),
+                    service.name,
+                    service.listen
+                );
+            }
+            listening.push((&service.listen, &service.name));
             service
                 .check()
                 .with_context(|| format!("config file {}", path.display()))?;
@@ -174,13 +189,71 @@ keys = "k2"
         assert!(format!("{:#}", parse("metrics = \"x\"\n").unwrap_err()).contains("service"));
     }
 
+    /// What `serve` would refuse, or run other than written, check-config refuses too.
+    #[test]
+    fn what_serve_cannot_run_is_refused_at_load() {
+        let service = "[[service]]\nname = \"a\"\n";
+        for (text, says) in [
+            (
+                "metrics = \"127.0.0.1:99999\"\n[[service]]\nname = \"a\"\n".to_owned(),
+                "not a port number",
+            ),
+            (
+                "[[service]]\nname = \"a\"\n[[service]]\nname = \"b\"\n".to_owned(),
+                "services a and b both listen on 127.0.0.1:7700",
+            ),
+            ("[[service]]\nname = \"\"\n".to_owned(), "service name \"\""),
+            (
+                "[[service]]\nname = \"a\\nb\"\n".to_owned(),
+                "service name \"a\\nb\": use 1 to 64 ASCII letters",
+            ),
+            (
+                format!("{service}max-handshakes = 0\n"),
+                "max-handshakes must be at least 1",
+            ),
+            (
+                format!("{service}max-connections = 0\n"),
+                "max-connections must be at least 1",
+            ),
+            (
+                format!("{service}handshake-timeout = \"0s\"\n"),
+                "handshake-timeout of 0",
+            ),
+            (
+                format!("{service}penalty-min = \"1m\"\npenalty-max = \"10s\"\n"),
+                "penalty-min (1m) is longer than penalty-max (10s)",
+            ),
+            (
+                format!("{service}send-proxy-key-id-as = \"authority\"\n"),
+                "needs send-proxy v2",
+            ),
+            (
+                format!("{service}send-proxy = \"v1\"\nsend-proxy-key-id-as = \"authority\"\n"),
+                "needs send-proxy v2",
+            ),
+            (
+                format!("{service}protocol = \"seed\"\nrequire-forward-secrecy = true\n"),
+                "protocol seed has no sealed modes",
+            ),
+        ] {
+            let err = format!("{:#}", parse(&text).unwrap_err());
+            assert!(err.contains(says), "{text:?}: {err}");
+            assert!(!err.contains('\n'), "one line: {err:?}");
+        }
+        // Penalties off: their bounds do not matter.
+        let off =
+            format!("{service}no-penalties = true\npenalty-min = \"1m\"\npenalty-max = \"10s\"\n");
+        assert!(parse(&off).is_ok());
+    }
+
     #[test]
     fn tunnel_keepalive_parses_per_service() {
         use crate::args::TunnelKeepalive;
         use std::time::Duration;
         let config = parse(
-            "[[service]]\nname = \"a\"\ntunnel-keepalive = \"off\"\n\
-             [[service]]\nname = \"b\"\ntunnel-keepalive = \"10s\"\n[[service]]\nname = \"c\"\n",
+            "[[service]]\nname = \"a\"\nlisten = \":7801\"\ntunnel-keepalive = \"off\"\n\
+             [[service]]\nname = \"b\"\nlisten = \":7802\"\ntunnel-keepalive = \"10s\"\n\
+             [[service]]\nname = \"c\"\n",
         )
         .unwrap();
         let secs = Duration::from_secs;

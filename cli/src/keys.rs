@@ -45,7 +45,18 @@ impl KeySource {
                 let id = required_id(key_id, "--keys -", "--key-id")?;
                 given("standard input", &|| read_stdin(&id, options))
             }
-            (Some(path), None) => Ok(Some(Self::Path(path.to_path_buf()))),
+            (Some(path), None) => {
+                if key_id.is_some() {
+                    bail!(
+                        "--key-id names a key read from standard input (--keys -) or --key-env; the key files in {} are named by their file names",
+                        path.display()
+                    );
+                }
+                Ok(Some(Self::Path(path.to_path_buf())))
+            }
+            (None, None) if key_id.is_some() => {
+                bail!("--key-id names a key read with --keys - or --key-env: give one of them")
+            }
             (None, Some(var)) => {
                 let id = required_id(key_id, "--key-env", "--key-id")?;
                 given(&format!("${var}"), &|| read_env(var, &id, options))
@@ -172,7 +183,19 @@ pub(crate) fn credentials(args: &ClientArgs) -> Result<Credentials> {
     Ok(Credentials::new(client_key(args)?)
         .with_timeout(args.timeout)
         .with_protocol(args.protocol)
-        .with_mode(args.mode))
+        .with_mode(client_mode(args)?))
+}
+
+/// `--mode`, which the seed protocols do not have.
+fn client_mode(args: &ClientArgs) -> Result<linkgate::Mode> {
+    match args.mode {
+        Some(mode) if args.protocol.is_seed() => bail!(
+            "--mode {mode} does not apply to --protocol {}: it has no modes (plain only)",
+            args.protocol.name()
+        ),
+        Some(mode) => Ok(mode),
+        None => Ok(linkgate::Mode::default()),
+    }
 }
 
 pub(crate) fn warn_short_key(key: &Key) {

@@ -18,7 +18,7 @@ pub(crate) async fn run(args: ProbeArgs, format: LogFormat) -> Result<()> {
             key: args.key,
             key_env: args.key_env,
             id: args.id,
-            mode: args.mode.unwrap_or_default(),
+            mode: args.mode,
             protocol: Protocol::Linkgate1,
             timeout: args.wait,
             key_files: args.key_files,

@@ -174,6 +174,15 @@ pub(crate) struct ServiceOptions {
     pub(crate) key_update_after_records: Option<u64>,
 }
 
+/// Service names go into every log line and metric label: short, and nothing that could break
+/// a line.
+fn is_service_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 fn default_name() -> String {
     "default".into()
 }
@@ -320,6 +329,56 @@ impl ServiceOptions {
 
     /// Checks the options that only make sense together.
     pub(crate) fn check(&self) -> Result<()> {
+        if !is_service_name(&self.name) {
+            bail!(
+                "service name {:?}: use 1 to 64 ASCII letters, digits, '.', '_' or '-' (it appears in every log line and metric)",
+                self.name
+            );
+        }
+        for (value, what) in [
+            (self.max_handshakes, "max-handshakes"),
+            (self.max_handshakes_per_source, "max-handshakes-per-source"),
+            (self.max_connections, "max-connections"),
+        ] {
+            if value == 0 {
+                bail!("service {}: {what} must be at least 1", self.name);
+            }
+        }
+        if self.handshake_timeout.is_zero() {
+            bail!(
+                "service {}: a handshake-timeout of 0 would drop every client before it can answer",
+                self.name
+            );
+        }
+        if !self.no_penalties && self.penalty_min > self.penalty_max {
+            bail!(
+                "service {}: penalty-min ({}) is longer than penalty-max ({})",
+                self.name,
+                humantime::format_duration(self.penalty_min),
+                humantime::format_duration(self.penalty_max)
+            );
+        }
+        if let Some(tlv) = &self.send_proxy_key_id_as {
+            if tlv != "authority" {
+                bail!(
+                    "service {}: send-proxy-key-id-as {tlv:?}: the only choice is \"authority\"",
+                    self.name
+                );
+            }
+            if self.send_proxy != Some(Version::V2) {
+                bail!(
+                    "service {}: send-proxy-key-id-as needs send-proxy v2 (v1 headers carry no TLVs)",
+                    self.name
+                );
+            }
+        }
+        if self.protocol.is_seed() && self.require_forward_secrecy {
+            bail!(
+                "service {}: protocol {} has no sealed modes, so require-forward-secrecy cannot apply",
+                self.name,
+                self.protocol.name()
+            );
+        }
         if self.allow_plain && self.require_forward_secrecy {
             bail!(
                 "service {}: allow-plain and require-forward-secrecy contradict each other: choose one",

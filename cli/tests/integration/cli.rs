@@ -398,6 +398,80 @@ fn connect_checks_its_server_address_at_start() {
     assert!(message.contains("it would connect to itself"), "{message}");
 }
 
+/// Flags that would be silently ignored are refused instead.
+#[test]
+fn flags_that_cannot_apply_are_refused() {
+    let dir = TempDir::new().unwrap();
+    let key = keygen(dir.path(), "alice");
+    let (key, keys) = (key.to_str().unwrap(), dir.path().to_str().unwrap());
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &[
+                "check",
+                "--server",
+                "127.0.0.1:9",
+                "--key",
+                key,
+                "--protocol",
+                "seed",
+                "--mode",
+                "sealed-fs",
+            ],
+            "--mode sealed-fs does not apply to --protocol seed",
+        ),
+        (
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--keys",
+                keys,
+                "--key-id",
+                "bob",
+            ],
+            "--key-id names a key read from standard input",
+        ),
+        (
+            &["serve", "--listen", "127.0.0.1:0", "--key-id", "bob"],
+            "--key-id names a key read with --keys - or --key-env",
+        ),
+        (
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--keys",
+                keys,
+                "--penalty-min",
+                "1m",
+                "--penalty-max",
+                "10s",
+            ],
+            "penalty-min (1m) is longer than penalty-max (10s)",
+        ),
+        (
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--keys",
+                keys,
+                "--protocol",
+                "seed",
+                "--require-forward-secrecy",
+            ],
+            "protocol seed has no sealed modes",
+        ),
+    ];
+    for (args, says) in cases {
+        let out = run(args);
+        let message = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {message}");
+        assert!(message.contains(says), "{args:?}: {message}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
 /// `println!` panics when standard output cannot be written (a closed pipe, a full disk): the
 /// command says so in one line instead.
 #[cfg(target_os = "linux")]
