@@ -253,7 +253,7 @@ pub(crate) struct ClientArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7700", value_parser = crate::addr::server_addr)]
     pub(crate) server: String,
     /// The key file, or - to read the key from standard input (with --id). Default:
-    /// keys/default.key. SIGHUP reloads it.
+    /// keys/default.key. A running connect reloads it on SIGHUP.
     #[arg(long, value_name = "PATH")]
     pub(crate) key: Option<PathBuf>,
     /// Read the key from this environment variable instead (with --id); its value is never shown.

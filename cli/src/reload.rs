@@ -22,6 +22,8 @@ pub(crate) struct Reloader {
     pub(crate) services: Vec<ServiceKeys>,
     pub(crate) metrics: Option<Arc<Metrics>>,
     pub(crate) status: String,
+    /// The config file and its contents at start, if serving from one.
+    pub(crate) config: Option<(PathBuf, Vec<u8>)>,
 }
 
 impl Reloader {
@@ -73,8 +75,20 @@ impl Reloader {
         if let Some(metrics) = &self.metrics {
             metrics.reload(all_ok);
         }
+        self.warn_if_config_changed();
         systemd::ready(&self.status);
         all_ok
+    }
+
+    /// A reload applies keys only: say so when the config file no longer says what is running.
+    fn warn_if_config_changed(&self) {
+        let Some((path, started)) = &self.config else {
+            return;
+        };
+        if std::fs::read(path).is_ok_and(|now| now != *started) {
+            tracing::warn!(config = %path.display(),
+                "the config file changed since linkgate started: a reload applies keys only; restart to apply the rest");
+        }
     }
 }
 

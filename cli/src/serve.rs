@@ -30,9 +30,13 @@ struct Operations {
 
 pub(crate) async fn run(args: ServeArgs, systemd_sockets: SystemdSockets) -> Result<()> {
     let signals = Signals::install()?;
+    // The file as started from: a reload tells when it has changed since (keys reload, the
+    // rest of the file does not).
+    let mut config_as_started = None;
     let (services, operations, from_flags) = match &args.config {
         Some(path) => {
             let config = ConfigFile::load(path)?;
+            config_as_started = std::fs::read(path).ok().map(|text| (path.clone(), text));
             let operations = Operations {
                 metrics: args.operations.metrics.clone().or(config.metrics),
                 watch_keys: args.operations.watch_keys || config.watch_keys,
@@ -98,6 +102,7 @@ pub(crate) async fn run(args: ServeArgs, systemd_sockets: SystemdSockets) -> Res
         services: prepared.iter().map(Service::keys).collect(),
         metrics: metrics.clone(),
         status: status.clone(),
+        config: config_as_started,
     });
     tokio::spawn(reload::run(
         reloader,

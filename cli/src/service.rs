@@ -108,7 +108,8 @@ pub(crate) struct ServiceOptions {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
     #[serde(default = "five_seconds", deserialize_with = "serde_duration")]
     pub(crate) handshake_timeout: Duration,
-    /// Handshakes in progress at once; past it new connections are closed at once.
+    /// Handshakes in progress at once; when all are taken, the oldest handshake of the source
+    /// holding the most is ended to make room (RELIABILITY.md).
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = at_least_one)]
     #[serde(default = "default_max_handshakes")]
     pub(crate) max_handshakes: usize,

@@ -598,6 +598,25 @@ async fn one_process_serves_two_services_from_a_config_file() {
         .wait_for_log(&["connection rejected", "unknown key id blue"])
         .await;
 
+    // SIGHUP reloads keys only. Nothing to say while the file is as it was at start; once it
+    // has changed, the reload says a restart is needed for the rest.
+    serve.signal("HUP");
+    serve
+        .wait_for_log(&["keys reloaded", "service=blue", "why=SIGHUP"])
+        .await;
+    assert!(!serve.stderr().contains("config file changed"));
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("# max-connections = 5000 (a change a reload does not apply)\n");
+    std::fs::write(&config, text).unwrap();
+    serve.signal("HUP");
+    serve
+        .wait_for_log(&[
+            "WARN",
+            "the config file changed since linkgate started",
+            "restart to apply the rest",
+        ])
+        .await;
+
     // Bad configs: one line, naming the problem and where.
     std::fs::write(&config, "[[service]]\nname = \"x\"\nlisen = \":1\"\n").unwrap();
     let out = run(&["check-config", config.to_str().unwrap()]);
