@@ -369,6 +369,9 @@ pub enum KeyFileProblem {
         "not a key: expected one line of hex (linkgate keygen), one line of base64, or 32 to 64 raw bytes (spiped's format)"
     )]
     NotAKey,
+    /// Nearly a line of hex, as keygen writes: a digit lost, or a letter mistyped.
+    #[error("looks like a hex key with a typo: {0}")]
+    MistypedHex(String),
     /// The key is shorter than 16 or longer than 64 bytes.
     #[error("the key is {0} bytes long; it must be 16 to 64 bytes")]
     Length(usize),

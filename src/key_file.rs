@@ -4,8 +4,11 @@
 //! 1. one line of hex (what `linkgate keygen` writes);
 //! 2. one line of standard base64 (with or without padding);
 //! 3. 32 to 64 raw bytes that are not text (spiped's format, e.g. `dd if=/dev/urandom bs=32
-//!    count=1`): raw keys are taken only when at least one byte is not printable ASCII, so a
-//!    mistyped hex or a password can never be read as a raw key.
+//!    count=1`): raw keys are taken only when at least one byte is not printable ASCII, so
+//!    text (a password) can never be read as a raw key.
+//!
+//! A line that is nearly hex (a digit lost, a letter or two mistyped) is refused, never read as
+//! base64.
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -138,6 +141,9 @@ pub(crate) fn decode(contents: &[u8]) -> std::result::Result<Zeroizing<Vec<u8>>,
         hex::decode_to_slice(text, &mut secret).map_err(|_| KeyFileProblem::NotAKey)?;
         return Ok(secret);
     }
+    if let Some(typo) = hex_typo(text) {
+        return Err(KeyFileProblem::MistypedHex(typo));
+    }
     // Sized up front so decoding never reallocates and leaves a copy of the key behind.
     let mut secret = Zeroizing::new(Vec::with_capacity(text.len()));
     let engine = &base64::engine::general_purpose::GeneralPurpose::new(
@@ -149,6 +155,36 @@ pub(crate) fn decode(contents: &[u8]) -> std::result::Result<Zeroizing<Vec<u8>>,
         .decode_vec(text, &mut secret)
         .map_err(|_| KeyFileProblem::NotAKey)?;
     Ok(secret)
+}
+
+/// A line that is nearly a hex key (as keygen writes) would otherwise be read as base64: a
+/// digit lost or a letter mistyped, and the gate would hold a key nobody else has. A random
+/// base64 key is this close to hex about once in 10^17.
+fn hex_typo(text: &[u8]) -> Option<String> {
+    if text.len() < 2 * crate::keys::MIN_KEY_LEN - 1 {
+        return None;
+    }
+    let mut not_hex = text
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| !b.is_ascii_hexdigit());
+    match (not_hex.next(), not_hex.next(), not_hex.next()) {
+        (None, _, _) => Some(format!(
+            "{} hex digits, an odd number: one is missing or extra",
+            text.len()
+        )),
+        (Some((at, &b)), None, _) if b.is_ascii_alphanumeric() => Some(format!(
+            "character {} ({:?}) is not a hex digit (0-9, a-f)",
+            at + 1,
+            char::from(b)
+        )),
+        (Some((at, &b)), Some(_), None) if b.is_ascii_alphanumeric() => Some(format!(
+            "characters {} ({:?}) and one more are not hex digits (0-9, a-f)",
+            at + 1,
+            char::from(b)
+        )),
+        _ => None,
+    }
 }
 
 /// Reads a key file's bytes: only a regular file, never blocking (a FIFO or device is refused
@@ -448,9 +484,38 @@ mod tests {
     }
 
     #[test]
-    fn odd_hex_falls_through_to_base64_or_is_refused() {
-        // 63 hex digits are not hex; as base64 they are 63 characters, which is no valid length.
-        assert!(decode(&HEX32.as_bytes()[1..]).is_err());
+    fn nearly_hex_is_a_typo_never_base64() {
+        // A digit lost: 63 hex digits.
+        let lost = &HEX32[1..];
+        let Err(KeyFileProblem::MistypedHex(why)) = decode(lost.as_bytes()) else {
+            panic!("63 hex digits were taken");
+        };
+        assert_eq!(why, "63 hex digits, an odd number: one is missing or extra");
+        // A letter mistyped: valid base64 (48 bytes), but meant as hex.
+        let mistyped = format!("{}g{}", &HEX32[..10], &HEX32[11..]);
+        assert!(
+            base64::engine::general_purpose::STANDARD_NO_PAD
+                .decode(&mistyped)
+                .is_ok()
+        );
+        let Err(problem @ KeyFileProblem::MistypedHex(_)) = decode(mistyped.as_bytes()) else {
+            panic!("{mistyped} was taken");
+        };
+        assert_eq!(
+            problem.to_string(),
+            "looks like a hex key with a typo: character 11 ('g') is not a hex digit (0-9, a-f)"
+        );
+        let two = format!("{}xy{}", &HEX32[..10], &HEX32[12..]);
+        assert!(matches!(
+            decode(two.as_bytes()),
+            Err(KeyFileProblem::MistypedHex(_))
+        ));
+        // Real base64 keys are nowhere near hex, and still load.
+        for len in [16, 32, 48, 64] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            assert_eq!(*decode(b64.as_bytes()).unwrap(), bytes, "{b64}");
+        }
     }
 
     #[test]

@@ -70,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
                 );
             }
             Err(Error::Key(KeyError::File {
-                problem: KeyFileProblem::NotAKey,
+                problem: KeyFileProblem::NotAKey | KeyFileProblem::MistypedHex(_),
                 ..
             })) => {}
             Err(other) => panic!("unexpected error: {other:?}"),

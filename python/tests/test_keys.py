@@ -56,13 +56,25 @@ class KeyFiles(unittest.TestCase):
         for name, contents in [("text", "this is not hex at all, just a password!"),
                                ("spaced", KEY.hex()[:32] + " " + KEY.hex()[32:]),
                                ("empty", ""), ("blank", "\n"), ("zz", "zz"),
-                               ("oddhex", KEY.hex()[1:]), ("badpad", "AAAA==="),
+                               ("badpad", "AAAA==="),
                                ("shortraw", b"\xff\x00\x80"), ("longraw", b"\xff" * 65)]:
             with self.subTest(name):
                 err = self.refused(self.write(f"{name}.key", contents), "not a key")
                 self.assertNotIn("password", str(err))
                 self.assertEqual(err.reason, "key")
                 self.assertIsInstance(err, linkgate.LinkgateError)
+
+    def test_nearly_hex_is_a_typo_not_base64(self):
+        hex_key = KEY.hex()
+        for name, contents, says in [
+                ("lost", hex_key[1:], "63 hex digits, an odd number: one is missing or extra"),
+                ("mistyped", hex_key[:10] + "g" + hex_key[11:],
+                 "character 11 ('g') is not a hex digit (0-9, a-f)"),
+                ("two", hex_key[:10] + "xy" + hex_key[12:],
+                 "characters 11 ('x') and one more are not hex digits")]:
+            with self.subTest(name):
+                self.refused(self.write(f"{name}.key", contents),
+                             "looks like a hex key with a typo: " + says)
 
     def test_lengths(self):
         self.refused(self.write("short.key", "ab" * 15), "15 bytes long; it must be 16 to 64")

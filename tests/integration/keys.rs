@@ -137,11 +137,21 @@ fn hex_base64_and_spiped_raw_keys_load_to_the_same_key() {
 }
 
 #[test]
+fn nearly_hex_is_refused_as_a_typo() {
+    let dir = TempDir::new().unwrap();
+    let (problem, message) = refusal(&key_file(&dir, "odd.key", &HEX32[1..]));
+    assert!(
+        matches!(problem, KeyFileProblem::MistypedHex(_)),
+        "{message}"
+    );
+    assert!(message.contains("odd.key: looks like a hex key with a typo: 63 hex digits"));
+}
+
+#[test]
 fn non_hex_is_refused() {
     let dir = TempDir::new().unwrap();
     for (name, contents) in [
         ("text.key", "this is not hex at all, just a password"),
-        ("odd.key", &HEX32[1..]),
         ("two.key", &format!("{} {}", &HEX32[..32], &HEX32[32..])),
         ("empty.key", "\n"),
     ] {

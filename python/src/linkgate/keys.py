@@ -35,6 +35,7 @@ MAX_KEY_FILE_LEN = 4096
 _KEY_ID = re.compile(rb"\A[A-Za-z0-9._-]{1,64}\Z")
 _BASE64 = re.compile(rb"\A[A-Za-z0-9+/]*\Z")
 _HEX = re.compile(rb"\A[0-9A-Fa-f]*\Z")
+_HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 # Rust's u8::is_ascii_whitespace: space, tab, newline, form feed, carriage return.
 _WHITESPACE = b" \t\n\x0c\r"
 _TEXT_BYTES = frozenset(range(0x21, 0x7F)) | frozenset(_WHITESPACE)
@@ -209,6 +210,8 @@ def decode_key(contents: bytes) -> Optional[bytes]:
         return None
     if len(text) % 2 == 0 and _HEX.match(text):
         return bytes.fromhex(text.decode("ascii"))
+    if _hex_typo(text) is not None:
+        return None
     # Standard base64, padding optional (but never more than the canonical padding), and no
     # stray bits in the last character (as Rust's base64 crate decodes it).
     body = text.rstrip(b"=")
@@ -224,6 +227,24 @@ def decode_key(contents: bytes) -> Optional[bytes]:
     return secret
 
 
+def _hex_typo(text: bytes) -> Optional[str]:
+    """What is wrong with a line that is nearly a hex key (a digit lost, a letter mistyped),
+    which base64 would otherwise take for another key; as the Rust crate judges it."""
+    if len(text) < 31:
+        return None
+    not_hex = [(at, b) for at, b in enumerate(text) if b not in _HEX_DIGITS][:3]
+    if not not_hex:
+        return f"{len(text)} hex digits, an odd number: one is missing or extra"
+    at, b = not_hex[0]
+    if not chr(b).isalnum() or not chr(b).isascii():
+        return None
+    if len(not_hex) == 1:
+        return f"character {at + 1} ({chr(b)!r}) is not a hex digit (0-9, a-f)"
+    if len(not_hex) == 2:
+        return f"characters {at + 1} ({chr(b)!r}) and one more are not hex digits (0-9, a-f)"
+    return None
+
+
 def _load(path: PathLike, min_len: int, allow_open_permissions: bool,
           key_id: Optional[str]) -> Key:
     path = Path(path)
@@ -231,8 +252,13 @@ def _load(path: PathLike, min_len: int, allow_open_permissions: bool,
         key_id = _id_from_path(path)
     else:
         check_key_id(key_id)
-    secret = decode_key(_read(path, allow_open_permissions))
+    contents = _read(path, allow_open_permissions)
+    secret = decode_key(contents)
     if secret is None:
+        is_text = all(b in _TEXT_BYTES for b in contents)
+        typo = _hex_typo(contents.strip(_WHITESPACE)) if is_text else None
+        if typo is not None:
+            raise _problem(path, f"looks like a hex key with a typo: {typo}")
         raise _problem(path, "not a key: expected one line of hex (linkgate keygen), base64, "
                              "or 32 to 64 raw bytes (spiped's format)")
     if not min_len <= len(secret) <= MAX_KEY_LEN:
