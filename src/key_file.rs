@@ -107,7 +107,11 @@ pub(crate) fn id_from_path(path: &Path) -> Result<KeyId> {
 
 /// Loads one key file; its stem is the key id.
 pub(crate) fn load(path: &Path, options: &KeyFileOptions) -> Result<Key> {
-    let id = id_from_path(path)?;
+    load_as(id_from_path(path)?, path, options)
+}
+
+/// Loads one key file under `id`, whatever the file is called.
+pub(crate) fn load_as(id: KeyId, path: &Path, options: &KeyFileOptions) -> Result<Key> {
     let contents = read(path, options)?;
     let secret = decode(&contents).map_err(|problem| file_error(path, problem))?;
     if options.short_keys_allowed && !(1..=MAX_KEY_LEN).contains(&secret.len()) {

@@ -197,6 +197,16 @@ impl Key {
         key_file::load(path.as_ref(), options)
     }
 
+    /// Loads a key file with the given checks under `id`, whatever the file is called (a
+    /// client presenting its key under another id than the file's stem).
+    pub fn from_file_as(
+        id: KeyId,
+        path: impl AsRef<Path>,
+        options: &KeyFileOptions,
+    ) -> Result<Self> {
+        key_file::load_as(id, path.as_ref(), options)
+    }
+
     /// A key from the contents of a key file that came from elsewhere (standard input, an
     /// environment variable, a secret store), under `id`. Same formats and length rules as
     /// [`Key::from_file`]; `allow_short` admits 1..16-byte keys for the seed protocol.

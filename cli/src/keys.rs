@@ -150,26 +150,27 @@ pub(crate) fn client_key(args: &ClientArgs) -> Result<Key> {
             let path = path
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("keys/default.key"));
-            let key = Key::from_file_with(&path, &options).map_err(|err| {
+            let loaded = match &args.id {
+                Some(id) => Key::from_file_as(KeyId::new(id.as_str())?, &path, &options),
+                None => Key::from_file_with(&path, &options),
+            };
+            loaded.map_err(|err| {
+                // A FIFO or device (--key /dev/stdin), not a directory: say how to read a key
+                // from standard input instead.
                 let special = matches!(
                     &err,
                     linkgate::Error::Key(linkgate::KeyError::File {
-                        problem: linkgate::KeyFileProblem::NotRegular(_),
+                        problem: linkgate::KeyFileProblem::NotRegular(kind),
                         ..
-                    })
+                    }) if *kind != "a directory"
                 );
                 let err = anyhow::Error::new(err);
                 if special {
-                    // e.g. --key /dev/stdin: say how to read a key from standard input instead.
                     err.context("to read a key from standard input, use --key - with --id NAME")
                 } else {
                     err
                 }
-            })?;
-            match &args.id {
-                Some(id) => key.with_id(KeyId::new(id.as_str())?),
-                None => key,
-            }
+            })?
         }
     };
     if key.is_short() {

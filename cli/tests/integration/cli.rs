@@ -398,6 +398,30 @@ fn connect_checks_its_server_address_at_start() {
     assert!(message.contains("it would connect to itself"), "{message}");
 }
 
+/// `--id` names the key, so the file may be called anything, even what is no key id.
+#[tokio::test(flavor = "multi_thread")]
+async fn id_presents_a_key_file_under_another_name() {
+    let keys = TempDir::new().unwrap();
+    let alice = keygen(keys.path(), "alice");
+    let (serve, gate) = start_serve(keys.path(), None, &[]).await;
+    let elsewhere = TempDir::new().unwrap();
+    let odd = elsewhere.path().join("my laptop's key.key");
+    fs::copy(&alice, &odd).unwrap();
+    let gate = gate.to_string();
+    let out = tokio::task::block_in_place(|| check(&gate, &odd, &["--id", "alice"]));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("admitted as alice"));
+    serve.wait_for_log(&["admitted", "key_id=alice"]).await;
+    let out = tokio::task::block_in_place(|| check(&gate, &odd, &[]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid key id"));
+}
+
 /// Flags that would be silently ignored are refused instead.
 #[test]
 fn flags_that_cannot_apply_are_refused() {
