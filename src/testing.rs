@@ -522,7 +522,7 @@ impl Probe {
                 check,
                 Status::Fail,
                 format!(
-                    "still open after {:.0} s: a silent client holds a slot indefinitely",
+                    "still open after {:.0} s: a silent client holds a handshake slot at least that long (a handshake timeout longer than this limit, or none)",
                     self.silent_limit.as_secs_f64()
                 ),
             ),

@@ -397,7 +397,9 @@ impl std::str::FromStr for TunnelKeepalive {
 
 /// A mode for --mode: the multiplexed ones are asked for with `connect --mux`.
 pub(crate) fn session_mode(text: &str) -> Result<Mode, String> {
-    let mode: Mode = text.parse()?;
+    let mode: Mode = text
+        .parse()
+        .map_err(|_| format!("unknown mode {text:?} (use sealed-fs, sealed or plain)"))?;
     if mode.is_multiplexed() {
         return Err(format!(
             "{mode} is not chosen with --mode: use `linkgate connect --mux --mode {}`",

@@ -522,6 +522,9 @@ fn explain_failure(server: &str, credentials: &Credentials, err: &Error) -> Stri
             "not admitted by {server}: it speaks linkgate/1, not the seed protocol (leave out --protocol {})",
             credentials.protocol().name()
         ),
+        Error::ClosedEarly => format!(
+            "not admitted by {server} as {id}: it closed the connection during the handshake (a gate does that, without a word, to a source it is penalizing for failed handshakes or when it is full; its log says which)"
+        ),
         Error::Io(io) => match io.kind() {
             io::ErrorKind::ConnectionRefused => format!(
                 "cannot connect to {server}: connection refused (is the gate running and listening there?)"

@@ -226,6 +226,12 @@ fn tell_client_commands(key_path: &Path, server: &str) -> Result<()> {
 
 fn create_private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
+    if dir.exists() && !dir.is_dir() {
+        anyhow::bail!(
+            "{} is not a directory, so the demo's key cannot go there: name your keys with --keys PATH",
+            dir.display()
+        );
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -18,11 +18,23 @@ pub(crate) fn report(err: &clap::Error) -> ExitCode {
         }
         _ => {}
     }
-    crate::output::say_err!(
-        "linkgate: {}",
-        one_line(err, &std::env::args().collect::<Vec<_>>())
-    );
+    let argv: Vec<String> = std::env::args().collect();
+    crate::logging::print_error(format_asked(&argv), &one_line(err, &argv));
     ExitCode::from(2)
+}
+
+/// The log format the command line asked for, read from the raw arguments: they did not parse,
+/// yet an operator who asked for JSON gets the usage error as JSON too.
+fn format_asked(argv: &[String]) -> crate::args::LogFormat {
+    let json = argv.iter().enumerate().any(|(at, arg)| {
+        arg == "--log-format=json"
+            || (arg == "--log-format" && argv.get(at + 1).is_some_and(|next| next == "json"))
+    });
+    if json {
+        crate::args::LogFormat::Json
+    } else {
+        crate::args::LogFormat::Text
+    }
 }
 
 /// The one line for `err`, given the command line it came from.

@@ -777,6 +777,21 @@ async fn with_json_logs_every_line_of_a_failing_start_is_json() {
         }
         assert!(stderr.contains("\"error\""), "{stderr}");
     }
+    // Usage errors (status 2) too, though the arguments did not parse.
+    for args in [
+        vec!["--log-format", "json", "serv"],
+        vec!["--log-format=json", "check", "--timeout", "5x"],
+    ] {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let value: serde_json::Value = serde_json::from_str(stderr.trim())
+            .unwrap_or_else(|err| panic!("not JSON ({err}): {stderr}"));
+        assert!(
+            value["error"].as_str().unwrap().contains("see 'linkgate"),
+            "{stderr}"
+        );
+    }
     // check's result, as JSON too.
     let keys = TempDir::new().unwrap();
     let key = keygen(keys.path(), "alice");
