@@ -373,7 +373,7 @@ pub(crate) fn log_close(
                 context.cut_off.streams.fetch_add(1, Ordering::Relaxed);
             }
             tracing::info!(%service, %conn, stream, %peer, via = via_field(who), %key_id, duration_ms,
-                "closed: still open at the drain deadline (cut off)");
+                "closed: still open at shutdown (cut off: the drain deadline or a second signal)");
             ("cut_off", Bytes::default())
         }
     };

@@ -41,10 +41,16 @@ type TunnelOutcome = Arc<std::sync::OnceLock<StreamsEnded>>;
 struct CutOffOnDrop<'a> {
     outcome: TunnelOutcome,
     context: &'a ServeContext,
+    who: &'a Admission,
+    started: Instant,
+    /// Streams the tunnel carried, for its close line.
+    opened: u64,
     armed: bool,
 }
 
 impl Drop for CutOffOnDrop<'_> {
+    /// A tunnel dropped while still serving was cut off at shutdown: its streams are logged as
+    /// such, and so is the tunnel itself (every admitted connection gets a close line).
     fn drop(&mut self) {
         if self.armed {
             let _ = self.outcome.set(StreamsEnded::CutOff);
@@ -54,6 +60,11 @@ impl Drop for CutOffOnDrop<'_> {
                     .tunnels
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
+            let who = self.who;
+            tracing::info!(service = %self.context.service, conn = %who.connection_id(),
+                peer = %peer_text(who), key_id = %who.key_id(), streams = self.opened,
+                duration_ms = self.started.elapsed().as_millis() as u64,
+                "tunnel closed: still open at shutdown (cut off: the drain deadline or a second signal)");
         }
     }
 }
@@ -126,9 +137,11 @@ async fn serve<IO>(
     let mut cut_off = CutOffOnDrop {
         outcome: Arc::clone(&outcome),
         context: &context,
+        who: &who,
+        started,
+        opened: 0,
         armed: true,
     };
-    let mut opened = 0u64;
     let mut draining = false;
     // Made once, not once per stream: each would register with its notifier anew.
     let drain_signal = context.draining.cancelled();
@@ -145,7 +158,7 @@ async fn serve<IO>(
             () = &mut revocation => break TunnelEnd::Revoked,
             incoming = server.next_stream() => match incoming {
                 Some(Ok(incoming)) => {
-                    opened += 1;
+                    cut_off.opened += 1;
                     let (who, outcome) = (who.clone(), Arc::clone(&outcome));
                     // Boxed: the future is nearly 2 KiB, and spawning moves it several times
                     // over (into the tracker, the task, its cell); boxed, each move is a pointer.
@@ -163,7 +176,6 @@ async fn serve<IO>(
             },
         }
     };
-    cut_off.armed = false;
     if matches!(end, TunnelEnd::Revoked) {
         let _ = outcome.set(StreamsEnded::Revoked);
     }
@@ -171,6 +183,9 @@ async fn serve<IO>(
     drop(server);
     streams.close();
     streams.wait().await;
+    // Cut off until here: shutdown may come while the last streams finish.
+    cut_off.armed = false;
+    let opened = cut_off.opened;
     let duration_ms = started.elapsed().as_millis() as u64;
     let (peer, key_id) = (peer_text(&who), who.key_id());
     match end {

@@ -707,7 +707,7 @@ async fn drain_timeout_cuts_off_a_stuck_connection_and_still_exits_zero() {
             .wait_for_log(&["closing the connections still open"])
             .await;
         serve
-            .wait_for_log(&["closed: still open at the drain deadline", "key_id=alice"])
+            .wait_for_log(&["closed: still open at shutdown", "key_id=alice"])
             .await;
         let end = stuck.read_to_end(&mut Vec::new()).await;
         assert!(

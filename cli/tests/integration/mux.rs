@@ -991,19 +991,31 @@ async fn streams_still_open_at_the_gates_drain_deadline_are_cut_off_reset_and_co
     );
     // The gate's side: each stream is logged as cut off, not as an error …
     let line = serve
-        .wait_for_log(&[
-            "closed: still open at the drain deadline (cut off)",
-            "stream=",
-        ])
+        .wait_for_log(&["closed: still open at shutdown (cut off", "stream="])
         .await;
     assert!(line.contains("key_id=alice"), "{line}");
     let stderr = serve.stderr();
+    let cut_off = |line: &&str| line.contains("closed: still open at shutdown (cut off");
     assert_eq!(
         stderr
-            .matches("closed: still open at the drain deadline (cut off)")
+            .lines()
+            .filter(cut_off)
+            .filter(|line| line.contains("stream="))
             .count(),
         2,
         "{stderr}"
+    );
+    // … and so is the tunnel that carried them, once.
+    let tunnel: Vec<&str> = stderr
+        .lines()
+        .filter(cut_off)
+        .filter(|line| line.contains("tunnel closed"))
+        .collect();
+    assert_eq!(tunnel.len(), 1, "{stderr}");
+    assert!(
+        tunnel[0].contains("streams=2") && tunnel[0].contains("key_id=alice"),
+        "{}",
+        tunnel[0]
     );
     assert!(!stderr.contains("closed after an error"), "{stderr}");
     // … and the "stopped" line counts the streams, not the tunnel that carried them.
