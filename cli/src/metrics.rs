@@ -60,6 +60,9 @@ struct ClosedLabels {
     result: &'static str,
 }
 
+/// How an admitted connection can end, as `connections_closed_total` labels it.
+const CLOSE_RESULTS: [&str; 4] = ["ok", "error", "revoked", "cut_off"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
@@ -218,10 +221,24 @@ impl Metrics {
 
     /// The handle one service reports through.
     pub(crate) fn service(self: &Arc<Self>, name: &str) -> ServiceMetrics {
-        ServiceMetrics {
+        let service = ServiceMetrics {
             metrics: Arc::clone(self),
             service: name.to_owned(),
+        };
+        // Shown as 0 from the start, not missing until first used: a dashboard or an alert
+        // on rate() needs the series to exist.
+        let label = service.label();
+        drop(self.accepted.get_or_create(&label));
+        drop(self.in_progress.get_or_create(&label));
+        drop(self.open.get_or_create(&label));
+        drop(self.tunnels.get_or_create(&label));
+        for result in CLOSE_RESULTS {
+            drop(self.closed.get_or_create(&ClosedLabels {
+                service: name.to_owned(),
+                result,
+            }));
         }
+        service
     }
 
     /// Brings the dropped-lines counter up to `total` (the log writer's own count).

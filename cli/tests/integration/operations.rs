@@ -253,6 +253,19 @@ async fn metrics_count_what_happened_and_parse() {
     .await;
     serve.wait_for_log(&["serving metrics"]).await;
 
+    // Before any connection, the service's series are there at 0, not missing.
+    let fresh = scrape(&metrics).await;
+    for series in [
+        "linkgate_connections_accepted_total{service=\"default\"}",
+        "linkgate_handshakes_in_progress{service=\"default\"}",
+        "linkgate_connections_open{service=\"default\"}",
+        "linkgate_tunnels_open{service=\"default\"}",
+        "linkgate_connections_closed_total{service=\"default\",result=\"ok\"}",
+        "linkgate_connections_closed_total{service=\"default\",result=\"cut_off\"}",
+    ] {
+        assert_eq!(sample(&fresh, series), 0.0, "{series} in:\n{fresh}");
+    }
+
     // 3 admissions with 10 bytes each way, 2 denials (one claiming an id nobody has),
     // 1 malformed, 1 timeout.
     for _ in 0..3 {
