@@ -369,6 +369,9 @@ pub enum KeyFileProblem {
         "not a key: expected one line of hex (linkgate keygen), one line of base64, or 32 to 64 raw bytes (spiped's format)"
     )]
     NotAKey,
+    /// Replacing a key: the path is a symbolic link, which is never written through.
+    #[error("is a symbolic link: a key is replaced only in a regular file (remove the link first)")]
+    Symlink,
     /// Nearly a line of hex, as keygen writes: a digit lost, or a letter mistyped.
     #[error("looks like a hex key with a typo: {0}")]
     MistypedHex(String),

@@ -390,44 +390,60 @@ pub fn key_files_in(dir: &Path, options: &KeyFileOptions) -> Result<Vec<PathBuf>
 /// Writes the key as one line of hex, mode 0600.
 pub(crate) fn write(key: &Key, path: &Path, replace: bool) -> Result<()> {
     if !replace {
-        return write_new(key, path, path);
+        return write_new(key, path);
     }
-    // Replacing: the key goes to a new file beside the old one, which is then renamed over it.
-    // Writing through the old path would follow a symlink there to whatever it points at, and
-    // a crash half-way would leave neither key.
-    let mut suffix = [0u8; 8];
-    crate::keys::fill_random(&mut suffix)?;
-    let name = path.file_name().map_or_else(
-        || std::ffi::OsString::from("key"),
-        std::ffi::OsStr::to_os_string,
-    );
-    let mut temporary = std::ffi::OsString::from(".");
-    temporary.push(&name);
-    temporary.push(format!(".{}.tmp", hex::encode(suffix)));
-    let temporary = path.with_file_name(temporary);
-    write_new(key, &temporary, path)?;
-    fs::rename(&temporary, path).map_err(|err| {
-        let _ = fs::remove_file(&temporary);
-        file_error(path, KeyFileProblem::Unwritable(err))
-    })
+    // Replaced in place, so the file keeps its owner and group (a key made by root for the
+    // service's user stays readable by it). Never through a symlink: that would send the key,
+    // and a chmod, to whatever the link points at.
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+    }
+    let mut file = options.open(path).map_err(|err| {
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        let problem = match err.raw_os_error() {
+            #[cfg(unix)]
+            Some(libc::ELOOP) => KeyFileProblem::Symlink,
+            _ if err.kind() == io::ErrorKind::NotFound && parent.is_some_and(|p| !p.exists()) => {
+                KeyFileProblem::NoDirectory(parent.unwrap_or(path).to_path_buf())
+            }
+            _ => KeyFileProblem::Unwritable(err),
+        };
+        file_error(path, problem)
+    })?;
+    let unwritable = |err| file_error(path, KeyFileProblem::Unwritable(err));
+    // `mode` only applies to a file it creates; a replaced one is set to 0600 here.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(unwritable)?;
+    }
+    file.write_all(key.to_hex_line().as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(unwritable)
 }
 
-/// Creates `path` (mode 0600 on Unix) and writes the key to it; errors name `shown`.
-fn write_new(key: &Key, path: &Path, shown: &Path) -> Result<()> {
+/// Creates `path` (mode 0600 on Unix) and writes the key to it. A write that fails removes the
+/// new file, so no half-written key is left.
+fn write_new(key: &Key, path: &Path) -> Result<()> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path).map_err(|err| {
-        let parent = shown.parent().filter(|p| !p.as_os_str().is_empty());
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
         let problem = match err.kind() {
             io::ErrorKind::AlreadyExists => KeyFileProblem::AlreadyExists,
             io::ErrorKind::NotFound if parent.is_some_and(|p| !p.exists()) => {
-                KeyFileProblem::NoDirectory(parent.unwrap_or(shown).to_path_buf())
+                KeyFileProblem::NoDirectory(parent.unwrap_or(path).to_path_buf())
             }
             _ => KeyFileProblem::Unwritable(err),
         };
-        file_error(shown, problem)
+        file_error(path, problem)
     })?;
     let written = file
         .write_all(key.to_hex_line().as_bytes())
@@ -435,7 +451,7 @@ fn write_new(key: &Key, path: &Path, shown: &Path) -> Result<()> {
     if let Err(err) = written {
         drop(file);
         let _ = fs::remove_file(path);
-        return Err(file_error(shown, KeyFileProblem::Unwritable(err)));
+        return Err(file_error(path, KeyFileProblem::Unwritable(err)));
     }
     Ok(())
 }

@@ -249,8 +249,9 @@ impl Key {
         key_file::write(self, path.as_ref(), false)
     }
 
-    /// Writes the key as one line of hex, replacing any existing file; the file ends with mode
-    /// 0600 whatever it had before.
+    /// Writes the key as one line of hex, replacing any existing file in place: it keeps its
+    /// owner and group and ends with mode 0600 whatever it had before. A symbolic link is
+    /// refused, never written through.
     pub fn write_file_replacing(&self, path: impl AsRef<Path>) -> Result<()> {
         key_file::write(self, path.as_ref(), true)
     }

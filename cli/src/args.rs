@@ -97,7 +97,8 @@ pub(crate) struct ProbeArgs {
   several services in one process:
     linkgate serve --config /etc/linkgate/linkgate.toml
 
-SIGHUP reloads the keys (never stops the process); SIGINT/SIGTERM drain, a second one stops.
+SIGHUP reloads the keys (never stops the process; other config changes need a restart);
+SIGINT/SIGTERM drain, a second one stops.
 With neither --upstream nor --keys, serves the built-in echo service on 127.0.0.1:7700 with the
 keys in keys/, creating keys/default.key if there is none and printing the client's commands.")]
 pub(crate) struct ServeArgs {

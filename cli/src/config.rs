@@ -84,7 +84,13 @@ impl ConfigFile {
                     service.name
                 );
             }
-            if let Some((_, other)) = listening.iter().find(|(addr, _)| **addr == service.listen) {
+            // Port 0 is a free port each: two of them never clash.
+            let any_port = matches!(&service.listen,
+                ListenAddr::Tcp(addr) if crate::addr::check_host_port(addr) == Ok(0));
+            if let Some((_, other)) = listening
+                .iter()
+                .find(|(addr, _)| !any_port && **addr == service.listen)
+            {
                 bail!(
                     "config file {}: services {other} and {} both listen on {}",
                     path.display(),
@@ -202,6 +208,12 @@ keys = "k2"
                 "[[service]]\nname = \"a\"\n[[service]]\nname = \"b\"\n".to_owned(),
                 "services a and b both listen on 127.0.0.1:7700",
             ),
+            (
+                "[[service]]\nname = \"a\"\nlisten = \"unix:/run/g.sock\"\n\
+                 [[service]]\nname = \"b\"\nlisten = \"unix:/run/g.sock\"\n"
+                    .to_owned(),
+                "services a and b both listen on unix:/run/g.sock",
+            ),
             ("[[service]]\nname = \"\"\n".to_owned(), "service name \"\""),
             (
                 "[[service]]\nname = \"a\\nb\"\n".to_owned(),
@@ -240,6 +252,10 @@ keys = "k2"
             assert!(err.contains(says), "{text:?}: {err}");
             assert!(!err.contains('\n'), "one line: {err:?}");
         }
+        // Port 0 is a free port for each: no clash.
+        let free = "[[service]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\n\
+                    [[service]]\nname = \"b\"\nlisten = \"127.0.0.1:0\"\n";
+        assert!(parse(free).is_ok());
         // Penalties off: their bounds do not matter.
         let off =
             format!("{service}no-penalties = true\npenalty-min = \"1m\"\npenalty-max = \"10s\"\n");

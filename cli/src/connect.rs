@@ -42,7 +42,7 @@ pub(crate) async fn run(args: ConnectArgs, systemd_sockets: SystemdSockets) -> R
     let reuse_port = threads > 1 && matches!(args.listen, crate::addr::ListenAddr::Tcp(_));
     let bound =
         listen::bind_shared(&args.listen, args.socket_mode, &systemd_sockets, reuse_port).await?;
-    refuse_own_address(&bound, &args.client.server)?;
+    refuse_own_address(&bound, &args.client.server).await?;
     let mode = match credentials.mode().multiplexed() {
         Some(mux) if args.mux => mux,
         _ => credentials.mode(),
@@ -397,6 +397,10 @@ impl<L: LocalListener> futures_core::Stream for Accepted<L> {
 const UPSTREAM_VERDICT_WAIT: Duration = Duration::from_secs(2);
 /// How long `check --protocol seed` waits for a refusing server to close.
 const SEED_VERDICT_WAIT: Duration = Duration::from_millis(500);
+/// The same for `seed-md5`: a gate of the SHA-256 variant (linkgate's, or the Python package's)
+/// takes our 16-byte answer as the start of a 32-byte one and waits for the rest until its
+/// handshake timeout (5 s by default) before it closes.
+const SEED_MD5_VERDICT_WAIT: Duration = Duration::from_secs(6);
 
 pub(crate) async fn check(args: CheckArgs, format: LogFormat) -> Result<()> {
     let credentials = keys::credentials(&args.client)?;
@@ -418,10 +422,11 @@ pub(crate) async fn check(args: CheckArgs, format: LogFormat) -> Result<()> {
                 }
             }
         };
-        if tokio::time::timeout(SEED_VERDICT_WAIT, closed)
-            .await
-            .is_ok()
-        {
+        let wait = match credentials.protocol() {
+            linkgate::Protocol::SeedMd5 => SEED_MD5_VERDICT_WAIT,
+            _ => SEED_VERDICT_WAIT,
+        };
+        if tokio::time::timeout(wait, closed).await.is_ok() {
             bail!(
                 "not admitted by {server}: it closed the connection after our answer (wrong key, or the other digest: --protocol seed is HMAC-SHA-256, seed-md5 HMAC-MD5)"
             );
@@ -477,24 +482,31 @@ fn report(format: LogFormat, id: &str, mode: &str, upstream: &str) -> Result<()>
 }
 
 /// `--server` naming the address `connect` itself listens on would make every client
-/// connection open another through itself, until the process runs out of descriptors.
-fn refuse_own_address(bound: &listen::Bound, server: &str) -> Result<()> {
-    let (listen::Bound::Tcp(listener), Ok(server_addr)) =
-        (bound, server.parse::<std::net::SocketAddr>())
-    else {
+/// connection open another through itself, until the process runs out of descriptors. Names
+/// are resolved (briefly; one that does not resolve yet is left to the first connection).
+async fn refuse_own_address(bound: &listen::Bound, server: &str) -> Result<()> {
+    let listen::Bound::Tcp(listener) = bound else {
         return Ok(());
     };
     let Ok(local) = listener.local_addr() else {
         return Ok(());
     };
-    let reaches_us = local == server_addr
-        || (local.ip().is_unspecified()
-            && local.port() == server_addr.port()
-            && (server_addr.ip().is_loopback() || server_addr.ip().is_unspecified()));
-    if reaches_us {
-        bail!(
-            "--server {server} is the address this connect listens on ({local}): it would connect to itself"
-        );
+    let resolving = tokio::net::lookup_host(server);
+    let Ok(Ok(resolved)) = tokio::time::timeout(Duration::from_secs(1), resolving).await else {
+        return Ok(());
+    };
+    for target in resolved {
+        // Connecting to 0.0.0.0 (or ::) reaches this machine, as loopback does.
+        let here = |ip: std::net::IpAddr| ip.is_loopback() || ip.is_unspecified();
+        let reaches_us = target.port() == local.port()
+            && (target.ip() == local.ip()
+                || (local.ip().is_unspecified() && here(target.ip()))
+                || (target.ip().is_unspecified() && here(local.ip())));
+        if reaches_us {
+            bail!(
+                "--server {server} is the address this connect listens on ({local}): it would connect to itself"
+            );
+        }
     }
     Ok(())
 }

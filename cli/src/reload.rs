@@ -30,6 +30,8 @@ impl Reloader {
     /// Reloads every service's keys; `false` if any kept its old keys.
     pub(crate) fn reload(&self, why: &str) -> bool {
         systemd::reloading();
+        // Before the keys' lines, so that a reload's last line ends what it has to say.
+        self.warn_if_config_changed();
         let mut all_ok = true;
         for service in &self.services {
             let name = &service.name;
@@ -75,7 +77,6 @@ impl Reloader {
         if let Some(metrics) = &self.metrics {
             metrics.reload(all_ok);
         }
-        self.warn_if_config_changed();
         systemd::ready(&self.status);
         all_ok
     }

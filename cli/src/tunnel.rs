@@ -49,8 +49,9 @@ struct CutOffOnDrop<'a> {
 }
 
 impl Drop for CutOffOnDrop<'_> {
-    /// A tunnel dropped while still serving was cut off at shutdown: its streams are logged as
-    /// such, and so is the tunnel itself (every admitted connection gets a close line).
+    /// A tunnel dropped while still serving was cut off at shutdown (or its task failed): its
+    /// streams are logged as cut off, and so is the tunnel itself (every admitted connection
+    /// gets a close line).
     fn drop(&mut self) {
         if self.armed {
             let _ = self.outcome.set(StreamsEnded::CutOff);
@@ -176,18 +177,30 @@ async fn serve<IO>(
             },
         }
     };
+    cut_off.armed = false;
+    let opened = cut_off.opened;
     if matches!(end, TunnelEnd::Revoked) {
         let _ = outcome.set(StreamsEnded::Revoked);
     }
     // Dropping the connection fails the streams still open (they reset their upstreams).
     drop(server);
+    // The tunnel's line now, as it has ended: a shutdown while its last streams finish below
+    // cuts off only them (they log that themselves).
+    log_tunnel_end(&context, &who, end, opened, started);
     streams.close();
     streams.wait().await;
-    // Cut off until here: shutdown may come while the last streams finish.
-    cut_off.armed = false;
-    let opened = cut_off.opened;
+}
+
+fn log_tunnel_end(
+    context: &ServeContext,
+    who: &Admission,
+    end: TunnelEnd,
+    opened: u64,
+    started: Instant,
+) {
+    let (service, conn) = (&context.service, who.connection_id());
     let duration_ms = started.elapsed().as_millis() as u64;
-    let (peer, key_id) = (peer_text(&who), who.key_id());
+    let (peer, key_id) = (peer_text(who), who.key_id());
     match end {
         TunnelEnd::Closed => tracing::info!(%service, %conn, %peer, %key_id, streams = opened,
             duration_ms, "tunnel closed"),

@@ -18,7 +18,10 @@ pub(crate) fn report(err: &clap::Error) -> ExitCode {
         }
         _ => {}
     }
-    let argv: Vec<String> = std::env::args().collect();
+    // args() would panic on an argument that is not UTF-8, the very input being reported.
+    let argv: Vec<String> = std::env::args_os()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
     crate::logging::print_error(format_asked(&argv), &one_line(err, &argv));
     ExitCode::from(2)
 }

@@ -70,11 +70,16 @@ class KeyFiles(unittest.TestCase):
                 ("lost", hex_key[1:], "63 hex digits, an odd number: one is missing or extra"),
                 ("mistyped", hex_key[:10] + "g" + hex_key[11:],
                  "character 11 ('g') is not a hex digit (0-9, a-f)"),
+                ("spaced", hex_key[:10] + "g" + hex_key[11:40] + " " + hex_key[41:],
+                 None),
                 ("two", hex_key[:10] + "xy" + hex_key[12:],
                  "characters 11 ('x') and one more are not hex digits")]:
             with self.subTest(name):
-                self.refused(self.write(f"{name}.key", contents),
-                             "looks like a hex key with a typo: " + says)
+                path = self.write(f"{name}.key", contents)
+                if says is None:  # a blank inside: no key at all, as the Rust crate says
+                    self.refused(path, "not a key")
+                else:
+                    self.refused(path, "looks like a hex key with a typo: " + says)
 
     def test_lengths(self):
         self.refused(self.write("short.key", "ab" * 15), "15 bytes long; it must be 16 to 64")

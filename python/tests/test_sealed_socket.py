@@ -201,6 +201,11 @@ class SealedSocketTests(unittest.TestCase):
         client.sendall(b"back")
         server.settimeout(5)
         self.assertEqual(server.recv(100), b"back")
+        # A half-close in non-blocking mode sends close_notify whole.
+        client.setblocking(False)
+        client.shutdown(socket.SHUT_WR)
+        self.assertEqual(client.gettimeout(), 0.0, "non-blocking again")
+        self.assertEqual(server.recv(100), b"")
 
     def test_a_block_that_raises_aborts_and_the_peer_sees_an_error(self):
         client, server = self.connect_pair()

@@ -33,8 +33,9 @@ impl SeedDigest {
     }
 }
 
-/// A client's answer: the HMAC of the nonce, [`SeedDigest::answer_len`] bytes.
-#[derive(Clone, PartialEq, Eq)]
+/// A client's answer: the HMAC of the nonce, [`SeedDigest::answer_len`] bytes. No `==`: a
+/// server compares answers in constant time ([`judge`]).
+#[derive(Clone)]
 pub struct SeedAnswer {
     bytes: [u8; MAX_ANSWER_LEN],
     len: usize,

@@ -418,7 +418,18 @@ fn written_key_files_are_private_and_not_overwritten() {
         other.to_hex_line()
     );
 
-    // Replacing a symlink replaces the link, never the file it points at.
+    // Replaced in place: the mode becomes 0600, the file stays the same file (its owner and
+    // group with it).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(mode_of(&path), 0o600);
+        let inode = fs::metadata(&path).unwrap().ino();
+        key.write_file_replacing(&path).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().ino(), inode);
+    }
+
+    // A symlink is refused, never written through.
     #[cfg(unix)]
     {
         let precious = dir.path().join("precious.txt");
@@ -426,21 +437,26 @@ fn written_key_files_are_private_and_not_overwritten() {
         set_mode(&precious, 0o644);
         let link = dir.path().join("link.key");
         std::os::unix::fs::symlink(&precious, &link).unwrap();
-        key.write_file_replacing(&link).unwrap();
+        let err = key.write_file_replacing(&link).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Error::Key(KeyError::File {
+                    problem: KeyFileProblem::Symlink,
+                    ..
+                })
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("is a symbolic link"), "{err}");
         assert_eq!(fs::read_to_string(&precious).unwrap(), "not a key\n");
         assert_eq!(mode_of(&precious), 0o644, "the target's mode is untouched");
-        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_file());
-        assert_eq!(mode_of(&link), 0o600);
-        assert_eq!(
-            Key::from_file(&link).unwrap().to_hex_line(),
-            key.to_hex_line()
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
         );
-        let leftovers: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name())
-            .filter(|name| name.to_string_lossy().ends_with(".tmp"))
-            .collect();
-        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 }
 

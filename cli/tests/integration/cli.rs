@@ -357,6 +357,29 @@ async fn check_protocol_seed_is_not_fooled_by_a_refusing_server() {
         message.contains("closed the connection after our answer"),
         "{message}"
     );
+
+    // An MD5 answer (16 bytes) to a SHA-256 seed gate: the gate waits for the rest until its
+    // handshake timeout; the check waits that out rather than call it an admission.
+    let (seed_gate, seed_addr) = start_serve(
+        dir.path(),
+        None,
+        &["--protocol", "seed", "--handshake-timeout", "1s"],
+    )
+    .await;
+    let seed_addr = seed_addr.to_string();
+    let out =
+        tokio::task::block_in_place(|| check(&seed_addr, &recipe, &["--protocol", "seed-md5"]));
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{message}");
+    assert!(message.contains("the other digest"), "{message}");
+    seed_gate.wait_for_log(&["connection rejected"]).await;
+    let out = tokio::task::block_in_place(|| check(&seed_addr, &recipe, &["--protocol", "seed"]));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `--server` is checked when `connect` starts, not when its first client arrives, and may not
@@ -392,10 +415,40 @@ fn connect_checks_its_server_address_at_start() {
         .unwrap()
         .port();
     let own = format!("127.0.0.1:{port}");
-    let out = run(&["connect", "--listen", &own, "--server", &own, "--key", key]);
-    let message = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{message}");
-    assert!(message.contains("it would connect to itself"), "{message}");
+    for server in [
+        own.clone(),
+        format!("localhost:{port}"),
+        format!("0.0.0.0:{port}"),
+    ] {
+        let out = run(&[
+            "connect", "--listen", &own, "--server", &server, "--key", key,
+        ]);
+        let message = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{server}: {message}");
+        assert!(
+            message.contains("it would connect to itself"),
+            "{server}: {message}"
+        );
+    }
+}
+
+/// An argument that is not UTF-8 is a usage error like any other, not a panic.
+#[cfg(unix)]
+#[test]
+fn an_argument_that_is_not_utf8_is_a_usage_error() {
+    use std::os::unix::ffi::OsStrExt;
+    let out = std::process::Command::new(process::BIN)
+        .arg("check")
+        .arg("--server")
+        .arg(std::ffi::OsStr::from_bytes(b"\xff:7700"))
+        .env("RUST_BACKTRACE", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("invalid UTF-8"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
 
 /// `--id` names the key, so the file may be called anything, even what is no key id.

@@ -255,8 +255,11 @@ def _load(path: PathLike, min_len: int, allow_open_permissions: bool,
     contents = _read(path, allow_open_permissions)
     secret = decode_key(contents)
     if secret is None:
-        is_text = all(b in _TEXT_BYTES for b in contents)
-        typo = _hex_typo(contents.strip(_WHITESPACE)) if is_text else None
+        # As decode_key judges it: only one line of text with no blank inside can be a typo.
+        text = contents.strip(_WHITESPACE)
+        one_word = all(b in _TEXT_BYTES for b in contents) and not any(
+            b in _WHITESPACE for b in text)
+        typo = _hex_typo(text) if one_word else None
         if typo is not None:
             raise _problem(path, f"looks like a hex key with a typo: {typo}")
         raise _problem(path, "not a key: expected one line of hex (linkgate keygen), base64, "

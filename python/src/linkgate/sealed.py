@@ -220,7 +220,16 @@ class SealedSocket:
                 if self._closed:
                     raise NetworkError("the sealed socket is closed", errno.EBADF)
                 if not self._write_shut:
-                    self._send_records(self._layer.close_notify())
+                    # close_notify is one small record: in non-blocking mode it may wait up to
+                    # a second for room rather than go out in part.
+                    saved = self.socket.gettimeout()
+                    if saved == 0.0:
+                        self.socket.settimeout(1.0)
+                    try:
+                        self._send_records(self._layer.close_notify())
+                    finally:
+                        if saved == 0.0 and self._failure is None:
+                            self.socket.settimeout(saved)
                     self._write_shut = True
         try:
             self.socket.shutdown(how)
@@ -236,7 +245,7 @@ class SealedSocket:
         if self._failure is None and not self._write_shut and self._write_lock.acquire(False):
             try:
                 saved = self.socket.gettimeout()
-                self.socket.settimeout(1.0 if saved is None else min(saved, 1.0))
+                self.socket.settimeout(1.0 if not saved else min(saved, 1.0))
                 self.socket.sendall(self._layer.close_notify())
                 self._write_shut = True
             except OSError:
