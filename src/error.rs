@@ -298,6 +298,13 @@ pub enum KeyError {
         /// Why it was refused.
         problem: KeyFileProblem,
     },
+    /// Key contents that came from elsewhere than a file ([`crate::Key::decode`]: standard
+    /// input, an environment variable) were refused.
+    #[error("{problem}")]
+    Contents {
+        /// Why they were refused.
+        problem: KeyFileProblem,
+    },
     /// Several key files in one directory were refused; every one is listed.
     #[error("{} key files in {} cannot be used: {}", problems.len(), dir.display(), list(problems))]
     Files {

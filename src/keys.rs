@@ -218,10 +218,8 @@ impl Key {
     /// # Ok::<_, linkgate::Error>(())
     /// ```
     pub fn decode(id: KeyId, contents: &[u8], allow_short: bool) -> Result<Self> {
-        let secret = key_file::decode(contents).map_err(|problem| KeyError::File {
-            path: format!("<{id}>").into(),
-            problem,
-        })?;
+        let secret =
+            key_file::decode(contents).map_err(|problem| KeyError::Contents { problem })?;
         if allow_short && !(1..=MAX_KEY_LEN).contains(&secret.len()) {
             return Err(KeyError::SeedLength(secret.len()).into());
         }

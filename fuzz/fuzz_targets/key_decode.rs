@@ -69,9 +69,8 @@ fuzz_target!(|data: &[u8]| {
                     "refused a length of {len}"
                 );
             }
-            Err(Error::Key(KeyError::File {
+            Err(Error::Key(KeyError::Contents {
                 problem: KeyFileProblem::NotAKey | KeyFileProblem::MistypedHex(_),
-                ..
             })) => {}
             Err(other) => panic!("unexpected error: {other:?}"),
         }

@@ -726,6 +726,11 @@ async fn keys_from_stdin_and_the_environment_never_echoed() {
         message.contains("$ALICE_KEY") && !message.contains("hunter2"),
         "{message}"
     );
+    // No file is involved, and the message does not pretend one is.
+    assert!(
+        message.contains("the key in $ALICE_KEY: not a key") && !message.contains("key file"),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
