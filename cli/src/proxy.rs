@@ -306,15 +306,26 @@ pub(crate) fn proxy_header(
 }
 
 /// The built-in echo service, in any mode: what the client sends comes back, and its
-/// close_notify (or FIN) is answered with ours.
-async fn echo<IO: AsyncRead + AsyncWrite + Unpin>(admitted: Admitted<IO>) -> io::Result<Bytes> {
+/// close_notify (or FIN) is answered with ours. A failure (a tampered record, truncation)
+/// resets the client, as a forwarded connection's would: an error, never a clean end.
+async fn echo<IO: Socket + AsyncRead + AsyncWrite>(admitted: Admitted<IO>) -> io::Result<Bytes> {
     let (mut reader, mut writer) = tokio::io::split(admitted);
-    let echoed = tokio::io::copy(&mut reader, &mut writer).await?;
-    writer.shutdown().await?;
-    Ok(Bytes {
-        inbound: echoed,
-        outbound: echoed,
-    })
+    let echoed = async {
+        let echoed = tokio::io::copy(&mut reader, &mut writer).await?;
+        writer.shutdown().await?;
+        Ok(echoed)
+    }
+    .await;
+    match echoed {
+        Ok(echoed) => Ok(Bytes {
+            inbound: echoed,
+            outbound: echoed,
+        }),
+        Err(err) => {
+            reader.unsplit(writer).get_ref().set_reset_on_close();
+            Err(err)
+        }
+    }
 }
 
 /// The client for logs: the real one (behind a balancer, the one its header named).

@@ -424,3 +424,36 @@ async fn key_updates_every_four_records_through_the_chain() {
     let received = echo_through(TcpStream::connect(local).await.unwrap(), data).await;
     assert_eq!(Sha256::digest(&received), digest);
 }
+
+/// A record that fails to open is answered with a reset, whatever serves the connection: the
+/// built-in echo as much as a forwarded upstream (PROTOCOL.md, "Failure").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_record_to_the_built_in_echo_is_answered_with_a_reset() {
+    let dir = TempDir::new().unwrap();
+    let key = keygen(dir.path(), "alice");
+    let (serve, gate) = start_serve(dir.path(), None, &[]).await;
+    let credentials = linkgate::Credentials::new(linkgate::Key::from_file(&key).unwrap());
+    let mut admitted = linkgate::connect(gate, &credentials).await.unwrap();
+    admitted.write_all(b"first").await.unwrap();
+    let mut echoed = [0u8; 5];
+    admitted.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"first");
+    // Under the sealing: a record header and 17 bytes that are no valid ciphertext.
+    let tcp = admitted.get_mut();
+    tcp.write_all(&[0x17, 0x03, 0x03, 0x00, 0x11])
+        .await
+        .unwrap();
+    tcp.write_all(&[0u8; 17]).await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest))
+        .await
+        .expect("the gate answers");
+    assert!(
+        matches!(&read, Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset),
+        "a reset, not an end: {read:?} after {} bytes",
+        rest.len()
+    );
+    serve
+        .wait_for_log(&["closed after an error", "record_bad_tag"])
+        .await;
+}
