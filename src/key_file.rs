@@ -182,11 +182,15 @@ fn hex_typo(text: &[u8]) -> Option<String> {
             at + 1,
             char::from(b)
         )),
-        (Some((at, &b)), Some(_), None) if b.is_ascii_alphanumeric() => Some(format!(
-            "characters {} ({:?}) and one more are not hex digits (0-9, a-f)",
-            at + 1,
-            char::from(b)
-        )),
+        (Some((at, &b)), Some((_, &c)), None)
+            if b.is_ascii_alphanumeric() && c.is_ascii_alphanumeric() =>
+        {
+            Some(format!(
+                "characters {} ({:?}) and one more are not hex digits (0-9, a-f)",
+                at + 1,
+                char::from(b)
+            ))
+        }
         _ => None,
     }
 }

@@ -87,6 +87,8 @@ class Vectors(unittest.TestCase):
                          self.hexed(section, "c2s_key"))
         self.assertEqual(protocol.expand_label(secrets.c2s, b"iv", 12),
                          self.hexed(section, "c2s_iv"))
+        self.assertEqual(protocol.expand_label(secrets.s2c, b"key", 32),
+                         self.hexed(section, "s2c_key"))
         self.assertEqual(protocol.expand_label(secrets.s2c, b"iv", 12),
                          self.hexed(section, "s2c_iv"))
 

@@ -121,7 +121,9 @@ fn check_sealed_vectors(v: &serde_json::Value, client: &SessionSecrets, server: 
     let (key, iv) = client.c2s.key_and_iv();
     assert_eq!(key.to_vec(), hex_of(v, "c2s_key"));
     assert_eq!(iv.to_vec(), hex_of(v, "c2s_iv"));
-    assert_eq!(client.s2c.key_and_iv().1.to_vec(), hex_of(v, "s2c_iv"));
+    let (s2c_key, s2c_iv) = client.s2c.key_and_iv();
+    assert_eq!(s2c_key.to_vec(), hex_of(v, "s2c_key"));
+    assert_eq!(s2c_iv.to_vec(), hex_of(v, "s2c_iv"));
     assert_eq!(
         client.s2c.next().bytes().to_vec(),
         hex_of(v, "s2c_next_secret")

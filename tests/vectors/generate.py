@@ -114,6 +114,7 @@ def mode_vectors(mode):
         s2c_secret=s2c.hex(),
         c2s_key=expand_label(c2s, b"key", 32).hex(),
         c2s_iv=expand_label(c2s, b"iv", 12).hex(),
+        s2c_key=expand_label(s2c, b"key", 32).hex(),
         s2c_iv=expand_label(s2c, b"iv", 12).hex(),
         c2s_record_hello_seq0=seal(c2s, 0, 0x17, b"hello").hex(),
         c2s_record_close_notify_seq1=seal(c2s, 1, 0x15, b"\x01\x00").hex(),

@@ -235,9 +235,9 @@ def _hex_typo(text: bytes) -> Optional[str]:
     not_hex = [(at, b) for at, b in enumerate(text) if b not in _HEX_DIGITS][:3]
     if not not_hex:
         return f"{len(text)} hex digits, an odd number: one is missing or extra"
-    at, b = not_hex[0]
-    if not chr(b).isalnum() or not chr(b).isascii():
+    if len(not_hex) > 2 or not all(chr(b).isascii() and chr(b).isalnum() for _, b in not_hex):
         return None
+    at, b = not_hex[0]
     if len(not_hex) == 1:
         return f"character {at + 1} ({chr(b)!r}) is not a hex digit (0-9, a-f)"
     if len(not_hex) == 2:
