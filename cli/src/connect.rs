@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use arc_swap::ArcSwap;
 use linkgate::ServeOptions;
-use linkgate::mux::{MuxConfig, Pool, PoolConfig};
+use linkgate::mux::{MuxConfig, Pacing, Pool, PoolConfig};
 use linkgate::record::RecordLimits;
 use linkgate::{Credentials, Error, Rejection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -125,6 +125,9 @@ impl TunnelThreads {
         let count = Self::count(args);
         let threads = Threads::start(count)?;
         let mut pools = Vec::with_capacity(count);
+        // One pacing for all the pools: while the gate refuses, they try one at a time, and
+        // not again for a minute (this host would otherwise be penalized into lockout).
+        let pacing = Pacing::new();
         for index in 0..count {
             // Tunnels numbered across the threads: thread 0 has slots 0.., thread 1 the next.
             let first_slot = (0..index).map(|i| share(args.tunnels, count, i)).sum();
@@ -134,8 +137,13 @@ impl TunnelThreads {
                 .with_first_slot(first_slot);
             // The pool's tunnels are spawned on the thread it serves.
             let _on_thread = threads.enter(index);
-            let pool = Pool::new(args.client.server.clone(), credentials.clone(), config)
-                .map_err(|err| anyhow!("--mux: {err}"))?;
+            let pool = Pool::with_pacing(
+                args.client.server.clone(),
+                credentials.clone(),
+                config,
+                &pacing,
+            )
+            .map_err(|err| anyhow!("--mux: {err}"))?;
             pools.push(pool);
         }
         Ok(Self {

@@ -33,6 +33,7 @@
 
 mod coalesce;
 mod keepalive;
+mod pacing;
 mod pool;
 mod stream;
 
@@ -49,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admitted::{Admission, Admitted, ConnectionId};
 use crate::mode::Mode;
 
+pub use pacing::Pacing;
 pub use pool::{Pool, PoolConfig};
 pub use stream::{MuxReadHalf, MuxStream, MuxWriteHalf};
 

@@ -10,6 +10,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::pacing::{Pacing, REFUSED_PAUSE};
 use super::{MuxConfig, MuxStream, Tunnel};
 use crate::client::Credentials;
 use crate::error::{Error, Rejection};
@@ -80,8 +81,11 @@ impl PoolConfig {
 
 /// A small set of multiplexed tunnels to one gate: [`Pool::open`] carries a new connection
 /// over whichever is up, and each tunnel that drops is re-established in the background, with
-/// exponential backoff while the gate cannot be reached. Dropping the pool closes the tunnels
-/// once their streams are done.
+/// exponential backoff while the gate cannot be reached. When the gate *refuses* a tunnel (a
+/// wrong key, a mode it does not allow), the error says so and no tunnel is tried again for a
+/// minute: retrying sooner would add to the gate's penalty for this host until it refused every
+/// client here at accept (see [`Pacing`]). Dropping the pool closes the tunnels once their
+/// streams are done.
 pub struct Pool {
     inner: Arc<Inner>,
 }
@@ -93,6 +97,8 @@ struct Inner {
     /// Woken when a tunnel comes up.
     up: Notify,
     last_error: ArcSwapOption<String>,
+    /// Shared with other pools to the same gate, if any.
+    pacing: Pacing,
     next: AtomicUsize,
     stop: CancellationToken,
 }
@@ -115,6 +121,18 @@ impl Pool {
         credentials: Credentials,
         config: PoolConfig,
     ) -> io::Result<Self> {
+        Self::with_pacing(server, credentials, config, &Pacing::new())
+    }
+
+    /// [`Pool::new`], with attempts paced together with every other pool given the same
+    /// `pacing`: several pools to one gate (one per thread, say) then make one attempt at a
+    /// time while the gate is not known to admit them, and all wait after a refusal.
+    pub fn with_pacing(
+        server: impl Into<String>,
+        credentials: Credentials,
+        config: PoolConfig,
+        pacing: &Pacing,
+    ) -> io::Result<Self> {
         let credentials = multiplexed(credentials)?;
         let inner = Arc::new(Inner {
             server: server.into(),
@@ -124,6 +142,7 @@ impl Pool {
                 .collect(),
             up: Notify::new(),
             last_error: ArcSwapOption::empty(),
+            pacing: pacing.clone(),
             next: AtomicUsize::new(0),
             stop: CancellationToken::new(),
         });
@@ -169,12 +188,14 @@ impl Pool {
                 return Ok(stream);
             }
             if tokio::time::timeout_at(deadline, came_up).await.is_err() {
+                // A pool waiting out another's refusal has no error of its own: it has the
+                // other's.
                 let why = self
                     .inner
                     .last_error
-                    .load()
-                    .as_deref()
-                    .map_or_else(|| "still connecting".to_owned(), Clone::clone);
+                    .load_full()
+                    .or_else(|| self.inner.pacing.refusal())
+                    .map_or_else(|| "still connecting".to_owned(), |why| why.to_string());
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(
@@ -232,16 +253,27 @@ fn multiplexed(credentials: Credentials) -> io::Result<Credentials> {
 
 /// Keeps one slot's tunnel up until the pool is dropped.
 async fn keep_up(inner: Arc<Inner>, index: usize, config: PoolConfig) {
+    let pacing = &inner.pacing;
     // In log lines.
     let slot = config.first_slot.saturating_add(index);
     let mut backoff = config.min_backoff;
     loop {
+        let turn = tokio::select! {
+            () = inner.stop.cancelled() => return,
+            turn = pacing.turn() => turn,
+        };
         let credentials = inner.credentials.load_full();
         let attempt = async {
             let admitted = crate::connect(inner.server.as_str(), &credentials)
                 .await
-                .map_err(explain)?;
-            Tunnel::new(admitted, &config.mux).await
+                .map_err(|err| {
+                    // The gate answered, and said no: trying again soon would not change that.
+                    let refused = matches!(err, Error::Rejected(_));
+                    (explain(err), refused)
+                })?;
+            Tunnel::new(admitted, &config.mux)
+                .await
+                .map_err(|err| (err, false))
         };
         let tunnel = tokio::select! {
             () = inner.stop.cancelled() => return,
@@ -249,6 +281,7 @@ async fn keep_up(inner: Arc<Inner>, index: usize, config: PoolConfig) {
         };
         match tunnel {
             Ok(tunnel) => {
+                turn.admitted();
                 backoff = config.min_backoff;
                 let conn = tunnel.admission().connection_id();
                 tracing::info!(server = %inner.server, %conn, key_id = %credentials.key_id(),
@@ -260,10 +293,21 @@ async fn keep_up(inner: Arc<Inner>, index: usize, config: PoolConfig) {
                     () = tunnel.closed() => {}
                 }
                 inner.slots[index].store(None);
+                pacing.lost();
                 tracing::warn!(server = %inner.server, %conn, slot,
                     "tunnel closed: its open streams are reset; establishing a new one");
             }
-            Err(err) => {
+            Err((err, true)) => {
+                tracing::warn!(server = %inner.server, slot, error = %err,
+                    retry_in_ms = REFUSED_PAUSE.as_millis() as u64,
+                    "tunnel refused by the gate: no tunnel is tried again before the pause is over");
+                inner.last_error.store(Some(Arc::new(err.to_string())));
+                turn.refused(REFUSED_PAUSE, err.to_string());
+                // The pause itself is kept by the pacing: every slot waits in `turn`.
+                backoff = config.max_backoff;
+            }
+            Err((err, false)) => {
+                turn.failed();
                 tracing::warn!(server = %inner.server, slot, error = %err,
                     retry_in_ms = backoff.as_millis() as u64, "tunnel could not be established");
                 inner.last_error.store(Some(Arc::new(err.to_string())));

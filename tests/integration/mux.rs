@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use linkgate::mux::{IncomingStream, MuxConfig, MuxServer, MuxStream, Pool, PoolConfig, Tunnel};
-use linkgate::{Credentials, Error, Gate, GateConfig, Key, Mode, Refusal, Rejection};
+use linkgate::{Credentials, Error, Gate, GateConfig, Key, KeyId, Mode, Refusal, Rejection};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -386,6 +386,51 @@ async fn a_pool_replaces_a_tunnel_that_drops() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(pool.tunnels_up(), 2);
+}
+
+/// A gate that refuses the pool's tunnels (a stale key) is tried once, not on the usual
+/// backoff: each refusal adds to the gate's penalty for this host, and a few per second would
+/// get every client here refused at accept. Pools sharing a pacing count as one.
+#[tokio::test]
+async fn a_refused_pool_tries_once_a_minute_and_says_why() {
+    let gate = mux_gate(&[&key("alice")]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&attempts);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.admit(tcp).await });
+        }
+    });
+    let stale = Key::generate(KeyId::new("alice").unwrap()).unwrap();
+    let pacing = linkgate::mux::Pacing::new();
+    let pools: Vec<Pool> = [3, 2]
+        .into_iter()
+        .map(|tunnels| {
+            let config = PoolConfig::default().with_tunnels(tunnels);
+            Pool::with_pacing(
+                addr.to_string(),
+                Credentials::new(stale.clone()),
+                config,
+                &pacing,
+            )
+            .unwrap()
+        })
+        .collect();
+    for pool in &pools {
+        let err = pool.open(Duration::from_millis(1500)).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("denied by the server"), "{err}");
+    }
+    assert_eq!(
+        attempts.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "five tunnels in two pools, one attempt in 3 s"
+    );
 }
 
 #[tokio::test]

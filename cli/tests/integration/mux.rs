@@ -660,7 +660,7 @@ async fn a_gate_with_no_mux_refuses_the_mode() {
         .await;
     connect
         .wait_for_log(&[
-            "tunnel could not be established",
+            "tunnel refused by the gate",
             "the gate refused mode sealed-fs+mux: it does not allow multiplexed tunnels",
         ])
         .await;
@@ -670,6 +670,13 @@ async fn a_gate_with_no_mux_refuses_the_mode() {
         upstream.accepts.load(std::sync::atomic::Ordering::SeqCst),
         0
     );
+    // Both tunnels (two threads) were tried once between them, not on the usual backoff: each
+    // refusal adds to the gate's penalty for this host.
+    let refusals = serve
+        .stderr()
+        .matches("multiplexed tunnels are not allowed")
+        .count();
+    assert_eq!(refusals, 1, "{}", serve.stderr());
 }
 
 /// Connects to `local`, sends `request` and asserts the connection is reset without an answer
@@ -864,7 +871,7 @@ async fn revoking_the_key_closes_the_tunnel_and_resets_its_connections() {
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
     // The pool cannot get a new tunnel with the revoked key: it says so.
     connect
-        .wait_for_log(&["tunnel could not be established", "denied"])
+        .wait_for_log(&["tunnel refused by the gate", "denied"])
         .await;
 }
 
