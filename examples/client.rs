@@ -62,6 +62,9 @@ async fn main() -> ExitCode {
         stream.write_all(message.as_bytes()).await?;
         let mut reply = vec![0u8; message.len()];
         stream.read_exact(&mut reply).await?;
+        // A clean end (close_notify): without it the server would see the connection cut off,
+        // which is how truncation looks.
+        stream.shutdown().await?;
         Ok::<_, std::io::Error>(reply)
     }
     .await;

@@ -162,8 +162,15 @@ impl fmt::Display for UnixPeer {
 
 /// A connection's id within the gate's process: 16 hex digits, a random per-process prefix and
 /// a counter, so ids from several gates behind one balancer do not collide in practice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnectionId(u64);
+
+impl fmt::Debug for ConnectionId {
+    /// As in the logs (`conn=…`), so a `Debug` dump can be matched to their lines.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConnectionId({self})")
+    }
+}
 
 impl ConnectionId {
     /// The next id.

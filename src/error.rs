@@ -363,7 +363,7 @@ pub enum KeyFileProblem {
     #[error("cannot write: {0}")]
     Unwritable(io::Error),
     /// The file already exists and overwriting was not asked for.
-    #[error("already exists (refusing to overwrite it; add --force to replace it)")]
+    #[error("already exists (refusing to overwrite it)")]
     AlreadyExists,
     /// The directory the file should be written to does not exist.
     #[error("its directory does not exist (create it first: mkdir -m 700 {})", .0.display())]

@@ -19,7 +19,20 @@ pub(crate) fn run(out: &Path, force: bool) -> Result<()> {
     if force {
         key.write_file_replacing(out)?;
     } else {
-        key.write_new_file(out)?;
+        key.write_new_file(out).map_err(|err| {
+            let exists = matches!(
+                &err,
+                linkgate::Error::Key(linkgate::KeyError::File {
+                    problem: linkgate::KeyFileProblem::AlreadyExists,
+                    ..
+                })
+            );
+            if exists {
+                anyhow::anyhow!("{err}; add --force to replace it")
+            } else {
+                err.into()
+            }
+        })?;
     }
     say!("wrote key {} to {} (mode 0600)", key.id(), out.display())?;
     Ok(())
