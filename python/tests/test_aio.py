@@ -66,6 +66,29 @@ class Aio(unittest.IsolatedAsyncioTestCase):
                 await self.legit(mode, payload(300_000, 4))
         self.assertEqual(seen, [("alice", mode) for mode in modes()])
 
+    async def test_closing_our_writer_ends_a_read_waiting_in_another_task(self):
+        # As on a plain asyncio stream: our own close is an end, not the peer's truncation.
+        closed = asyncio.Event()
+
+        async def silent(reader, writer, key_id):
+            await reader.read()  # until the client's end
+            closed.set()
+            writer.close()
+
+        await self.start(silent)
+        for mode in modes():
+            with self.subTest(mode=mode):
+                closed.clear()
+                reader, writer = await aio.open_connection("127.0.0.1", self.port, "alice",
+                                                           KEY, mode=mode)
+                waiting = asyncio.ensure_future(reader.read())
+                await asyncio.sleep(0.05)
+                writer.close()
+                await writer.wait_closed()
+                self.assertEqual(await asyncio.wait_for(waiting, 5), b"")
+                self.assertIsNone(getattr(reader, "exception", lambda: None)())
+                await asyncio.wait_for(closed.wait(), 5)  # the server saw a clean end
+
     async def test_the_sealed_pair_has_the_stream_methods(self):
         for mode in modes():
             if mode == "plain":

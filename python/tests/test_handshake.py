@@ -331,6 +331,27 @@ class Handshake(unittest.TestCase):
                                             linkgate.client_proof(KEY, sn, cn, "alice")))
 
 
+class Arguments(unittest.TestCase):
+    def test_a_bad_address_or_timeout_is_an_invalid_argument(self):
+        for address in ["127.0.0.1:7700", ("127.0.0.1",), ("127.0.0.1", "7700"), None]:
+            with self.subTest(address=address):
+                with self.assertRaises(linkgate.InvalidArgument) as caught:
+                    linkgate.connect(address, "alice", KEY, mode="plain")
+                self.assertIn("an address is (host, port)", str(caught.exception))
+        for timeout in ["x", 0, -1, float("nan"), True]:
+            with self.subTest(timeout=timeout):
+                with self.assertRaises(linkgate.InvalidArgument):
+                    linkgate.connect(("127.0.0.1", 9), "alice", KEY, mode="plain",
+                                     timeout=timeout)
+
+    def test_a_closed_server_still_knows_its_address(self):
+        server = linkgate.serve(lambda stream, key_id: None, "127.0.0.1", 0, {"alice": KEY})
+        port = server.port
+        server.close()
+        self.assertEqual(server.port, port)
+        self.assertIn(str(port), repr(server))
+
+
 class Seed(unittest.TestCase):
     def setUp(self):
         self.client, self.server = tcp_pair()

@@ -33,11 +33,13 @@ def timeout_error(after: Optional[float], waiting: str) -> HandshakeTimeout:
 
 
 def check_timeout(timeout: Optional[float]) -> Optional[float]:
+    from .errors import InvalidArgument
     if timeout is None:
         return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise InvalidArgument(f"a timeout is a number of seconds (or None), not {timeout!r}")
     timeout = float(timeout)
-    if timeout <= 0:
-        from .errors import InvalidArgument
+    if not timeout > 0:  # also NaN
         raise InvalidArgument(f"a timeout must be positive (or None), not {timeout}")
     return timeout
 

@@ -74,6 +74,9 @@ class _SealedConnection:
         self.key_id = key_id
         self.mode = mode
         self.failure: Optional[LinkgateError] = None
+        # Closed (or aborted) by our own writer: a read waiting on the stream then ends, as on
+        # a plain asyncio stream, rather than report the peer for a cut it did not make.
+        self.closed_locally = False
 
     def fail(self, err: LinkgateError) -> None:
         """Remembers the failure and resets the connection."""
@@ -148,11 +151,15 @@ class SealedStreamReader:
                     chunk = await conn.reader.read(_READ_CHUNK)
                 except (ConnectionError, OSError) as err:
                     conn.raise_failure()
+                    if conn.closed_locally:
+                        return False
                     failure = network_error(err, _DURING)
                     conn.fail(failure)
                     raise failure from err
                 conn.raise_failure()
                 if not chunk:
+                    if conn.closed_locally:
+                        return False
                     try:
                         conn.layer.eof()
                     except Truncated as err:
@@ -311,8 +318,10 @@ class SealedStreamWriter:
             raise failure from err
 
     def close(self) -> None:
-        """Closes the connection, sending close_notify first if it was not sent yet."""
+        """Closes the connection, sending close_notify first if it was not sent yet. A read
+        waiting in another task then ends (``b""``), as on a plain asyncio stream."""
         conn = self._conn
+        conn.closed_locally = True
         if conn.failure is None and not conn.layer.write_closed and not self.is_closing():
             try:
                 conn.writer.write(conn.layer.close_notify())
@@ -322,6 +331,7 @@ class SealedStreamWriter:
 
     def abort(self) -> None:
         """Resets the connection without close_notify."""
+        self._conn.closed_locally = True
         self._conn.reset()
 
     def is_closing(self) -> bool:

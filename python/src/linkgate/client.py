@@ -7,8 +7,8 @@ from typing import Optional, Tuple, Union
 
 from . import _io
 from . import _crypto
-from .errors import (ClosedEarly, ConnectionRefused, ImpostorServer, LinkgateError,
-                     NetworkError, network_error)
+from .errors import (ClosedEarly, ConnectionRefused, ImpostorServer, InvalidArgument,
+                     LinkgateError, NetworkError, network_error)
 from .keys import Key, credentials
 from .protocol import (CHALLENGE_LEN, MAGIC, PLAIN, SEALED_FS, ClientHandshake, check_mode,
                        greeting_matches_so_far, not_linkgate)
@@ -81,6 +81,17 @@ def authenticate(sock: socket.socket, key_id, key: Optional[bytes] = None, *,
     return _authenticate(sock, key_obj, check_mode(mode), _io.Deadline(timeout))
 
 
+def _check_address(address) -> Tuple[str, int]:
+    """``(host, port)``, or InvalidArgument: a "host:port" string would otherwise be indexed
+    as a sequence and connect somewhere else."""
+    if (not isinstance(address, (tuple, list)) or len(address) < 2
+            or not isinstance(address[0], str) or isinstance(address[1], bool)
+            or not isinstance(address[1], int)):
+        raise InvalidArgument(f"an address is (host, port), e.g. (\"127.0.0.1\", 7700), "
+                              f"not {address!r}")
+    return address[0], address[1]
+
+
 def connect(address: Tuple[str, int], key_id, key: Optional[bytes] = None, *,
             mode: str = SEALED_FS, timeout: Optional[float] = 5.0,
             source_address: Optional[Tuple[str, int]] = None) -> Stream:
@@ -94,7 +105,7 @@ def connect(address: Tuple[str, int], key_id, key: Optional[bytes] = None, *,
     if mode != PLAIN:
         _crypto.require(mode)
     deadline = _io.Deadline(timeout)
-    host, port = address[0], address[1]
+    host, port = _check_address(address)
     try:
         sock = socket.create_connection((host, port), timeout=deadline.timeout,
                                         source_address=source_address)

@@ -55,7 +55,9 @@ class Key(NamedTuple):
     def __repr__(self) -> str:
         return f"Key(id={self.id!r}, secret=<{len(self.secret)} bytes>)"
 
-    __str__ = __repr__
+    # A method, not `__str__ = __repr__`: type checkers would take that for a third field.
+    def __str__(self) -> str:
+        return self.__repr__()
 
 
 def check_key_id(key_id: str) -> bytes:

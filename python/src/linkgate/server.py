@@ -204,6 +204,8 @@ class Server:
         self._handshakes = 0
         self._per_source: Dict[str, int] = {}
         self._listener = _listen(host, port, backlog)
+        # Kept: the address is still what it was after close() (logs, repr).
+        self._address = self._listener.getsockname()
         self._wake_r, self._wake_w = socket.socketpair()
         self._closing = threading.Event()
         self._stopped = threading.Event()
@@ -216,8 +218,8 @@ class Server:
 
     @property
     def address(self) -> Tuple:
-        """The address listened on (e.g. after binding port 0)."""
-        return self._listener.getsockname()
+        """The address listened on (e.g. after binding port 0); still known after close()."""
+        return self._address
 
     @property
     def port(self) -> int:
