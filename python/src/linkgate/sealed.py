@@ -180,10 +180,10 @@ class SealedSocket:
         try:
             self.socket.sendall(records)
         except socket.timeout as err:
-            failure = Timeout("timed out part-way through sending a record: the sealed stream "
-                              "can no longer be used", self.socket.gettimeout())
-            self._fail(failure, self._read_lock)
-            raise failure from err
+            timed_out = Timeout("timed out part-way through sending a record: the sealed "
+                                "stream can no longer be used", self.socket.gettimeout())
+            self._fail(timed_out, self._read_lock)
+            raise timed_out from err
         except OSError as err:
             failure = network_error(err, _DURING)
             self._fail(failure, self._read_lock)
@@ -328,6 +328,7 @@ class SealedSocket:
             if not binary:
                 raise ValueError("unbuffered streams must be binary")
             return raw
+        buffered: io.BufferedIOBase
         if reading and writing:
             buffered = io.BufferedRWPair(raw, raw, buffering)
         elif reading:
@@ -336,7 +337,9 @@ class SealedSocket:
             buffered = io.BufferedWriter(raw, buffering)
         if binary:
             return buffered
-        text = io.TextIOWrapper(buffered, encoding, errors, newline)
+        # Any buffered stream works at run time (socket.makefile does the same); typeshed's
+        # protocol for the buffer asks for attributes BufferedRWPair does not have.
+        text = io.TextIOWrapper(buffered, encoding, errors, newline)  # type: ignore[type-var]
         text.mode = mode  # type: ignore[misc]
         return text
 

@@ -63,7 +63,7 @@ def _admit(sock: socket.socket, keyring: Dict[str, bytes], policy: Policy,
         head = hio.recv_exact(RESPONSE_HEAD_LEN)
         bad_head = refuse_head(head)
         if bad_head is not None:
-            _refuse(sock, bad_head.verdict)
+            _refuse(sock, bad_head.verdict)  # type: ignore[attr-defined]
             raise bad_head
         rest = hio.recv_exact(response_remaining_len(head))
         try:
