@@ -101,6 +101,13 @@ const MAX_WINDOW: u32 = (1 << 31) - 1;
 pub const MAX_FRAME_DATA: usize = 4 * crate::record::MAX_DATA_LEN - 9;
 const MAX_FRAME: u32 = MAX_FRAME_DATA as u32;
 
+/// The largest header list (RFC 9113 counting: name + value + 32 per field) either side takes.
+/// An open is `:method` and `:authority` (115), an answer `:status` (42). h2's default, 16 MiB,
+/// let a key holder park that much per pending stream: HPACK's table turns a few KiB on the wire
+/// into 16 MB of decoded headers, and 8,192 streams may wait to be accepted. A larger list
+/// refuses its stream (h2 answers 431); four times this much ends the tunnel.
+const MAX_HEADER_LIST: u32 = 1024;
+
 impl MuxConfig {
     /// Bytes a stream may have in flight toward a reader that has not read them (default
     /// 2 MiB, at least 64 KiB): the most a stalled reader holds, and one stream's speed limit
@@ -204,6 +211,7 @@ impl Tunnel {
         let (sender, mut connection) = h2::client::Builder::new()
             .enable_push(false)
             .max_frame_size(MAX_FRAME)
+            .max_header_list_size(MAX_HEADER_LIST)
             // The peer proved the key: resets that arrive late (a slow link) must not add up,
             // over a long-lived tunnel, to h2's lifetime limit and end every stream.
             .max_local_error_reset_streams(None)
@@ -323,6 +331,7 @@ where
         let received = transport.received();
         let mut connection = h2::server::Builder::new()
             .max_frame_size(MAX_FRAME)
+            .max_header_list_size(MAX_HEADER_LIST)
             // Clients reset streams for every local connection that fails at once (a health
             // check that closes with RST): a burst of them must not look like a reset flood,
             // whose answer (GOAWAY) would end every stream. The peer proved the key.

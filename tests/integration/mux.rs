@@ -452,6 +452,54 @@ async fn a_pool_without_a_gate_says_why() {
     assert!(err.to_string().contains("cannot be multiplexed"), "{err}");
 }
 
+/// Opens a raw HTTP/2 CONNECT with an extra header of `extra` bytes, as a hostile key holder
+/// could, and returns the answer's status (or the error that replaced it).
+async fn raw_open(
+    sender: &mut h2::client::SendRequest<bytes::Bytes>,
+    extra: usize,
+) -> Result<u16, h2::Error> {
+    let mut request = http::Request::connect("upstream.linkgate.invalid:0")
+        .body(())
+        .unwrap();
+    if extra > 0 {
+        let value = http::HeaderValue::from_str(&"v".repeat(extra)).unwrap();
+        request.headers_mut().insert("x-padding", value);
+    }
+    let (answer, mut send) = sender.clone().ready().await?.send_request(request, false)?;
+    let answer = answer.await?;
+    send.send_reset(h2::Reason::CANCEL);
+    Ok(answer.status().as_u16())
+}
+
+#[tokio::test]
+async fn oversized_headers_are_refused_and_a_header_bomb_ends_only_its_tunnel() {
+    let alice = key("alice");
+    let (addr, _abort) = serve_tunnels(mux_gate(&[&alice]), Service::Echo).await;
+    let credentials = Credentials::new(alice.clone()).with_mode(Mode::SealedFsMux);
+    let admitted = linkgate::connect(addr, &credentials).await.unwrap();
+    // A raw client announces h2's default limits, so it can send what ours would refuse.
+    let (mut sender, connection) = h2::client::handshake(admitted).await.unwrap();
+    let driver = tokio::spawn(connection);
+    assert_eq!(raw_open(&mut sender, 0).await.unwrap(), 200);
+    // Over the 1 KiB header list the gate announces: that stream alone is refused.
+    assert_eq!(raw_open(&mut sender, 2000).await.unwrap(), 431);
+    assert_eq!(raw_open(&mut sender, 0).await.unwrap(), 200);
+    // Far over it (h2's default would have decoded up to 16 MiB per stream): the tunnel ends.
+    let err = raw_open(&mut sender, 60_000).await.unwrap_err();
+    assert!(
+        err.is_go_away() || err.is_io() || err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM),
+        "{err}"
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    // Other tunnels go on.
+    let tunnel = tunnel_to(addr, alice).await;
+    let stream = tunnel.open().await.unwrap();
+    let got = echo_through(stream, b"still served".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(got, b"still served");
+}
+
 #[tokio::test]
 async fn gates_refuse_multiplexing_unless_allowed() {
     let alice = key("alice");
