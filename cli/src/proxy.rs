@@ -26,8 +26,8 @@ pub(crate) struct ServeContext {
     pub(crate) connect_timeout: Duration,
     /// Send a PROXY protocol header upstream, and whether the key id also goes in AUTHORITY.
     pub(crate) send_proxy: Option<(Version, bool)>,
-    /// Key ids revoked by a reload, when admitted connections under them are to be closed.
-    pub(crate) revoked: Option<broadcast::Sender<Arc<Vec<KeyId>>>>,
+    /// Key ids revoked by a reload, and whether what they admitted is closed.
+    pub(crate) revoked: Revocations,
     pub(crate) metrics: Option<ServiceMetrics>,
     /// Cancelled when the service starts draining: tunnels then ask their clients to open no
     /// more streams.
@@ -43,6 +43,36 @@ pub(crate) struct ServeContext {
     /// This service's tunnels and their streams, on the tunnel threads: a tunnel dropped at the
     /// drain deadline ends there a moment later, and its streams after it.
     pub(crate) on_threads: tokio_util::task::TaskTracker,
+}
+
+/// Key ids that reloads removed or changed, announced to what was admitted under them.
+#[derive(Clone, Debug)]
+pub(crate) struct Revocations {
+    sender: broadcast::Sender<Arc<Vec<KeyId>>>,
+    /// `--drop-revoked`: connections and tunnels admitted under a revoked key are closed.
+    /// Without it they go on, but a tunnel opens no new streams (each would be a new
+    /// connection made with a key that no longer admits one).
+    pub(crate) drop: bool,
+}
+
+impl Revocations {
+    pub(crate) fn new(drop: bool) -> Self {
+        Self {
+            sender: broadcast::channel(16).0,
+            drop,
+        }
+    }
+
+    pub(crate) fn announce(&self, ids: Vec<KeyId>) {
+        if !ids.is_empty() {
+            // No receiver (nothing admitted is open) is not an error.
+            let _ = self.sender.send(Arc::new(ids));
+        }
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<Vec<KeyId>>> {
+        self.sender.subscribe()
+    }
 }
 
 /// Tunnels and streams cut off at the drain deadline. The listener counts each admitted
@@ -151,9 +181,10 @@ where
         let who = admitted.admission().clone();
         tracing::info!(service = %context.service, conn = %who.connection_id(), peer = %peer_text(&who),
             via = via_field(&who), key_id = %who.key_id(), mode = %who.mode(), "admitted");
-        // Subscribe before anything else, so a revocation from now on is seen.
-        let mut revocations = context.revoked.as_ref().map(broadcast::Sender::subscribe);
+        // Subscribe before anything else, so a revocation from now on is seen. A tunnel always
+        // listens: without --drop-revoked it still stops opening streams for a revoked key.
         if who.mode().is_multiplexed() {
+            let revocations = context.revoked.subscribe();
             // Each stream connects its own upstream, when the client opens it.
             return Box::pin(crate::tunnel::serve_on_a_thread(
                 admitted,
@@ -163,6 +194,7 @@ where
             ))
             .await;
         }
+        let mut revocations = context.revoked.drop.then(|| context.revoked.subscribe());
         let started = Instant::now();
         // Boxed: a step that is over by the time the connection idles should not size the task
         // that idles.

@@ -59,13 +59,8 @@ impl Reloader {
                     if let Some(metrics) = &service.metrics {
                         metrics.keys_loaded(count);
                     }
-                    if let Some(revoked) = &service.revoked {
-                        let gone: Vec<_> = diff.removed.into_iter().chain(diff.changed).collect();
-                        if !gone.is_empty() {
-                            // No receiver (no open connection) is not an error.
-                            let _ = revoked.send(Arc::new(gone));
-                        }
-                    }
+                    let gone = diff.removed.into_iter().chain(diff.changed).collect();
+                    service.revoked.announce(gone);
                 }
                 Err(err) => {
                     all_ok = false;

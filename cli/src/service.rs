@@ -10,19 +10,18 @@ use clap::Args;
 use linkgate::proxy_protocol::Version;
 use linkgate::record::RecordLimits;
 use linkgate::{
-    Drained, Gate, GateConfig, GatedListener, IpNet, KeyFileOptions, KeyId, Keyring, Listen,
+    Drained, Gate, GateConfig, GatedListener, IpNet, KeyFileOptions, Keyring, Listen,
     ListenerConfig, PenaltyConfig, Protocol, ServeOptions, SourcePrefix,
 };
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::broadcast;
 
 use crate::addr::{ListenAddr, socket_mode};
 use crate::args::{KeyFileArgs, duration};
 use crate::keys::{self, KeySource};
 use crate::listen::{Bound, SystemdSockets};
 use crate::metrics::{Metrics, ServiceMetrics};
-use crate::proxy::{self, ServeContext};
+use crate::proxy::{self, Revocations, ServeContext};
 use crate::signals::Signals;
 use crate::socket::Socket;
 use crate::threads::Threads;
@@ -425,7 +424,7 @@ pub(crate) struct ServiceKeys {
     pub(crate) source: KeySource,
     pub(crate) options: KeyFileOptions,
     pub(crate) gate: Gate,
-    pub(crate) revoked: Option<broadcast::Sender<Arc<Vec<KeyId>>>>,
+    pub(crate) revoked: Revocations,
     pub(crate) metrics: Option<ServiceMetrics>,
 }
 
@@ -465,7 +464,7 @@ impl Service {
         if let Some(metrics) = &metrics {
             metrics.keys_loaded(keys_loaded);
         }
-        let revoked = drop_revoked.then(|| broadcast::channel(16).0);
+        let revoked = Revocations::new(drop_revoked);
         Ok(Self {
             keys: ServiceKeys {
                 name: options.name.clone(),

@@ -75,7 +75,7 @@ impl Drop for CutOffOnDrop<'_> {
 pub(crate) async fn serve_on_a_thread<IO>(
     admitted: Admitted<IO>,
     who: Admission,
-    revocations: Option<broadcast::Receiver<Arc<Vec<KeyId>>>>,
+    revocations: broadcast::Receiver<Arc<Vec<KeyId>>>,
     context: Arc<ServeContext>,
 ) where
     IO: Socket + AsyncRead + AsyncWrite,
@@ -108,11 +108,12 @@ pub(crate) async fn serve_on_a_thread<IO>(
 /// Serves one admitted tunnel until it closes: each stream the client opens gets an upstream
 /// connection (or is refused alone when the upstream cannot be reached), is forwarded in its own
 /// task, and is logged and counted like a connection. A drain asks the client for no more
-/// streams; a revocation of the tunnel's key closes it with all its streams.
+/// streams, and so does a revocation of the tunnel's key; with `--drop-revoked` the revocation
+/// closes the tunnel with all its streams instead.
 async fn serve<IO>(
     admitted: Admitted<IO>,
     who: Admission,
-    mut revocations: Option<broadcast::Receiver<Arc<Vec<KeyId>>>>,
+    mut revocations: broadcast::Receiver<Arc<Vec<KeyId>>>,
     context: Arc<ServeContext>,
 ) where
     IO: Socket + AsyncRead + AsyncWrite,
@@ -143,10 +144,10 @@ async fn serve<IO>(
         opened: 0,
         armed: true,
     };
-    let mut draining = false;
+    let (mut draining, mut key_revoked) = (false, false);
     // Made once, not once per stream: each would register with its notifier anew.
     let drain_signal = context.draining.cancelled();
-    let revocation = revoked(&mut revocations, who.key_id());
+    let revocation = proxy::revoked(&mut revocations, who.key_id());
     tokio::pin!(drain_signal, revocation);
     let end = loop {
         tokio::select! {
@@ -156,7 +157,17 @@ async fn serve<IO>(
                 draining = true;
                 server.graceful_shutdown();
             }
-            () = &mut revocation => break TunnelEnd::Revoked,
+            () = &mut revocation, if !key_revoked => {
+                if context.revoked.drop {
+                    break TunnelEnd::Revoked;
+                }
+                // The streams open go on, as connections do; new ones would be new connections
+                // under a key that admits none now. The client's next tunnel is refused.
+                key_revoked = true;
+                server.graceful_shutdown();
+                tracing::info!(%service, %conn, peer = %peer_text(&who), key_id = %who.key_id(),
+                    "tunnel's key was revoked by a reload: no new streams, the open ones go on");
+            }
             incoming = server.next_stream() => match incoming {
                 Some(Ok(incoming)) => {
                     cut_off.opened += 1;
@@ -208,13 +219,6 @@ fn log_tunnel_end(
             duration_ms, error = %err, "tunnel failed: its open streams were reset"),
         TunnelEnd::Revoked => tracing::info!(%service, %conn, %peer, %key_id, streams = opened,
             duration_ms, "tunnel closed: its key was revoked by a reload (--drop-revoked)"),
-    }
-}
-
-async fn revoked(revocations: &mut Option<broadcast::Receiver<Arc<Vec<KeyId>>>>, key_id: &KeyId) {
-    match revocations {
-        Some(revocations) => proxy::revoked(revocations, key_id).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -181,6 +181,8 @@ pub struct Tunnel {
     sender: h2::client::SendRequest<Bytes>,
     admission: Arc<Admission>,
     closed: CancellationToken,
+    /// Cancelled once the gate has asked for no new streams (GOAWAY), or the tunnel closed.
+    going_away: CancellationToken,
     open: coalesce::OpenStreams,
 }
 
@@ -189,6 +191,7 @@ impl std::fmt::Debug for Tunnel {
         f.debug_struct("Tunnel")
             .field("admission", &self.admission)
             .field("closed", &self.is_closed())
+            .field("going_away", &self.is_going_away())
             .finish_non_exhaustive()
     }
 }
@@ -221,7 +224,8 @@ impl Tunnel {
             .await
             .map_err(stream::stream_error)?;
         let closed = CancellationToken::new();
-        let done = closed.clone();
+        let going_away = CancellationToken::new();
+        let (done, gone) = (closed.clone(), going_away.clone());
         let conn = admission.connection_id();
         let mut keepalive = config.keepalive.and_then(|times| {
             let ping_pong = connection.ping_pong()?;
@@ -248,11 +252,13 @@ impl Tunnel {
             // Dropping the connection fails the streams still open.
             drop(connection);
             done.cancel();
+            gone.cancel();
         });
         Ok(Self {
             sender,
             admission,
             closed,
+            going_away,
             open,
         })
     }
@@ -265,13 +271,13 @@ impl Tunnel {
             .clone()
             .ready()
             .await
-            .map_err(stream::stream_error)?;
+            .map_err(|err| self.refused_open(err))?;
         let mut request = Request::new(());
         *request.method_mut() = Method::CONNECT;
         *request.uri_mut() = AUTHORITY_URI.clone();
         let (answer, send) = sender
             .send_request(request, false)
-            .map_err(stream::stream_error)?;
+            .map_err(|err| self.refused_open(err))?;
         Ok(MuxStream::new(
             MuxReadHalf::awaiting(answer),
             MuxWriteHalf::new(send),
@@ -285,9 +291,37 @@ impl Tunnel {
         &self.admission
     }
 
+    /// An open that failed; a GOAWAY (the gate drains, or revoked the tunnel's key) means no
+    /// open will succeed on this tunnel again, though its open streams go on.
+    fn refused_open(&self, err: h2::Error) -> io::Error {
+        if err.is_go_away() {
+            self.going_away.cancel();
+            if err.is_remote() && err.reason() == Some(h2::Reason::NO_ERROR) {
+                return io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the gate takes no new streams on this tunnel (it is draining, or the \
+                     tunnel's key was revoked); its open streams go on",
+                );
+            }
+        }
+        stream::stream_error(err)
+    }
+
     /// True once the tunnel's connection has ended (its streams have failed with it).
     pub fn is_closed(&self) -> bool {
         self.closed.is_cancelled()
+    }
+
+    /// True once the tunnel takes no new streams: the gate said so (HTTP/2 GOAWAY, seen by an
+    /// open it refused: the gate is draining, or revoked the tunnel's key), or it has closed.
+    /// Its open streams may go on; new connections need another tunnel.
+    pub fn is_going_away(&self) -> bool {
+        self.going_away.is_cancelled()
+    }
+
+    /// Completes when [`Tunnel::is_going_away`] becomes true.
+    pub async fn going_away(&self) {
+        self.going_away.cancelled().await;
     }
 
     /// Completes when the tunnel's connection has ended.

@@ -166,7 +166,7 @@ impl Pool {
         self.inner
             .slots
             .iter()
-            .filter(|slot| slot.load().as_ref().is_some_and(|t| !t.is_closed()))
+            .filter(|slot| slot.load().as_ref().is_some_and(|t| !t.is_going_away()))
             .count()
     }
 
@@ -229,7 +229,7 @@ impl Pool {
         let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
         (0..slots.len()).find_map(|i| {
             let tunnel = slots[(start + i) % slots.len()].load_full()?;
-            (!tunnel.is_closed()).then(|| Tunnel::clone(&tunnel))
+            (!tunnel.is_going_away()).then(|| Tunnel::clone(&tunnel))
         })
     }
 }
@@ -290,12 +290,20 @@ async fn keep_up(inner: Arc<Inner>, index: usize, config: PoolConfig) {
                 inner.up.notify_waiters();
                 tokio::select! {
                     () = inner.stop.cancelled() => return,
-                    () = tunnel.closed() => {}
+                    () = tunnel.going_away() => {}
                 }
                 inner.slots[index].store(None);
                 pacing.lost();
-                tracing::warn!(server = %inner.server, %conn, slot,
-                    "tunnel closed: its open streams are reset; establishing a new one");
+                if tunnel.is_closed() {
+                    tracing::warn!(server = %inner.server, %conn, slot,
+                        "tunnel closed: its open streams are reset; establishing a new one");
+                } else {
+                    // Its streams finish on the old tunnel; new ones need a new tunnel now, not
+                    // when the last of those ends (the drain of a restarting gate may be long).
+                    tracing::info!(server = %inner.server, %conn, slot,
+                        "tunnel going away (the gate is draining, or revoked its key): its open \
+                         streams go on; establishing a new one");
+                }
             }
             Err((err, true)) => {
                 tracing::warn!(server = %inner.server, slot, error = %err,

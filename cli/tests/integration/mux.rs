@@ -875,6 +875,66 @@ async fn revoking_the_key_closes_the_tunnel_and_resets_its_connections() {
         .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_keeps_its_open_streams_but_opens_no_new_ones() {
+    let upstream = echo_upstream().await;
+    let TestGate {
+        dir,
+        keys,
+        key,
+        serve,
+        addr: gate,
+    } = gate(upstream.addr, &[]).await;
+    keygen(&keys, "bob");
+    let client_key = dir.path().join("alice.key");
+    std::fs::copy(&key, &client_key).unwrap();
+    let (connect, local) = start_connect(
+        gate,
+        &client_key,
+        &["--mux", "--tunnels", "1", "--timeout", "1s"],
+    )
+    .await;
+    connect.wait_for_log(&["tunnel up", "slot=0"]).await;
+    let mut client = TcpStream::connect(local).await.unwrap();
+    client.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    client.read_exact(&mut echoed).await.unwrap();
+    std::fs::remove_file(&key).unwrap();
+    serve.signal("HUP");
+    serve
+        .wait_for_log(&[
+            "tunnel's key was revoked by a reload: no new streams",
+            "key_id=alice",
+        ])
+        .await;
+    // A new connection is not carried: not by the old tunnel (GOAWAY), nor by a new one (the
+    // key is denied). Before this rule the old tunnel carried it, with its echo.
+    let request = b"new!";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Err(outcome) = reset_before_any_answer(local, request).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "new connections are still carried 10 s after the key was revoked: {outcome}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_reset_before_any_answer(local, request).await;
+    connect
+        .wait_for_log(&["tunnel refused by the gate", "denied"])
+        .await;
+    // The stream opened before the reload goes on, as a connection does without --drop-revoked.
+    client.write_all(b"pong").await.unwrap();
+    client.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"pong");
+    client.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    serve
+        .wait_for_log(&["closed", "stream=", "key_id=alice", "bytes_in=8"])
+        .await;
+}
+
 #[test]
 fn mux_over_plain_is_refused_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
