@@ -39,7 +39,7 @@ impl OpenStreams {
         Arc::new(StreamTicket(Arc::clone(&self.0)))
     }
 
-    fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.0.load(Ordering::Relaxed)
     }
 }

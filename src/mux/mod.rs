@@ -264,8 +264,17 @@ impl Tunnel {
     }
 
     /// Opens a stream: a new connection to the gate's upstream. It may be written at once;
-    /// its first read also reports whether the server could connect it.
+    /// its first read also reports whether the server could connect it. Fails with
+    /// [`io::ErrorKind::WouldBlock`] while the tunnel has as many streams open as the gate
+    /// allows at once (HTTP/2 would queue the open until one ends, for as long as that takes).
     pub async fn open(&self) -> io::Result<MuxStream> {
+        let bound = self.sender.current_max_send_streams();
+        if self.open.count() >= bound {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("the tunnel has {bound} streams open, as many as the gate allows"),
+            ));
+        }
         let mut sender = self
             .sender
             .clone()

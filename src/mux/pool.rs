@@ -170,21 +170,39 @@ impl Pool {
             .count()
     }
 
-    /// Opens a stream over a tunnel that is up, waiting up to `wait` for one to come up.
+    /// Opens a stream over a tunnel that is up, waiting up to `wait` for one to come up, or for
+    /// a place on one that has as many streams open as the gate allows.
     pub async fn open(&self, wait: Duration) -> io::Result<MuxStream> {
         let deadline = crate::deadline::deadline_after(wait);
         loop {
             // Tried before registering for news of a tunnel: registering costs a lock and a
             // list insertion each way, and nearly every open finds a tunnel up.
-            if let Some(stream) = self.open_on_a_tunnel_up().await {
-                return Ok(stream);
+            let full = match self.open_on_a_tunnel_up().await {
+                Ok(stream) => return Ok(stream),
+                Err(full) => full,
+            };
+            if full {
+                // Streams end without news: looked at again shortly, until the deadline.
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "no tunnel to {} took a new stream within {wait:?}: each has as \
+                             many open as the gate allows",
+                            self.inner.server
+                        ),
+                    ));
+                }
+                tokio::time::sleep_until(deadline.min(now + FULL_RETRY)).await;
+                continue;
             }
             let came_up = self.inner.up.notified();
             tokio::pin!(came_up);
             came_up.as_mut().enable();
             // Looked at again once registered, so a tunnel that came up in between is not
             // missed.
-            if let Some(stream) = self.open_on_a_tunnel_up().await {
+            if let Ok(stream) = self.open_on_a_tunnel_up().await {
                 return Ok(stream);
             }
             if tokio::time::timeout_at(deadline, came_up).await.is_err() {
@@ -209,18 +227,23 @@ impl Pool {
 
     /// Opens a stream on the first tunnel up that takes it, trying each once: one that is
     /// closing (the gate is draining, or it just dropped) refuses new streams while its slot
-    /// is re-established. `None` if none did; the last refusal is kept for the error.
-    async fn open_on_a_tunnel_up(&self) -> Option<MuxStream> {
+    /// is re-established. Otherwise an error that says whether a tunnel up was full; the last
+    /// other refusal is kept for the error.
+    async fn open_on_a_tunnel_up(&self) -> Result<MuxStream, bool> {
+        let mut full = false;
         for _ in 0..self.inner.slots.len() {
-            let tunnel = self.pick()?;
+            let Some(tunnel) = self.pick() else {
+                break;
+            };
             match tunnel.open().await {
-                Ok(stream) => return Some(stream),
+                Ok(stream) => return Ok(stream),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => full = true,
                 Err(err) => {
                     self.inner.last_error.store(Some(Arc::new(err.to_string())));
                 }
             }
         }
-        None
+        Err(full)
     }
 
     /// The next tunnel that is up, round robin.
@@ -250,6 +273,9 @@ fn multiplexed(credentials: Credentials) -> io::Result<Credentials> {
     })?;
     Ok(credentials.with_mode(mux))
 }
+
+/// How often an open waiting for a place on a full tunnel looks again.
+const FULL_RETRY: Duration = Duration::from_millis(10);
 
 /// Keeps one slot's tunnel up until the pool is dropped.
 async fn keep_up(inner: Arc<Inner>, index: usize, config: PoolConfig) {

@@ -36,6 +36,14 @@ async fn serve_tunnels(
     gate: Gate,
     service: Service,
 ) -> (SocketAddr, tokio::sync::broadcast::Sender<()>) {
+    serve_tunnels_with(gate, service, MuxConfig::default()).await
+}
+
+async fn serve_tunnels_with(
+    gate: Gate,
+    service: Service,
+    mux: MuxConfig,
+) -> (SocketAddr, tokio::sync::broadcast::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (abort, _) = tokio::sync::broadcast::channel::<()>(1);
@@ -49,9 +57,7 @@ async fn serve_tunnels(
                 let Ok(admitted) = gate.admit(tcp).await else {
                     return;
                 };
-                let mut server = MuxServer::new(admitted, &MuxConfig::default())
-                    .await
-                    .unwrap();
+                let mut server = MuxServer::new(admitted, &mux).await.unwrap();
                 loop {
                     let incoming = tokio::select! {
                         incoming = server.next_stream() => incoming,
@@ -386,6 +392,51 @@ async fn a_pool_replaces_a_tunnel_that_drops() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(pool.tunnels_up(), 2);
+}
+
+#[tokio::test]
+async fn an_open_on_a_tunnel_at_the_gates_stream_bound_gives_up_at_its_wait() {
+    let alice = key("alice");
+    let one_stream = MuxConfig::default().with_max_streams(1);
+    let (addr, _abort) = serve_tunnels_with(mux_gate(&[&alice]), Service::Echo, one_stream).await;
+    let config = PoolConfig::default().with_tunnels(1);
+    let pool = Pool::new(addr.to_string(), Credentials::new(alice), config).unwrap();
+    let mut held = pool.open(Duration::from_secs(5)).await.unwrap();
+    held.write_all(b"held").await.unwrap();
+    let mut echoed = [0u8; 4];
+    held.read_exact(&mut echoed).await.unwrap();
+    // The gate allows one stream at once: a second open waits for it, but not for ever.
+    let started = tokio::time::Instant::now();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(10),
+        pool.open(Duration::from_millis(300)),
+    )
+    .await
+    .expect("an open at the gate's stream bound waited past its wait");
+    let err = outcome.expect_err("a second stream opened past the gate's bound of one");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+    assert!(
+        err.to_string().contains("as many open as the gate allows"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    // Once the first one ends, its place is free.
+    drop(held);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match pool.open(Duration::from_millis(500)).await {
+            Ok(stream) => {
+                let got = echo_through(stream, b"next".to_vec()).await.unwrap();
+                assert_eq!(got, b"next");
+                break;
+            }
+            Err(err) => assert!(tokio::time::Instant::now() < deadline, "{err}"),
+        }
+    }
 }
 
 /// A gate that refuses the pool's tunnels (a stale key) is tried once, not on the usual
