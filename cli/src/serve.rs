@@ -55,13 +55,15 @@ pub(crate) async fn run(args: ServeArgs, systemd_sockets: SystemdSockets) -> Res
             (vec![args.service], operations, true)
         }
     };
-    // Each handshake holds one descriptor, each forwarded connection two. Checked once every
-    // service is ready, so a command that fails to start prints only its error.
+    // Each handshake holds one descriptor, each forwarded connection two, each stream of a
+    // tunnel one (its upstream; streams have a bound of their own, the same size). Checked once
+    // every service is ready, so a command that fails to start prints only its error.
     let needed: u64 = services
         .iter()
         .map(|s| {
+            let per_connection = if s.no_mux { 2 } else { 3 };
             (s.max_handshakes as u64)
-                .saturating_add((s.max_connections as u64).saturating_mul(2))
+                .saturating_add((s.max_connections as u64).saturating_mul(per_connection))
                 .saturating_add(16)
         })
         .fold(64, u64::saturating_add);

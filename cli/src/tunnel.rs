@@ -35,6 +35,68 @@ enum StreamsEnded {
 
 type TunnelOutcome = Arc<std::sync::OnceLock<StreamsEnded>>;
 
+/// Streams one tunnel refused, logged without flooding: a client can open streams as fast as
+/// the gate refuses them (a review logged 131,000 lines a second at the stream bound). The first
+/// few of each window are logged; the rest are counted, and told in one line when the window
+/// or the tunnel ends.
+#[derive(Debug, Default)]
+struct Refusals(std::sync::Mutex<RefusalWindow>);
+
+#[derive(Debug, Default)]
+struct RefusalWindow {
+    started: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl Refusals {
+    const LINES_PER_WINDOW: u32 = 5;
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    /// Whether this refusal gets its own line; also the count left unlogged in a window that
+    /// has just ended, to be told now.
+    fn allow(&self, now: Instant) -> (bool, u64) {
+        let mut window = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut ended = 0;
+        let started = *window.started.get_or_insert(now);
+        if now.duration_since(started) >= Self::WINDOW {
+            ended = window.suppressed;
+            *window = RefusalWindow {
+                started: Some(now),
+                ..RefusalWindow::default()
+            };
+        }
+        if window.logged < Self::LINES_PER_WINDOW {
+            window.logged += 1;
+            (true, ended)
+        } else {
+            window.suppressed += 1;
+            (false, ended)
+        }
+    }
+
+    /// Refusals not yet told, at the tunnel's end.
+    fn unlogged(&self) -> u64 {
+        let mut window = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::take(&mut window.suppressed)
+    }
+}
+
+/// Logs the refusals of `who`'s tunnel that had no line of their own.
+fn log_unlogged_refusals(context: &ServeContext, who: &Admission, unlogged: u64) {
+    if unlogged > 0 {
+        tracing::warn!(service = %context.service, conn = %who.connection_id(),
+            peer = %peer_text(who), key_id = %who.key_id(), refused = unlogged,
+            "tunnel: {unlogged} more streams refused (not logged one by one)");
+    }
+}
+
 /// Marks the tunnel's streams as cut off if the tunnel's task is dropped (the drain deadline)
 /// before it ends on its own. Declared after the tunnel's connection, so it runs before the
 /// connection is dropped and its streams fail.
@@ -136,6 +198,7 @@ async fn serve<IO>(
         .map(crate::metrics::ServiceMetrics::tunnel_opened);
     let streams = TaskTracker::new();
     let outcome = TunnelOutcome::default();
+    let refusals = Arc::new(Refusals::default());
     let mut cut_off = CutOffOnDrop {
         outcome: Arc::clone(&outcome),
         context: &context,
@@ -180,6 +243,7 @@ async fn serve<IO>(
                         gate_ip,
                         Arc::clone(&context),
                         outcome,
+                        Arc::clone(&refusals),
                     ));
                     streams.spawn(context.on_threads.track_future(stream));
                 }
@@ -200,6 +264,7 @@ async fn serve<IO>(
     log_tunnel_end(&context, &who, end, opened, started);
     streams.close();
     streams.wait().await;
+    log_unlogged_refusals(&context, &who, refusals.unlogged());
 }
 
 fn log_tunnel_end(
@@ -229,12 +294,20 @@ async fn serve_stream(
     gate_ip: Option<std::net::SocketAddr>,
     context: Arc<ServeContext>,
     tunnel_outcome: TunnelOutcome,
+    refusals: Arc<Refusals>,
 ) {
     let stream_id = incoming.stream_id();
     let started = Instant::now();
+    let may_log = || {
+        let (log, unlogged) = refusals.allow(started);
+        log_unlogged_refusals(&context, &who, unlogged);
+        log
+    };
     let Ok(_slot) = Arc::clone(&context.stream_slots).try_acquire_owned() else {
-        tracing::warn!(service = %context.service, conn = %who.connection_id(), stream = stream_id,
-            key_id = %who.key_id(), "at --max-connections streams: refusing the stream");
+        if may_log() {
+            tracing::warn!(service = %context.service, conn = %who.connection_id(), stream = stream_id,
+                key_id = %who.key_id(), "at --max-connections streams: refusing the stream");
+        }
         incoming.refuse();
         return;
     };
@@ -242,9 +315,11 @@ async fn serve_stream(
         None => None,
         Some(Ok(upstream)) => Some(upstream),
         Some(Err(err)) => {
-            tracing::warn!(service = %context.service, conn = %who.connection_id(), stream = stream_id,
-                peer = %peer_text(&who), key_id = %who.key_id(), upstream = %context.upstream,
-                error = %err, "upstream unreachable: refusing the stream");
+            if may_log() {
+                tracing::warn!(service = %context.service, conn = %who.connection_id(), stream = stream_id,
+                    peer = %peer_text(&who), key_id = %who.key_id(), upstream = %context.upstream,
+                    error = %err, "upstream unreachable: refusing the stream");
+            }
             incoming.refuse();
             if let Some(metrics) = &context.metrics {
                 metrics.upstream_failed();
@@ -404,6 +479,25 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+
+    #[test]
+    fn stream_refusals_are_logged_a_few_per_window_and_the_rest_counted() {
+        let refusals = Refusals::default();
+        let start = Instant::now();
+        let allowed: Vec<_> = (0..8).map(|_| refusals.allow(start)).collect();
+        assert_eq!(allowed[..5], [(true, 0); 5]);
+        assert_eq!(allowed[5..], [(false, 0); 3]);
+        // The next window logs again, and tells the three of the last one.
+        let later = start + Refusals::WINDOW;
+        assert_eq!(refusals.allow(later), (true, 3));
+        assert_eq!(refusals.unlogged(), 0);
+        for _ in 0..6 {
+            refusals.allow(later);
+        }
+        // The tunnel's end tells what is left, once.
+        assert_eq!(refusals.unlogged(), 2);
+        assert_eq!(refusals.unlogged(), 0);
+    }
 
     /// A gate on loopback whose tunnels greet every stream with "hi".
     async fn greeting_gate(key: &Key) -> std::net::SocketAddr {
