@@ -14,6 +14,22 @@ use crate::metrics::Metrics;
 use crate::service::{ServiceKeys, ids_text};
 use crate::systemd;
 
+/// A service's keys as they are now. A key directory left with no key file gives an empty
+/// keyring (every client denied), where at start it is refused as a likely mistake.
+fn load_allowing_none(service: &ServiceKeys) -> anyhow::Result<linkgate::Keyring> {
+    match service.source.load(&service.options) {
+        Err(err)
+            if matches!(
+                err.downcast_ref::<linkgate::Error>(),
+                Some(linkgate::Error::Key(linkgate::KeyError::NoKeys(_)))
+            ) =>
+        {
+            Ok(linkgate::Keyring::new())
+        }
+        loaded => loaded,
+    }
+}
+
 /// How long the key directory must stay quiet before a reload: one swap is several events.
 const DEBOUNCE: Duration = Duration::from_millis(300);
 
@@ -35,7 +51,7 @@ impl Reloader {
         let mut all_ok = true;
         for service in &self.services {
             let name = &service.name;
-            let loaded = service.source.load(&service.options).and_then(|keyring| {
+            let loaded = load_allowing_none(service).and_then(|keyring| {
                 let count = keyring.len();
                 let ids = ids_text(&keyring);
                 let diff = service.gate.replace_keyring(keyring)?;
@@ -49,7 +65,12 @@ impl Reloader {
                             .collect::<Vec<_>>()
                             .join(",")
                     };
-                    if diff.is_empty() {
+                    if count == 0 {
+                        // Not refused as at start: removing the last key file is how its
+                        // client is withdrawn when it is the only one.
+                        tracing::warn!(service = %name, %why, removed = %list(&diff.removed),
+                            "keys reloaded: no key is left, every client is denied until one is added");
+                    } else if diff.is_empty() {
                         tracing::info!(service = %name, %why, keys = %ids, "keys reloaded: no change");
                     } else {
                         tracing::info!(service = %name, %why, added = %list(&diff.added),

@@ -43,6 +43,34 @@ where
     panic!("never: {what}");
 }
 
+/// The README's one-client setup: removing that client's key file and sending SIGHUP withdraws
+/// it, though a key directory with no key is refused at start.
+#[tokio::test(flavor = "multi_thread")]
+async fn removing_the_last_key_withdraws_its_client() {
+    let keys = TempDir::new().unwrap();
+    let alice = key(&keygen(keys.path(), "alice"));
+    let (serve, gate) = start_serve(keys.path(), None, &[]).await;
+    assert!(admitted(gate, &alice).await);
+    std::fs::remove_file(keys.path().join("alice.key")).unwrap();
+    serve.signal("HUP");
+    serve
+        .wait_for_log(&["keys reloaded: no key is left", "removed=alice"])
+        .await;
+    let denied = linkgate::connect(gate, &Credentials::new(alice.clone())).await;
+    assert!(
+        matches!(denied, Err(Error::Rejected(Rejection::Denied))),
+        "{denied:?}"
+    );
+    serve
+        .wait_for_log(&["connection rejected", "unknown key id alice"])
+        .await;
+    // A key added back is admitted again.
+    let bob = key(&keygen(keys.path(), "bob"));
+    serve.signal("HUP");
+    serve.wait_for_log(&["keys reloaded", "added=bob"]).await;
+    assert!(admitted(gate, &bob).await);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_reloads_keys_all_or_nothing_and_never_stops_the_gate() {
     let keys = TempDir::new().unwrap();
