@@ -100,7 +100,7 @@ pub(crate) fn metrics_addr(text: &str) -> Result<String, String> {
 pub(crate) fn server_addr(text: &str) -> Result<String, String> {
     if text.starts_with("unix:") {
         return Err(format!(
-            "{text:?}: the server is reached over TCP (HOST:PORT); to reach a gate on a Unix socket, put `connect` on the same machine as a TCP listener in front of it"
+            "{text:?}: the command reaches a gate over TCP only (HOST:PORT); a gate listening on a Unix socket serves library clients on its host (the Rust crate's or the Python package's connect over that socket)"
         ));
     }
     match check_host_port(text) {

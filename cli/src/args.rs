@@ -56,7 +56,7 @@ Run it from an address the gate exempts from penalties (--penalty-exempt) to tes
 itself: otherwise the gate soon refuses the probe at accept, which is right but tests less.")]
 pub(crate) struct ProbeArgs {
     /// The gate (HOST:PORT).
-    #[arg(value_name = "ADDR")]
+    #[arg(value_name = "ADDR", value_parser = crate::addr::server_addr)]
     pub(crate) addr: String,
     /// A real key: check that its holder is admitted, and try plain mode, a replayed RESPONSE,
     /// the real id with a wrong key, and a tampered record after admission.

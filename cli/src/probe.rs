@@ -30,6 +30,16 @@ pub(crate) async fn run(args: ProbeArgs, format: LogFormat) -> Result<()> {
         );
     }
     let report = probe.run().await;
+    // Nothing listening (or no such host): one line, not the same failure once per check.
+    let unreachable = format!("cannot connect to {}", args.addr);
+    if let Some(first) = report.findings.first()
+        && report
+            .findings
+            .iter()
+            .all(|finding| finding.detail.starts_with(&unreachable))
+    {
+        bail!("{}: nothing was probed", first.detail);
+    }
     let json = args.json || format == LogFormat::Json;
     for finding in &report.findings {
         if json {

@@ -193,6 +193,30 @@ async fn no_gate_at_all_fails_and_says_so() {
     );
 }
 
+#[test]
+fn nothing_listening_or_no_port_is_one_line_not_a_failure_per_check() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let out = probe(&[&addr, "--wait", "300ms"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot connect to {addr}"))
+            && stderr.contains("nothing was probed"),
+        "{stderr}"
+    );
+    for bad in ["127.0.0.1", "unix:/run/gate.sock"] {
+        let out = probe(&[bad]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(text(&out.stdout).is_empty());
+    }
+}
+
 /// A stand-in "gate" for this test only: it sends a proper CHALLENGE, then admits whatever
 /// comes back (VERDICT 0x00 and a made-up proof).
 async fn gate_that_admits_anyone() -> std::net::SocketAddr {
