@@ -42,12 +42,12 @@ impl FromStr for ListenAddr {
         }
         if text.parse::<u16>().is_ok() {
             return Err(format!(
-                "{text:?} is only a port: write 127.0.0.1:{text} for this machine only, or :{text} (0.0.0.0:{text}) for every interface"
+                "{text:?} is only a port: write 127.0.0.1:{text} for this machine only, or :{text} (0.0.0.0:{text}) for every IPv4 interface"
             ));
         }
         check_host_port(text).map_err(|err| {
             err.unwrap_or_else(|| format!(
-                "{text:?} is not HOST:PORT (e.g. 127.0.0.1:7700, :7700 for every interface, unix:/run/x.sock or systemd:NAME)"
+                "{text:?} is not HOST:PORT (e.g. 127.0.0.1:7700, :7700 for every IPv4 interface, unix:/run/x.sock or systemd:NAME)"
             ))
         })?;
         Ok(Self::Tcp(text.to_owned()))

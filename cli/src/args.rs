@@ -209,7 +209,7 @@ pub(crate) struct KeyFileArgs {
   redis-cli -p 6380 ping"
 )]
 pub(crate) struct ConnectArgs {
-    /// Local address to accept plain connections on: HOST:PORT, :PORT (every interface),
+    /// Local address to accept plain connections on: HOST:PORT, :PORT (every IPv4 interface),
     /// unix:/path or systemd:NAME.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7701")]
     pub(crate) listen: ListenAddr,

@@ -37,7 +37,7 @@ pub(crate) struct ServiceOptions {
     #[arg(skip = String::from("default"))]
     #[serde(default = "default_name")]
     pub(crate) name: String,
-    /// Address to listen on: HOST:PORT, :PORT (every interface), unix:/path, or systemd:NAME
+    /// Address to listen on: HOST:PORT, :PORT (every IPv4 interface), unix:/path, or systemd:NAME
     /// (a socket systemd passed, by FileDescriptorName).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7700")]
     #[serde(deserialize_with = "from_str", default = "default_listen")]
@@ -81,7 +81,7 @@ pub(crate) struct ServiceOptions {
     #[arg(long)]
     #[serde(default)]
     pub(crate) allow_plain: bool,
-    /// Refuse sealed mode without forward secrecy; only sealed-fs (and plain, if allowed) get in.
+    /// Refuse sealed mode without forward secrecy: only sealed-fs gets in (not with --allow-plain).
     #[arg(long)]
     #[serde(default)]
     pub(crate) require_forward_secrecy: bool,
@@ -409,8 +409,13 @@ impl ServiceOptions {
                 let (dir, created) = crate::serve::default_keys()?;
                 Ok((KeySource::Path(dir), created))
             }
-            None => bail!(
+            None if demo_default => bail!(
                 "service {}: --upstream needs --keys: the gate would otherwise guard your server with a key nobody chose. Make one with `linkgate keygen --out keys/alice.key`, then add --keys keys/",
+                self.name
+            ),
+            // A config file: its spelling, and no claim about an upstream it may not name.
+            None => bail!(
+                "service {}: no keys: set keys = \"/path/to/keys/\" (a directory of *.key files, or one file); make one with `linkgate keygen --out /path/to/keys/alice.key`",
                 self.name
             ),
         }

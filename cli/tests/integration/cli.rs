@@ -392,7 +392,7 @@ fn connect_checks_its_server_address_at_start() {
     for (server, says, status) in [
         ("127.0.0.1:65536", "\"65536\" is not a port number", 2),
         ("127.0.0.1", "is not HOST:PORT", 2),
-        ("unix:/tmp/gate.sock", "reached over TCP", 2),
+        ("unix:/tmp/gate.sock", "reaches a gate over TCP only", 2),
         ("::1:7700", "in brackets", 2),
     ] {
         let out = run(&[
@@ -1001,6 +1001,27 @@ async fn bad_input_gives_one_line_errors() {
 
     let out = run(&["serve", "--upstream", "127.0.0.1:6379"]);
     assert_one_line_error(&out, &["--upstream needs --keys", "linkgate keygen"]);
+
+    // A config file's service is told in the file's own words, and not about an upstream it
+    // does not name.
+    let config = empty.path().join("gate.toml");
+    fs::write(
+        &config,
+        "[[service]]\nname = \"x\"\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    for command in ["check-config", "serve"] {
+        let out = if command == "serve" {
+            run(&["serve", "--config", config.to_str().unwrap()])
+        } else {
+            run(&["check-config", config.to_str().unwrap()])
+        };
+        assert_one_line_error(
+            &out,
+            &["service x: no keys: set keys = ", "linkgate keygen"],
+        );
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("--upstream"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
