@@ -31,7 +31,11 @@ pub(crate) async fn run(args: ConnectArgs, systemd_sockets: SystemdSockets) -> R
         );
     }
     keys::warn_if_seed(args.client.protocol);
-    crate::systemd::raise_open_files_limit(2 * args.service.max_connections as u64 + 64);
+    crate::systemd::raise_open_files_limit(
+        (args.service.max_connections as u64)
+            .saturating_mul(2)
+            .saturating_add(64),
+    );
     let threads = if args.mux {
         TunnelThreads::count(&args)
     } else {

@@ -549,6 +549,31 @@ fn flags_that_cannot_apply_are_refused() {
     }
 }
 
+/// The open-files estimate from a bound the user chose cannot overflow (a debug build panicked
+/// at `2 * max-connections`).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_largest_max_connections_is_taken_without_a_panic() {
+    let dir = TempDir::new().unwrap();
+    let key = keygen(dir.path(), "alice");
+    let connect = Linkgate::spawn(&[
+        "connect",
+        "--listen",
+        "127.0.0.1:0",
+        "--server",
+        "127.0.0.1:9",
+        "--key",
+        key.to_str().unwrap(),
+        "--max-connections",
+        "18446744073709551615",
+    ]);
+    connect.wait_for_log(&["linkgate connect: listening"]).await;
+    assert!(
+        !connect.stderr().contains("panicked"),
+        "{}",
+        connect.stderr()
+    );
+}
+
 /// `println!` panics when standard output cannot be written (a closed pipe, a full disk): the
 /// command says so in one line instead.
 #[cfg(target_os = "linux")]
