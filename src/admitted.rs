@@ -260,7 +260,8 @@ impl<IO> Admitted<IO> {
     }
 
     /// Whether a sealed stream keeps its read buffer while it waits for more (by default an
-    /// idle stream holds none).
+    /// idle stream holds none). Only tunnels ask.
+    #[cfg(feature = "mux")]
     pub(crate) fn keep_read_buffer(&mut self, keep: bool) {
         if let Some(sealed) = &mut self.sealed {
             sealed.keep_read_buffer(keep);
@@ -268,7 +269,7 @@ impl<IO> Admitted<IO> {
     }
 
     /// The sealed read buffer's capacity (0 when freed), for tests.
-    #[cfg(test)]
+    #[cfg(all(test, feature = "mux"))]
     pub(crate) fn read_buffer_capacity(&self) -> usize {
         self.sealed
             .as_ref()

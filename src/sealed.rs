@@ -187,12 +187,13 @@ impl SealedState {
         Ok(true)
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, feature = "mux"))]
     pub(crate) fn read_buffer_capacity(&self) -> usize {
         self.rbuf.capacity()
     }
 
     /// Whether to keep the read buffer while waiting for more (see `keep_read_buffer`).
+    #[cfg(any(feature = "mux", test))]
     pub(crate) fn keep_read_buffer(&mut self, keep: bool) {
         self.keep_read_buffer = keep;
     }
