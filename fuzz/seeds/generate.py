@@ -126,3 +126,9 @@ write("key_decode", "base64-unpadded", base64.b64encode(pattern("k20", 20)).rstr
 write("key_decode", "raw-32", b"\x00\xff" + key32[2:])
 write("key_decode", "short-text", b"secret\n")
 write("key_decode", "hex-crlf", b"  " + key32.hex().encode() + b"\r\n")
+
+# sealed_stream: the input is read as a plan (steps, chunk sizes, pendings, flips) by `arbitrary`,
+# so varied bytes of a few lengths are varied plans: short ones with few steps, longer ones with
+# more records, partial reads and writes.
+for length in (16, 64, 256, 1024, 4096):
+    write("sealed_stream", f"plan-{length}", pattern(f"plan/{length}", length))
