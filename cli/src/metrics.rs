@@ -14,7 +14,7 @@ use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use linkgate::Mode;
-use linkgate::telemetry::{Event, Telemetry};
+use linkgate::telemetry::{Bound, Event, Telemetry};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -232,6 +232,13 @@ impl Metrics {
         drop(self.in_progress.get_or_create(&label));
         drop(self.open.get_or_create(&label));
         drop(self.tunnels.get_or_create(&label));
+        drop(self.upstream_failures.get_or_create(&label));
+        for bound in [Bound::Global, Bound::PerSource, Bound::Penalty] {
+            drop(self.refused.get_or_create(&BoundLabels {
+                service: name.to_owned(),
+                bound: bound.as_str(),
+            }));
+        }
         for result in CLOSE_RESULTS {
             drop(self.closed.get_or_create(&ClosedLabels {
                 service: name.to_owned(),

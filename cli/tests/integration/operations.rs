@@ -290,6 +290,10 @@ async fn metrics_count_what_happened_and_parse() {
         "linkgate_tunnels_open{service=\"default\"}",
         "linkgate_connections_closed_total{service=\"default\",result=\"ok\"}",
         "linkgate_connections_closed_total{service=\"default\",result=\"cut_off\"}",
+        "linkgate_upstream_connect_failures_total{service=\"default\"}",
+        "linkgate_handshake_refusals_total{service=\"default\",bound=\"global\"}",
+        "linkgate_handshake_refusals_total{service=\"default\",bound=\"per_source\"}",
+        "linkgate_handshake_refusals_total{service=\"default\",bound=\"penalty\"}",
     ] {
         assert_eq!(sample(&fresh, series), 0.0, "{series} in:\n{fresh}");
     }
