@@ -127,23 +127,28 @@ async fn open_burst<F: Socket, T: Socket>(
     let mut total = 0u64;
     // Ciphertext read but not yet opened is `burst[..filled]`.
     let (mut burst, mut filled) = carried.unwrap_or_else(|| (Burst::take(), 0));
+    // Ciphertext carried in may hold whole records (close_notify among them): opened before
+    // anything is read, since the peer may send nothing more until it has an answer.
+    let mut open_first = filled > 0;
     let mut pieces: Vec<Range<usize>> = Vec::with_capacity(SLOTS);
     loop {
         tokio::task::consume_budget().await;
-        let n = match from.try_read(&mut burst[filled..]) {
-            Ok(0) => return Err(record_error(RecordError::Truncated)),
-            Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                if filled == 0 {
-                    return Ok((total, false));
+        if !std::mem::take(&mut open_first) {
+            let n = match from.try_read(&mut burst[filled..]) {
+                Ok(0) => return Err(record_error(RecordError::Truncated)),
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    if filled == 0 {
+                        return Ok((total, false));
+                    }
+                    // Part of a record is here; wait for the rest, keeping it.
+                    from.readable().await?;
+                    continue;
                 }
-                // Part of a record is here; wait for the rest, keeping it.
-                from.readable().await?;
-                continue;
-            }
-            Err(err) => return Err(err),
-        };
-        filled += n;
+                Err(err) => return Err(err),
+            };
+            filled += n;
+        }
 
         let mut start = 0;
         let mut closed = false;
@@ -289,4 +294,63 @@ async fn seal_slots<T: Socket>(
         left -= len;
     }
     write_all(to, &buf[written..end]).await
+}
+
+#[cfg(test)]
+mod tests {
+    use linkgate::record::TrafficSecret;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
+
+    use super::*;
+
+    /// Records read before forwarding began (carried in) are opened at once, though the peer
+    /// sends nothing more: it may be waiting for the answer to them.
+    #[tokio::test]
+    async fn records_carried_in_are_opened_without_waiting_for_more() {
+        let secret = TrafficSecret::from_bytes_for_tests([7; 32]);
+        let (mut sealer, mut opener) = (Sealer::new(&secret), Opener::new(&secret));
+        let mut carried = Vec::new();
+        sealer.seal(b"carried request", &mut carried).unwrap();
+        let (sealed_near, _sealed_far) = UnixStream::pair().unwrap();
+        let (plain_near, mut plain_far) = UnixStream::pair().unwrap();
+        let pump = open_pump(&sealed_near, &plain_near, &mut opener, carried);
+        let mut got = [0u8; 15];
+        let read = async {
+            plain_far.read_exact(&mut got).await.unwrap();
+        };
+        tokio::select! {
+            outcome = pump => panic!("the pump ended before its data was read: {outcome:?}"),
+            () = read => {}
+            () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {
+                panic!("records carried in were held until the peer sent more")
+            }
+        }
+        assert_eq!(&got, b"carried request");
+    }
+
+    /// A carried close_notify ends the direction: the plain side is shut down, and the
+    /// sealed peer's end afterwards is a clean end, not a truncation.
+    #[tokio::test]
+    async fn a_carried_close_notify_ends_the_direction_cleanly() {
+        let secret = TrafficSecret::from_bytes_for_tests([9; 32]);
+        let (mut sealer, mut opener) = (Sealer::new(&secret), Opener::new(&secret));
+        let mut carried = Vec::new();
+        sealer.seal(b"last words", &mut carried).unwrap();
+        sealer.seal_close_notify(&mut carried).unwrap();
+        let (sealed_near, mut sealed_far) = UnixStream::pair().unwrap();
+        let (plain_near, mut plain_far) = UnixStream::pair().unwrap();
+        sealed_far.shutdown().await.unwrap();
+        let opened = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            open_pump(&sealed_near, &plain_near, &mut opener, carried),
+        )
+        .await
+        .expect("a carried close_notify was not seen")
+        .unwrap();
+        assert_eq!(opened, 10);
+        let mut got = Vec::new();
+        plain_far.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last words");
+    }
 }
