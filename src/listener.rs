@@ -53,6 +53,7 @@ pub struct ListenerConfig {
     penalties: PenaltyConfig,
     shed_after: Duration,
     telemetry: Sink,
+    service: Option<Arc<str>>,
 }
 
 impl Default for ListenerConfig {
@@ -65,6 +66,7 @@ impl Default for ListenerConfig {
             penalties: PenaltyConfig::default(),
             shed_after: Duration::from_millis(100),
             telemetry: Sink::default(),
+            service: None,
         }
     }
 }
@@ -132,6 +134,18 @@ impl ListenerConfig {
     /// The networks trusted to send PROXY protocol headers.
     pub fn proxy_protocol_from(&self) -> &[IpNet] {
         &self.proxy_protocol_from
+    }
+
+    /// A name for this listener's log lines (a `service` field), for a process that runs several
+    /// gates: its refusals and penalties then say which gate they are about.
+    pub fn with_service_name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.service = Some(name.into());
+        self
+    }
+
+    /// The name in this listener's log lines, if one was given.
+    pub fn service_name(&self) -> Option<&str> {
+        self.service.as_deref()
     }
 
     /// Per-source penalties for failed handshakes (on by default; see [`PenaltyConfig`]).
@@ -280,6 +294,7 @@ impl<L: Listen> GatedListener<L> {
     pub fn with_config(listener: L, gate: Gate, config: ListenerConfig) -> Self {
         let bounds = Bounds::new(&config);
         let penalties = Arc::new(Penalties::new(config.penalties.clone()));
+        let log_limit = Arc::new(LogLimit::new(config.service.clone()));
         Self {
             listener,
             gate,
@@ -287,7 +302,7 @@ impl<L: Listen> GatedListener<L> {
             handshakes: JoinSet::new(),
             bounds,
             penalties,
-            log_limit: Arc::new(LogLimit::default()),
+            log_limit,
             in_flight: VecDeque::new(),
             next_flush: Box::pin(tokio::time::sleep(FLUSH_EVERY)),
             backoff: None,
@@ -358,7 +373,8 @@ impl<L: Listen> GatedListener<L> {
             match self.listener.poll_accept(cx) {
                 Poll::Ready(Ok((stream, addr, peer))) => self.start_handshake(stream, addr, peer),
                 Poll::Ready(Err(err)) => {
-                    tracing::warn!(error = %err, "accept failed; retrying");
+                    tracing::warn!(service = shown(self.config.service_name()), error = %err,
+                        "accept failed; retrying");
                     if !is_connection_error(&err) {
                         self.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)));
                     }
@@ -401,7 +417,8 @@ impl<L: Listen> GatedListener<L> {
             Err(bound) => {
                 let source = self.bounds.source_of(&peer);
                 if self.log_limit.allow(source, "bound", &peer, now) {
-                    tracing::warn!(conn = %id, %peer, "connection refused: too many handshakes in progress");
+                    tracing::warn!(service = shown(self.config.service_name()), conn = %id, %peer,
+                        bound = bound.as_str(), "connection refused: too many handshakes in progress");
                 }
                 telemetry.event(&Event::Refused(bound));
                 // Dropping the stream closes it at once.
@@ -415,6 +432,7 @@ impl<L: Listen> GatedListener<L> {
             penalties: Arc::clone(&self.penalties),
             log_limit: Arc::clone(&self.log_limit),
             telemetry: telemetry.clone(),
+            service: self.config.service.clone(),
         };
         let timer = telemetry.handshake();
         let who = Who {
@@ -519,7 +537,8 @@ impl<L: Listen> GatedListener<L> {
         victim.slot.release();
         if let Some(source) = victim.slot.source() {
             if self.log_limit.allow(source, "shed", &victim.peer, now) {
-                tracing::info!(peer = %victim.peer, age_ms = now.duration_since(victim.started).as_millis() as u64,
+                tracing::info!(service = shown(self.config.service_name()), peer = %victim.peer,
+                    age_ms = now.duration_since(victim.started).as_millis() as u64,
                     "every handshake slot taken: ended an old handshake from the busiest source to make room");
             }
             // The slot's source is the real client's, also behind a balancer (whose own
@@ -527,6 +546,7 @@ impl<L: Listen> GatedListener<L> {
             charge_source(
                 &self.bounds,
                 &self.penalties,
+                self.config.service_name(),
                 source,
                 &victim.peer,
                 Outcome::Shed,
@@ -545,25 +565,34 @@ struct TaskContext {
     penalties: Arc<Penalties>,
     log_limit: Arc<LogLimit>,
     telemetry: Sink,
+    service: Option<Arc<str>>,
 }
 
 /// Charges a source for a failed handshake, logging once when its penalty starts.
 fn charge(
     bounds: &Bounds,
     penalties: &Penalties,
+    service: Option<&str>,
     peer: &Peer,
     outcome: Outcome,
     reason: &str,
     now: Instant,
 ) {
     let source = bounds.source_of(peer);
-    charge_source(bounds, penalties, source, peer, outcome, reason, now);
+    charge_source(
+        bounds, penalties, service, source, peer, outcome, reason, now,
+    );
 }
 
 /// As [`charge`], for a source known already (`peer` only names it in the log).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each is a different part of the charge"
+)]
 fn charge_source(
     bounds: &Bounds,
     penalties: &Penalties,
+    service: Option<&str>,
     source: Source,
     peer: &Peer,
     outcome: Outcome,
@@ -571,9 +600,14 @@ fn charge_source(
     now: Instant,
 ) {
     if let Some(Charged::Started(penalty)) = penalties.charge(source, peer, outcome, now) {
-        tracing::warn!(source = %bounds.describe(peer), %peer, penalty_s = penalty.as_secs(), last = %reason,
+        tracing::warn!(service = shown(service), source = %bounds.describe(peer), %peer, penalty_s = penalty.as_secs(), last = %reason,
             "source penalized after repeated failed handshakes: its connections are closed at accept until the penalty runs out");
     }
+}
+
+/// A listener's name as a log field: shown as written (a plain `&str` field is quoted).
+fn shown(service: Option<&str>) -> Option<tracing::field::DisplayValue<&str>> {
+    service.map(tracing::field::display)
 }
 
 /// A connection as the listener knows it before the handshake.
@@ -602,7 +636,9 @@ where
         penalties,
         log_limit,
         telemetry,
+        service,
     } = context;
+    let service = service.as_deref();
     let Who {
         id,
         peer: socket_peer,
@@ -616,9 +652,17 @@ where
         let source = bounds.source_of(peer);
         if log_limit.allow(source, outcome.as_str(), peer, now) {
             let via = via.map(tracing::field::display);
-            tracing::info!(conn = %id, %peer, via, %reason, "connection rejected");
+            tracing::info!(service = shown(service), conn = %id, %peer, via, %reason, "connection rejected");
         }
-        charge(&bounds, &penalties, peer, outcome, &reason.to_string(), now);
+        charge(
+            &bounds,
+            &penalties,
+            service,
+            peer,
+            outcome,
+            &reason.to_string(),
+            now,
+        );
         timer.finish(outcome, None);
     };
     let (peer, via) = if from_balancer {
@@ -628,7 +672,7 @@ where
             // The balancer did not know the client's address: the connection's own endpoints.
             Ok(Ok(Received::Unknown)) => socket_peer.clone(),
             Ok(Ok(Received::Local)) => {
-                tracing::debug!(conn = %id, via = %socket_peer,
+                tracing::debug!(service = shown(service), conn = %id, via = %socket_peer,
                     "PROXY protocol LOCAL header (a balancer's health check): closed");
                 timer.finish(Outcome::HealthCheck, None);
                 return None;
@@ -642,7 +686,7 @@ where
                     &socket_peer,
                     Instant::now(),
                 ) {
-                    tracing::info!(conn = %id, via = %socket_peer, %reason, "connection rejected");
+                    tracing::info!(service = shown(service), conn = %id, via = %socket_peer, %reason, "connection rejected");
                 }
                 timer.finish(Outcome::of(&reason), None);
                 return None;
@@ -655,7 +699,7 @@ where
                     &socket_peer,
                     Instant::now(),
                 ) {
-                    tracing::info!(conn = %id, via = %socket_peer, %reason, "connection rejected");
+                    tracing::info!(service = shown(service), conn = %id, via = %socket_peer, %reason, "connection rejected");
                 }
                 timer.finish(Outcome::of(&reason), None);
                 return None;
@@ -668,8 +712,8 @@ where
         }
         if !slot.add_source(&client) {
             if log_limit.allow(bounds.source_of(&client), "bound", &client, Instant::now()) {
-                tracing::warn!(conn = %id, peer = %client, via = %socket_peer,
-                    "connection refused: too many handshakes in progress");
+                tracing::warn!(service = shown(service), conn = %id, peer = %client, via = %socket_peer,
+                    bound = Bound::PerSource.as_str(), "connection refused: too many handshakes in progress");
             }
             timer.discard();
             telemetry.event(&Event::Refused(Bound::PerSource));
@@ -685,7 +729,7 @@ where
         Ok(_) if slot.is_released() => None,
         Ok(session) => {
             let mut admitted = session.into_admitted(stream, gate.config(), id);
-            tracing::debug!(conn = %id, %peer, via = via.as_ref().map(tracing::field::display),
+            tracing::debug!(service = shown(service), conn = %id, %peer, via = via.as_ref().map(tracing::field::display),
                 key_id = %admitted.key_id(), mode = %admitted.mode(), "handshake admitted");
             let admission = admitted.admission_mut();
             *admission = admission.clone().with_peers(Some(peer), via);

@@ -518,7 +518,8 @@ impl Service {
             .with_max_handshakes_per_source(options.max_handshakes_per_source)
             .with_source_prefix(options.source_prefix)
             .with_proxy_protocol_from(options.accept_proxy_from.iter().copied())
-            .with_penalties(options.penalties());
+            .with_penalties(options.penalties())
+            .with_service_name(options.name.as_str());
         if let Some(metrics) = &keys.metrics {
             listener_config = listener_config.with_telemetry(Arc::new(metrics.clone()));
         }

@@ -36,9 +36,18 @@ struct Window {
 #[derive(Debug, Default)]
 pub(crate) struct LogLimit {
     windows: Mutex<HashMap<Key, Window>>,
+    /// The listener's name, for the summaries.
+    service: Option<std::sync::Arc<str>>,
 }
 
 impl LogLimit {
+    pub(crate) fn new(service: Option<std::sync::Arc<str>>) -> Self {
+        Self {
+            windows: Mutex::default(),
+            service,
+        }
+    }
+
     /// Whether a refusal line for `source` and `reason` may be written now (`peer` names the
     /// source in a later summary).
     pub(crate) fn allow(
@@ -63,7 +72,7 @@ impl LogLimit {
             example: peer.to_string(),
         });
         if now.duration_since(window.started) >= WINDOW {
-            summarize(&key, window);
+            summarize(self.service.as_deref(), &key, window);
             *window = Window {
                 started: now,
                 logged: 0,
@@ -86,25 +95,27 @@ impl LogLimit {
         windows.retain(|key, window| {
             let ended = now.duration_since(window.started) >= WINDOW;
             if ended {
-                summarize(key, window);
+                summarize(self.service.as_deref(), key, window);
             }
             !ended
         });
     }
 }
 
-fn summarize(key: &Key, window: &Window) {
+fn summarize(service: Option<&str>, key: &Key, window: &Window) {
     if window.suppressed == 0 {
         return;
     }
     let seconds = WINDOW.as_secs();
     match key.source {
         Some(_) => tracing::info!(
+            service = service.map(tracing::field::display),
             source = %window.example, reason = key.reason, suppressed = window.suppressed,
             "connection rejected: {} more like it from this source in {seconds}s (not logged one by one)",
             window.suppressed
         ),
         None => tracing::info!(
+            service = service.map(tracing::field::display),
             reason = key.reason,
             suppressed = window.suppressed,
             "connection rejected: {} more from many sources in {seconds}s (not logged one by one)",

@@ -639,8 +639,12 @@ async fn one_process_serves_two_services_from_a_config_file() {
         !admitted(blue_gate, &red).await,
         "red's key is refused by blue"
     );
+    // Each gate's refusals say which gate refused.
     serve
-        .wait_for_log(&["connection rejected", "unknown key id blue"])
+        .wait_for_log(&["connection rejected", "service=red", "unknown key id blue"])
+        .await;
+    serve
+        .wait_for_log(&["connection rejected", "service=blue", "unknown key id red"])
         .await;
 
     // SIGHUP reloads keys only. Nothing to say while the file is as it was at start; once it
