@@ -206,13 +206,15 @@ impl Pool {
                 return Ok(stream);
             }
             if tokio::time::timeout_at(deadline, came_up).await.is_err() {
-                // A pool waiting out another's refusal has no error of its own: it has the
+                // The gate's refusal, while no tunnel has been admitted since, is why nothing
+                // is tried now: it comes before an older failure of this pool's own (a gate
+                // that was not up yet), and a pool waiting out another's refusal has the
                 // other's.
                 let why = self
                     .inner
-                    .last_error
-                    .load_full()
-                    .or_else(|| self.inner.pacing.refusal())
+                    .pacing
+                    .refusal()
+                    .or_else(|| self.inner.last_error.load_full())
                     .map_or_else(|| "still connecting".to_owned(), |why| why.to_string());
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,

@@ -484,6 +484,62 @@ async fn a_refused_pool_tries_once_a_minute_and_says_why() {
     );
 }
 
+/// Pools that failed to connect before the gate was up, then were refused by it: each says the
+/// refusal (why nothing is tried now), not its own older connection failure.
+#[tokio::test]
+async fn a_refusal_comes_before_an_older_failure_in_the_error() {
+    let unused = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = unused.local_addr().unwrap();
+    drop(unused);
+    let stale = Key::generate(KeyId::new("alice").unwrap()).unwrap();
+    let pacing = linkgate::mux::Pacing::new();
+    let pools: Vec<Pool> = (0..2)
+        .map(|_| {
+            let config = PoolConfig::default()
+                .with_tunnels(1)
+                .with_backoff(Duration::from_millis(10), Duration::from_millis(40));
+            Pool::with_pacing(
+                addr.to_string(),
+                Credentials::new(stale.clone()),
+                config,
+                &pacing,
+            )
+            .unwrap()
+        })
+        .collect();
+    // Both have failed to connect at least once before the gate comes up.
+    for pool in &pools {
+        let err = pool.open(Duration::from_millis(300)).await.unwrap_err();
+        assert!(err.to_string().contains("refused"), "{err}");
+    }
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let gate = mux_gate(&[&key("alice")]);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.admit(tcp).await });
+        }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while pacing_refused(&pools[0]).await.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "never refused");
+    }
+    for pool in &pools {
+        let err = pool.open(Duration::from_millis(200)).await.unwrap_err();
+        assert!(err.to_string().contains("denied by the server"), "{err}");
+    }
+}
+
+/// The pool's error once the gate has refused it, if it has.
+async fn pacing_refused(pool: &Pool) -> Option<io::Error> {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let err = pool.open(Duration::ZERO).await.err()?;
+    err.to_string()
+        .contains("denied by the server")
+        .then_some(err)
+}
+
 #[tokio::test]
 async fn a_pool_without_a_gate_says_why() {
     let unused = TcpListener::bind("127.0.0.1:0").await.unwrap();
