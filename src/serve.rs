@@ -26,6 +26,7 @@ pub struct ServeOptions {
     drain_timeout: Duration,
     /// The connection slots, when serve loops share them (see [`ServeOptions::with_shared_bound`]).
     shared_slots: Option<Arc<Semaphore>>,
+    service: Option<Arc<str>>,
 }
 
 impl Default for ServeOptions {
@@ -34,6 +35,7 @@ impl Default for ServeOptions {
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(30),
             shared_slots: None,
+            service: None,
         }
     }
 }
@@ -86,6 +88,44 @@ impl ServeOptions {
     /// The drain timeout.
     pub fn drain_timeout(&self) -> Duration {
         self.drain_timeout
+    }
+
+    /// A name for the serve loop's log lines (a `service` field), for a process that runs
+    /// several.
+    pub fn with_service_name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.service = Some(name.into());
+        self
+    }
+}
+
+/// Says when the connection bound stops accepting: at most one line per [`BoundLog::EVERY`],
+/// counting the times in between (at a busy bound every connection that ends lets one in, and
+/// the bound is reached again at once).
+struct BoundLog {
+    last: Option<tokio::time::Instant>,
+    unlogged: u64,
+}
+
+impl BoundLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn reached(&mut self, options: &ServeOptions) {
+        let now = tokio::time::Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < Self::EVERY)
+        {
+            self.unlogged += 1;
+            return;
+        }
+        self.last = Some(now);
+        let before = std::mem::take(&mut self.unlogged);
+        tracing::warn!(
+            service = options.service.as_deref().map(tracing::field::display),
+            bound = options.max_connections,
+            reached_since_last_line = before,
+            "connection bound reached: no new connection is accepted until one ends (they wait in the listen backlog)"
+        );
     }
 }
 
@@ -181,18 +221,28 @@ where
         .clone()
         .unwrap_or_else(|| Arc::new(Semaphore::new(options.max_connections)));
     let open = Connections::new();
+    let mut bound_log = BoundLog {
+        last: None,
+        unlogged: 0,
+    };
     tokio::pin!(shutdown);
     loop {
         // Take a connection slot before accepting, so at the bound nothing new is accepted.
         // `biased`: shutdown is looked at first, so a busy listener still stops (and no random
         // branch order is drawn for every connection).
-        let permit = tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break, // never closed; stop rather than spin
-            },
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                bound_log.reached(&options);
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    permit = Arc::clone(&permits).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break, // never closed; stop rather than spin
+                    },
+                }
+            }
         };
         let next = poll_fn(|cx| Pin::new(&mut connections).poll_next(cx));
         let connection = tokio::select! {

@@ -556,7 +556,8 @@ impl Service {
         });
         let serve_options = ServeOptions::new()
             .with_max_connections(options.max_connections)
-            .with_drain_timeout(options.drain_timeout);
+            .with_drain_timeout(options.drain_timeout)
+            .with_service_name(options.name.as_str());
         let drained = match bound {
             Bound::Tcp(listener) => {
                 let listener = GatedListener::with_config(listener, keys.gate, listener_config);

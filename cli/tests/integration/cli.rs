@@ -1169,6 +1169,40 @@ async fn huge_limits_are_clamped_not_a_panic() {
     assert!(!serve.stderr().contains("panicked"), "{}", serve.stderr());
 }
 
+/// At --max-connections nothing new is accepted, and the log says so (once, not per waiting
+/// connection); a connection that ends lets the next one in.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_connection_bound_holds_new_connections_back_and_says_so() {
+    let dir = TempDir::new().unwrap();
+    let key = Key::from_file(keygen(dir.path(), "alice")).unwrap();
+    let (serve, gate) = start_serve(dir.path(), None, &["--max-connections", "1"]).await;
+    let credentials = Credentials::new(key);
+    let mut first = linkgate::connect(gate, &credentials).await.unwrap();
+    first.write_all(b"1").await.unwrap();
+    first.read_exact(&mut [0u8; 1]).await.unwrap();
+    let waiting = tokio::spawn(async move { linkgate::connect(gate, &credentials).await });
+    serve
+        .wait_for_log(&["connection bound reached", "service=default", "bound=1"])
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a second connection was taken at a bound of one"
+    );
+    drop(first);
+    let mut second = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the next connection was not taken once the first ended")
+        .unwrap()
+        .unwrap();
+    second.write_all(b"2").await.unwrap();
+    second.read_exact(&mut [0u8; 1]).await.unwrap();
+    assert_eq!(
+        serve.stderr().matches("connection bound reached").count(),
+        1
+    );
+}
+
 /// The README's first command: the demo tells its story on stdout, exits 0, and nothing else
 /// (no warning) interrupts it.
 #[test]
