@@ -44,6 +44,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         metrics: None,
         draining: tokio_util::sync::CancellationToken::new(),
         stream_slots: Arc::new(tokio::sync::Semaphore::new(1024)),
+        per_key: None,
         mux: linkgate::mux::MuxConfig::default(),
         tunnel_threads: Arc::new(crate::threads::Threads::start(1)?),
         cut_off: proxy::CutOff::default(),

@@ -13,6 +13,7 @@ mod listen;
 mod logging;
 mod metrics;
 mod output;
+mod per_key;
 mod probe;
 mod proxy;
 mod reload;

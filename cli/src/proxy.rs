@@ -34,6 +34,8 @@ pub(crate) struct ServeContext {
     pub(crate) draining: CancellationToken,
     /// Streams of multiplexed tunnels forwarded at once, over all tunnels (`--max-connections`).
     pub(crate) stream_slots: Arc<tokio::sync::Semaphore>,
+    /// `--max-connections-per-key`: connections, tunnels and streams one key id holds at once.
+    pub(crate) per_key: Option<Arc<crate::per_key::PerKey>>,
     /// The tunnels' settings (keepalive).
     pub(crate) mux: linkgate::mux::MuxConfig,
     /// Where admitted tunnels run, each on one thread with its streams.
@@ -181,6 +183,20 @@ where
         let who = admitted.admission().clone();
         tracing::info!(service = %context.service, conn = %who.connection_id(), peer = %peer_text(&who),
             via = via_field(&who), key_id = %who.key_id(), mode = %who.mode(), "admitted");
+        // Held until the connection (or tunnel) ends.
+        let _key_place = match &context.per_key {
+            None => None,
+            Some(per_key) => match per_key.take(who.key_id()) {
+                Some(place) => Some(place),
+                None => {
+                    tracing::warn!(service = %context.service, conn = %who.connection_id(),
+                        peer = %peer_text(&who), key_id = %who.key_id(), bound = per_key.max(),
+                        "key at --max-connections-per-key: resetting the admitted connection");
+                    admitted.get_ref().set_reset_on_close();
+                    return;
+                }
+            },
+        };
         // Subscribe before anything else, so a revocation from now on is seen. A tunnel always
         // listens: without --drop-revoked it still stops opening streams for a revoked key.
         if who.mode().is_multiplexed() {

@@ -163,6 +163,12 @@ pub(crate) struct ServiceOptions {
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = at_least_one)]
     #[serde(default = "default_max_connections")]
     pub(crate) max_connections: usize,
+    /// Connections, tunnels and tunnel streams one key id may hold at once (default: no bound
+    /// of its own), so one client cannot take every place: past it a connection is reset right
+    /// after admission and a stream refused.
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    #[serde(default)]
+    pub(crate) max_connections_per_key: Option<usize>,
     /// On SIGINT/SIGTERM, how long open connections may take to finish before exit (a second
     /// signal cuts them off at once).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
@@ -339,6 +345,10 @@ impl ServiceOptions {
             (self.max_handshakes, "max-handshakes"),
             (self.max_handshakes_per_source, "max-handshakes-per-source"),
             (self.max_connections, "max-connections"),
+            (
+                self.max_connections_per_key.unwrap_or(1),
+                "max-connections-per-key",
+            ),
         ] {
             if value == 0 {
                 bail!("service {}: {what} must be at least 1", self.name);
@@ -542,6 +552,9 @@ impl Service {
             metrics: keys.metrics.clone(),
             draining,
             // Clamped: a semaphore refuses (panics at) more permits than it can count.
+            per_key: options
+                .max_connections_per_key
+                .map(crate::per_key::PerKey::new),
             stream_slots: Arc::new(tokio::sync::Semaphore::new(
                 options
                     .max_connections

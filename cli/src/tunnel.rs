@@ -311,6 +311,21 @@ async fn serve_stream(
         incoming.refuse();
         return;
     };
+    let _key_place = match &context.per_key {
+        None => None,
+        Some(per_key) => match per_key.take(who.key_id()) {
+            Some(place) => Some(place),
+            None => {
+                if may_log() {
+                    tracing::warn!(service = %context.service, conn = %who.connection_id(),
+                        stream = stream_id, key_id = %who.key_id(), bound = per_key.max(),
+                        "key at --max-connections-per-key: refusing the stream");
+                }
+                incoming.refuse();
+                return;
+            }
+        },
+    };
     let upstream = match Box::pin(context.upstream.connect(context.connect_timeout)).await {
         None => None,
         Some(Ok(upstream)) => Some(upstream),

@@ -878,6 +878,50 @@ async fn revoking_the_key_closes_the_tunnel_and_resets_its_connections() {
         .await;
 }
 
+/// A tunnel and its streams count against --max-connections-per-key: with a bound of 2, one
+/// tunnel carries one connection at a time, and the next is refused alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_streams_count_against_its_share() {
+    let upstream = echo_upstream().await;
+    let TestGate {
+        dir: _dir,
+        key,
+        serve,
+        addr: gate,
+        ..
+    } = gate(upstream.addr, &["--max-connections-per-key", "2"]).await;
+    let (connect, local) = start_connect(gate, &key, &["--mux", "--tunnels", "1"]).await;
+    connect.wait_for_log(&["tunnel up", "slot=0"]).await;
+    let mut held = TcpStream::connect(local).await.unwrap();
+    held.write_all(b"ping").await.unwrap();
+    held.read_exact(&mut [0u8; 4]).await.unwrap();
+    assert_reset_before_any_answer(local, b"more").await;
+    serve
+        .wait_for_log(&[
+            "key at --max-connections-per-key: refusing the stream",
+            "key_id=alice",
+            "bound=2",
+        ])
+        .await;
+    // The held one goes on; once it ends, its place is free again.
+    held.write_all(b"pong").await.unwrap();
+    held.read_exact(&mut [0u8; 4]).await.unwrap();
+    drop(held);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut next = TcpStream::connect(local).await.unwrap();
+        let _ = next.write_all(b"next").await;
+        if next.read_exact(&mut [0u8; 4]).await.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_key_keeps_its_open_streams_but_opens_no_new_ones() {
     let upstream = echo_upstream().await;

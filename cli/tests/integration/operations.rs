@@ -43,6 +43,63 @@ where
     panic!("never: {what}");
 }
 
+/// One key cannot take every place: past --max-connections-per-key its next connection is
+/// reset after admission (the log says why), while another key still gets in.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_key_is_held_to_its_own_share_of_connections() {
+    let keys = TempDir::new().unwrap();
+    let alice = key(&keygen(keys.path(), "alice"));
+    let bob = key(&keygen(keys.path(), "bob"));
+    let (serve, gate) = start_serve(keys.path(), None, &["--max-connections-per-key", "2"]).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = linkgate::connect(gate, &Credentials::new(alice.clone()))
+            .await
+            .unwrap();
+        stream.write_all(b"hi").await.unwrap();
+        stream.read_exact(&mut [0u8; 2]).await.unwrap();
+        held.push(stream);
+    }
+    let mut third = linkgate::connect(gate, &Credentials::new(alice.clone()))
+        .await
+        .unwrap();
+    let _ = third.write_all(b"hi").await;
+    let mut rest = Vec::new();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut rest))
+        .await
+        .expect("the connection past the bound was kept open");
+    assert!(outcome.is_err(), "a third connection was served: {rest:?}");
+    serve
+        .wait_for_log(&[
+            "key at --max-connections-per-key",
+            "key_id=alice",
+            "bound=2",
+        ])
+        .await;
+    // Bob is not held back by alice, and alice gets a place back when one of hers ends.
+    let mut other = linkgate::connect(gate, &Credentials::new(bob))
+        .await
+        .unwrap();
+    other.write_all(b"ok").await.unwrap();
+    other.read_exact(&mut [0u8; 2]).await.unwrap();
+    drop(held.pop());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut again = linkgate::connect(gate, &Credentials::new(alice.clone()))
+            .await
+            .unwrap();
+        let _ = again.write_all(b"ok").await;
+        if again.read_exact(&mut [0u8; 2]).await.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alice's place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The README's one-client setup: removing that client's key file and sending SIGHUP withdraws
 /// it, though a key directory with no key is refused at start.
 #[tokio::test(flavor = "multi_thread")]
