@@ -439,6 +439,29 @@ async fn an_open_on_a_tunnel_at_the_gates_stream_bound_gives_up_at_its_wait() {
     }
 }
 
+/// Pools to `addr`, one per config, all under one pacing and a key for "alice" that no gate
+/// here holds.
+fn stale_pools<const N: usize>(
+    addr: SocketAddr,
+    configs: [PoolConfig; N],
+) -> (Vec<Pool>, linkgate::mux::Pacing) {
+    let stale = Key::generate(KeyId::new("alice").unwrap()).unwrap();
+    let pacing = linkgate::mux::Pacing::new();
+    let pools = configs
+        .into_iter()
+        .map(|config| {
+            Pool::with_pacing(
+                addr.to_string(),
+                Credentials::new(stale.clone()),
+                config,
+                &pacing,
+            )
+            .unwrap()
+        })
+        .collect();
+    (pools, pacing)
+}
+
 /// A gate that refuses the pool's tunnels (a stale key) is tried once, not on the usual
 /// backoff: each refusal adds to the gate's penalty for this host, and a few per second would
 /// get every client here refused at accept. Pools sharing a pacing count as one.
@@ -457,21 +480,10 @@ async fn a_refused_pool_tries_once_a_minute_and_says_why() {
             tokio::spawn(async move { gate.admit(tcp).await });
         }
     });
-    let stale = Key::generate(KeyId::new("alice").unwrap()).unwrap();
-    let pacing = linkgate::mux::Pacing::new();
-    let pools: Vec<Pool> = [3, 2]
-        .into_iter()
-        .map(|tunnels| {
-            let config = PoolConfig::default().with_tunnels(tunnels);
-            Pool::with_pacing(
-                addr.to_string(),
-                Credentials::new(stale.clone()),
-                config,
-                &pacing,
-            )
-            .unwrap()
-        })
-        .collect();
+    let (pools, _) = stale_pools(
+        addr,
+        [3, 2].map(|tunnels| PoolConfig::default().with_tunnels(tunnels)),
+    );
     for pool in &pools {
         let err = pool.open(Duration::from_millis(1500)).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
@@ -491,22 +503,10 @@ async fn a_refusal_comes_before_an_older_failure_in_the_error() {
     let unused = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = unused.local_addr().unwrap();
     drop(unused);
-    let stale = Key::generate(KeyId::new("alice").unwrap()).unwrap();
-    let pacing = linkgate::mux::Pacing::new();
-    let pools: Vec<Pool> = (0..2)
-        .map(|_| {
-            let config = PoolConfig::default()
-                .with_tunnels(1)
-                .with_backoff(Duration::from_millis(10), Duration::from_millis(40));
-            Pool::with_pacing(
-                addr.to_string(),
-                Credentials::new(stale.clone()),
-                config,
-                &pacing,
-            )
-            .unwrap()
-        })
-        .collect();
+    let quick = PoolConfig::default()
+        .with_tunnels(1)
+        .with_backoff(Duration::from_millis(10), Duration::from_millis(40));
+    let (pools, _) = stale_pools(addr, [quick.clone(), quick]);
     // Both have failed to connect at least once before the gate comes up.
     for pool in &pools {
         let err = pool.open(Duration::from_millis(300)).await.unwrap_err();

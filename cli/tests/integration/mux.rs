@@ -834,27 +834,49 @@ async fn a_draining_gate_lets_open_streams_finish_and_takes_no_new_ones() {
     serve.wait_for_log(&["tunnel closed", "streams="]).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoking_the_key_closes_the_tunnel_and_resets_its_connections() {
+/// A gate (`serve_extra` added) with keys alice and bob, a `connect --mux` with one tunnel under
+/// a copy of alice's key, and one carried connection that has been echoed; then alice's key is
+/// removed from the gate and the gate reloads.
+async fn revoke_under_an_open_stream(
+    serve_extra: &[&str],
+) -> (
+    TestGate,
+    Linkgate,
+    SocketAddr,
+    TcpStream,
+    crate::support::Upstream,
+) {
     let upstream = echo_upstream().await;
-    let TestGate {
-        dir,
-        keys,
-        key,
-        serve,
-        addr: gate,
-    } = gate(upstream.addr, &["--drop-revoked"]).await;
-    keygen(&keys, "bob");
-    let client_key = dir.path().join("alice.key");
-    std::fs::copy(&key, &client_key).unwrap();
-    let (connect, local) = start_connect(gate, &client_key, &["--mux", "--tunnels", "1"]).await;
+    let test_gate = gate(upstream.addr, serve_extra).await;
+    keygen(&test_gate.keys, "bob");
+    let client_key = test_gate.dir.path().join("alice.key");
+    std::fs::copy(&test_gate.key, &client_key).unwrap();
+    let (connect, local) = start_connect(
+        test_gate.addr,
+        &client_key,
+        &["--mux", "--tunnels", "1", "--timeout", "1s"],
+    )
+    .await;
     connect.wait_for_log(&["tunnel up", "slot=0"]).await;
     let mut client = TcpStream::connect(local).await.unwrap();
     client.write_all(b"ping").await.unwrap();
-    let mut echoed = [0u8; 4];
-    client.read_exact(&mut echoed).await.unwrap();
-    std::fs::remove_file(&key).unwrap();
-    serve.signal("HUP");
+    client.read_exact(&mut [0u8; 4]).await.unwrap();
+    std::fs::remove_file(&test_gate.key).unwrap();
+    test_gate.serve.signal("HUP");
+    (test_gate, connect, local, client, upstream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_key_closes_the_tunnel_and_resets_its_connections() {
+    let (
+        TestGate {
+            dir: _dir, serve, ..
+        },
+        connect,
+        _local,
+        mut client,
+        _upstream,
+    ) = revoke_under_an_open_stream(&["--drop-revoked"]).await;
     serve
         .wait_for_log(&["tunnel closed: its key was revoked", "key_id=alice"])
         .await;
@@ -924,30 +946,16 @@ async fn a_keys_streams_count_against_its_share() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_key_keeps_its_open_streams_but_opens_no_new_ones() {
-    let upstream = echo_upstream().await;
-    let TestGate {
-        dir,
-        keys,
-        key,
-        serve,
-        addr: gate,
-    } = gate(upstream.addr, &[]).await;
-    keygen(&keys, "bob");
-    let client_key = dir.path().join("alice.key");
-    std::fs::copy(&key, &client_key).unwrap();
-    let (connect, local) = start_connect(
-        gate,
-        &client_key,
-        &["--mux", "--tunnels", "1", "--timeout", "1s"],
-    )
-    .await;
-    connect.wait_for_log(&["tunnel up", "slot=0"]).await;
-    let mut client = TcpStream::connect(local).await.unwrap();
-    client.write_all(b"ping").await.unwrap();
+    let (
+        TestGate {
+            dir: _dir, serve, ..
+        },
+        connect,
+        local,
+        mut client,
+        _upstream,
+    ) = revoke_under_an_open_stream(&[]).await;
     let mut echoed = [0u8; 4];
-    client.read_exact(&mut echoed).await.unwrap();
-    std::fs::remove_file(&key).unwrap();
-    serve.signal("HUP");
     serve
         .wait_for_log(&[
             "tunnel's key was revoked by a reload: no new streams",
