@@ -506,7 +506,7 @@ async fn a_refusal_comes_before_an_older_failure_in_the_error() {
     let quick = PoolConfig::default()
         .with_tunnels(1)
         .with_backoff(Duration::from_millis(10), Duration::from_millis(40));
-    let (pools, _) = stale_pools(addr, [quick.clone(), quick]);
+    let (pools, _) = stale_pools(addr, [quick, quick]);
     // Both have failed to connect at least once before the gate comes up.
     for pool in &pools {
         let err = pool.open(Duration::from_millis(300)).await.unwrap_err();
