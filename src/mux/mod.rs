@@ -92,6 +92,11 @@ impl Default for MuxConfig {
     }
 }
 
+/// The streams a tunnel opens at once before the gate's SETTINGS announce its bound: RFC 9113's
+/// recommended least (100). Opens past it until then fail with `WouldBlock` (a pool tries again
+/// shortly) rather than wait in h2 for a place the gate may never give.
+pub const ASSUMED_MAX_STREAMS: usize = 100;
+
 /// HTTP/2's largest window.
 const MAX_WINDOW: u32 = (1 << 31) - 1;
 
@@ -122,8 +127,8 @@ impl MuxConfig {
         self.stream_window
     }
 
-    /// Streams open at once in one tunnel (default 8,192; announced by the server, and a client
-    /// waits for a free one).
+    /// Streams open at once in one tunnel (default 8,192; announced by the server: a client's
+    /// [`Tunnel::open`] past it fails with `WouldBlock`, and a [`Pool`] waits for a place).
     pub fn with_max_streams(mut self, streams: u32) -> Self {
         self.max_streams = streams.max(1);
         self
@@ -212,6 +217,8 @@ impl Tunnel {
         let transport = coalesce::Coalescing::new(admitted, open.clone());
         let received = transport.received();
         let (sender, mut connection) = h2::client::Builder::new()
+            // Until the gate's SETTINGS say otherwise (h2 assumes no bound at all).
+            .initial_max_send_streams(ASSUMED_MAX_STREAMS)
             .enable_push(false)
             .max_frame_size(MAX_FRAME)
             .max_header_list_size(MAX_HEADER_LIST)
@@ -267,9 +274,14 @@ impl Tunnel {
     /// its first read also reports whether the server could connect it. Fails with
     /// [`io::ErrorKind::WouldBlock`] while the tunnel has as many streams open as the gate
     /// allows at once (HTTP/2 would queue the open until one ends, for as long as that takes).
+    /// The count is of [`MuxStream`]s not yet dropped, so a stream ended both ways but still
+    /// held counts until it is dropped; until the gate's SETTINGS arrive, the bound is
+    /// [`ASSUMED_MAX_STREAMS`].
     pub async fn open(&self) -> io::Result<MuxStream> {
+        // Counted before the bound is looked at, so opens at once cannot all pass it.
+        let ticket = self.open.ticket();
         let bound = self.sender.current_max_send_streams();
-        if self.open.count() >= bound {
+        if self.open.count() > bound {
             return Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
                 format!("the tunnel has {bound} streams open, as many as the gate allows"),
@@ -291,7 +303,7 @@ impl Tunnel {
             MuxReadHalf::awaiting(answer),
             MuxWriteHalf::new(send),
             self.admission.connection_id(),
-            self.open.ticket(),
+            ticket,
         ))
     }
 
@@ -300,11 +312,13 @@ impl Tunnel {
         &self.admission
     }
 
-    /// An open that failed; a GOAWAY (the gate drains, or revoked the tunnel's key) means no
-    /// open will succeed on this tunnel again, though its open streams go on.
+    /// An open that failed. Every request is the same CONNECT, so the failure is the
+    /// tunnel's, not this request's: a GOAWAY (the gate drains, or revoked the tunnel's key),
+    /// stream ids used up, a connection error. No open will succeed on it again, though its
+    /// open streams may go on.
     fn refused_open(&self, err: h2::Error) -> io::Error {
+        self.going_away.cancel();
         if err.is_go_away() {
-            self.going_away.cancel();
             if err.is_remote() && err.reason() == Some(h2::Reason::NO_ERROR) {
                 return io::Error::new(
                     io::ErrorKind::ConnectionAborted,
