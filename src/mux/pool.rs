@@ -276,6 +276,10 @@ fn multiplexed(credentials: Credentials) -> io::Result<Credentials> {
     Ok(credentials.with_mode(mux))
 }
 
+/// How long a tunnel must have been up for its loss to be replaced at once (and the backoff
+/// reset): a shorter one is treated as a failed attempt.
+const STEADY: Duration = Duration::from_secs(2);
+
 /// How often an open waiting for a place on a full tunnel looks again.
 const FULL_RETRY: Duration = Duration::from_millis(10);
 
@@ -310,7 +314,7 @@ async fn keep_up(inner: Arc<Inner>, index: usize, config: PoolConfig) {
         match tunnel {
             Ok(tunnel) => {
                 turn.admitted();
-                backoff = config.min_backoff;
+                let up_at = tokio::time::Instant::now();
                 let conn = tunnel.admission().connection_id();
                 tracing::info!(server = %inner.server, %conn, key_id = %credentials.key_id(),
                     mode = %credentials.mode(), slot, "tunnel up");
@@ -322,15 +326,33 @@ async fn keep_up(inner: Arc<Inner>, index: usize, config: PoolConfig) {
                 }
                 inner.slots[index].store(None);
                 pacing.lost();
+                // A tunnel that lasted is replaced at once; one lost right after admission (a
+                // gate that admits and then drops it, or resets it at a per-key bound) is
+                // replaced on the backoff, as a failure would be, not in a tight loop.
+                let pause = if up_at.elapsed() >= STEADY {
+                    backoff = config.min_backoff;
+                    Duration::ZERO
+                } else {
+                    let pause = jittered(backoff);
+                    backoff = backoff.saturating_mul(2).min(config.max_backoff);
+                    pause
+                };
+                let retry_in_ms = pause.as_millis() as u64;
                 if tunnel.is_closed() {
-                    tracing::warn!(server = %inner.server, %conn, slot,
+                    tracing::warn!(server = %inner.server, %conn, slot, retry_in_ms,
                         "tunnel closed: its open streams are reset; establishing a new one");
                 } else {
                     // Its streams finish on the old tunnel; new ones need a new tunnel now, not
                     // when the last of those ends (the drain of a restarting gate may be long).
-                    tracing::info!(server = %inner.server, %conn, slot,
+                    tracing::info!(server = %inner.server, %conn, slot, retry_in_ms,
                         "tunnel going away (the gate is draining, or revoked its key): its open \
                          streams go on; establishing a new one");
+                }
+                if !pause.is_zero() {
+                    tokio::select! {
+                        () = inner.stop.cancelled() => return,
+                        () = tokio::time::sleep(pause) => {}
+                    }
                 }
             }
             Err((err, true)) => {
