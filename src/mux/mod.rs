@@ -318,14 +318,12 @@ impl Tunnel {
     /// open streams may go on.
     fn refused_open(&self, err: h2::Error) -> io::Error {
         self.going_away.cancel();
-        if err.is_go_away() {
-            if err.is_remote() && err.reason() == Some(h2::Reason::NO_ERROR) {
-                return io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "the gate takes no new streams on this tunnel (it is draining, or the \
-                     tunnel's key was revoked); its open streams go on",
-                );
-            }
+        if err.is_go_away() && err.is_remote() && err.reason() == Some(h2::Reason::NO_ERROR) {
+            return io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the gate takes no new streams on this tunnel (it is draining, or the \
+                 tunnel's key was revoked); its open streams go on",
+            );
         }
         stream::stream_error(err)
     }
