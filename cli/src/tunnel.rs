@@ -232,6 +232,17 @@ async fn serve<IO>(
                     "tunnel's key was revoked by a reload: no new streams, the open ones go on");
             }
             incoming = server.next_stream() => match incoming {
+                // h2 takes new streams until the client answers the GOAWAY's PING: one that never
+                // does could go on opening connections under the revoked key.
+                Some(Ok(incoming)) if key_revoked => {
+                    let (log, unlogged) = refusals.allow(Instant::now());
+                    log_unlogged_refusals(&context, &who, unlogged);
+                    if log {
+                        tracing::warn!(%service, %conn, stream = incoming.stream_id(),
+                            key_id = %who.key_id(), "tunnel's key was revoked: refusing the stream");
+                    }
+                    incoming.refuse();
+                }
                 Some(Ok(incoming)) => {
                     cut_off.opened += 1;
                     let (who, outcome) = (who.clone(), Arc::clone(&outcome));
