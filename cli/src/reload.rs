@@ -14,19 +14,41 @@ use crate::metrics::Metrics;
 use crate::service::{ServiceKeys, ids_text};
 use crate::systemd;
 
-/// A service's keys as they are now. A key directory left with no key file gives an empty
-/// keyring (every client denied), where at start it is refused as a likely mistake.
-fn load_allowing_none(service: &ServiceKeys) -> anyhow::Result<linkgate::Keyring> {
+/// A service's keys as they are now. On SIGHUP, a key directory left with no key file gives an
+/// empty keyring (every client denied): the operator removed the last key and said so. A
+/// watcher's reload keeps refusing it, as the start does: a directory is empty for a moment
+/// when its files are replaced one by one, and denying every client then would cut every
+/// tunnel and send every client host into penalties.
+fn load_allowing_none(service: &ServiceKeys, why: Why) -> anyhow::Result<linkgate::Keyring> {
     match service.source.load(&service.options) {
         Err(err)
-            if matches!(
-                err.downcast_ref::<linkgate::Error>(),
-                Some(linkgate::Error::Key(linkgate::KeyError::NoKeys(_)))
-            ) =>
+            if why == Why::Signal
+                && matches!(
+                    err.downcast_ref::<linkgate::Error>(),
+                    Some(linkgate::Error::Key(linkgate::KeyError::NoKeys(_)))
+                ) =>
         {
             Ok(linkgate::Keyring::new())
         }
         loaded => loaded,
+    }
+}
+
+/// What asked for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// SIGHUP (or systemd's ExecReload): the operator.
+    Signal,
+    /// `--watch-keys` saw the key files change.
+    FilesChanged,
+}
+
+impl std::fmt::Display for Why {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Signal => "SIGHUP",
+            Self::FilesChanged => "key files changed",
+        })
     }
 }
 
@@ -44,14 +66,14 @@ pub(crate) struct Reloader {
 
 impl Reloader {
     /// Reloads every service's keys; `false` if any kept its old keys.
-    pub(crate) fn reload(&self, why: &str) -> bool {
+    pub(crate) fn reload(&self, why: Why) -> bool {
         systemd::reloading();
         // Before the keys' lines, so that a reload's last line ends what it has to say.
         self.warn_if_config_changed();
         let mut all_ok = true;
         for service in &self.services {
             let name = &service.name;
-            let loaded = load_allowing_none(service).and_then(|keyring| {
+            let loaded = load_allowing_none(service, why).and_then(|keyring| {
                 let count = keyring.len();
                 let ids = ids_text(&keyring);
                 let diff = service.gate.replace_keyring(keyring)?;
@@ -135,7 +157,7 @@ pub(crate) async fn run(reloader: Arc<Reloader>, mut hups: watch::Receiver<u64>,
                 if changed_hup.is_err() {
                     return;
                 }
-                reloader.reload("SIGHUP");
+                reloader.reload(Why::Signal);
             }
             Some(()) = changed.recv() => {
                 // Debounce: wait until the directory has been quiet for a moment.
@@ -146,7 +168,7 @@ pub(crate) async fn run(reloader: Arc<Reloader>, mut hups: watch::Receiver<u64>,
                         Err(_) => break,
                     }
                 }
-                reloader.reload("key files changed");
+                reloader.reload(Why::FilesChanged);
             }
         }
     }

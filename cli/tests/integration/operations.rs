@@ -101,14 +101,26 @@ async fn one_key_is_held_to_its_own_share_of_connections() {
 }
 
 /// The README's one-client setup: removing that client's key file and sending SIGHUP withdraws
-/// it, though a key directory with no key is refused at start.
+/// it, though a key directory with no key is refused at start. The watcher does not act on an
+/// empty directory (files replaced one by one leave it empty for a moment): only SIGHUP does.
 #[tokio::test(flavor = "multi_thread")]
 async fn removing_the_last_key_withdraws_its_client() {
     let keys = TempDir::new().unwrap();
     let alice = key(&keygen(keys.path(), "alice"));
-    let (serve, gate) = start_serve(keys.path(), None, &[]).await;
+    let (serve, gate) = start_serve(keys.path(), None, &["--watch-keys"]).await;
     assert!(admitted(gate, &alice).await);
     std::fs::remove_file(keys.path().join("alice.key")).unwrap();
+    serve
+        .wait_for_log(&[
+            "key reload failed: the previous keys stay in force",
+            "why=key files changed",
+            "no *.key files",
+        ])
+        .await;
+    assert!(
+        admitted(gate, &alice).await,
+        "an empty directory seen by the watcher"
+    );
     serve.signal("HUP");
     serve
         .wait_for_log(&["keys reloaded: no key is left", "removed=alice"])
