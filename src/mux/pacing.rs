@@ -127,13 +127,18 @@ impl Pacing {
     }
 
     /// An attempt failed otherwise (the gate unreachable): the next slot may probe, each on
-    /// its own backoff.
+    /// its own backoff. An earlier refusal is no longer the latest news.
     fn failed(&self) {
-        self.state().probing = false;
+        {
+            let mut state = self.state();
+            state.probing = false;
+            state.refusal = None;
+        }
         self.0.changed.notify_waiters();
     }
 
-    /// Why the gate refused the last attempt, while no tunnel has been admitted since.
+    /// Why the gate refused the last attempt, while no attempt has been admitted or has failed
+    /// otherwise since.
     pub(crate) fn refusal(&self) -> Option<Arc<String>> {
         self.state().refusal.clone()
     }
@@ -175,5 +180,29 @@ impl Drop for Attempt<'_> {
         if !self.reported {
             self.pacing.failed();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refusal_is_told_until_a_later_attempt_fails_or_is_admitted() {
+        let pacing = Pacing::new();
+        pacing
+            .turn()
+            .await
+            .refused(Duration::ZERO, "denied by the server".into());
+        assert_eq!(
+            pacing.refusal().as_deref().map(String::as_str),
+            Some("denied by the server")
+        );
+        // The gate then became unreachable: that is the news now, not the refusal.
+        pacing.turn().await.failed();
+        assert!(pacing.refusal().is_none());
+        pacing.turn().await.refused(Duration::ZERO, "again".into());
+        pacing.turn().await.admitted();
+        assert!(pacing.refusal().is_none());
     }
 }
