@@ -90,6 +90,11 @@ impl ServeOptions {
         self.drain_timeout
     }
 
+    /// The name as a log field, shown as written.
+    fn service_field(&self) -> Option<tracing::field::DisplayValue<&str>> {
+        self.service.as_deref().map(tracing::field::display)
+    }
+
     /// A name for the serve loop's log lines (a `service` field), for a process that runs
     /// several.
     pub fn with_service_name(mut self, name: impl Into<Arc<str>>) -> Self {
@@ -121,7 +126,7 @@ impl BoundLog {
         self.last = Some(now);
         let before = std::mem::take(&mut self.unlogged);
         tracing::warn!(
-            service = options.service.as_deref().map(tracing::field::display),
+            service = options.service_field(),
             bound = options.max_connections,
             reached_since_last_line = before,
             "connection bound reached: no new connection is accepted until one ends (they wait in the listen backlog)"
@@ -256,7 +261,7 @@ where
         open.spawn(handler(connection), permit);
     }
     drop(connections);
-    open.drain(options.drain_timeout, cut_off).await
+    open.drain(&options, cut_off).await
 }
 
 /// Open connection tasks, tracked so shutdown can wait for them and then cut them off.
@@ -297,10 +302,12 @@ impl Connections {
 
     /// Waits up to `timeout` (or until `cut_off` completes) for open connections to finish, then
     /// cuts off the rest.
-    async fn drain(self, timeout: Duration, cut_off: impl Future<Output = ()>) -> Drained {
+    async fn drain(self, options: &ServeOptions, cut_off: impl Future<Output = ()>) -> Drained {
+        let (timeout, service) = (options.drain_timeout, options.service_field());
         self.tracker.close();
         if !self.tracker.is_empty() {
             tracing::info!(
+                service,
                 open = self.tracker.len(),
                 "shutting down: waiting for open connections"
             );
@@ -314,7 +321,7 @@ impl Connections {
         }
         let aborted = self.tracker.len();
         if aborted > 0 {
-            tracing::warn!(aborted, "closing the connections still open");
+            tracing::warn!(service, aborted, "closing the connections still open");
         }
         self.cut_off.cancel();
         self.tracker.wait().await;

@@ -30,6 +30,7 @@ pub(crate) async fn run(args: ProbeArgs, format: LogFormat) -> Result<()> {
         );
     }
     let report = probe.run().await;
+    let json = args.json || format == LogFormat::Json;
     // Nothing listening (or no such host): one line, not the same failure once per check.
     let unreachable = format!("cannot connect to {}", args.addr);
     if let Some(first) = report.findings.first()
@@ -38,9 +39,19 @@ pub(crate) async fn run(args: ProbeArgs, format: LogFormat) -> Result<()> {
             .iter()
             .all(|finding| finding.detail.starts_with(&unreachable))
     {
+        if json {
+            say!(
+                "{}",
+                serde_json::json!({
+                    "summary": "nothing was probed",
+                    "passed": false,
+                    "target": args.addr,
+                    "error": first.detail,
+                })
+            )?;
+        }
         bail!("{}: nothing was probed", first.detail);
     }
-    let json = args.json || format == LogFormat::Json;
     for finding in &report.findings {
         if json {
             say!("{}", finding_json(finding))?;

@@ -37,8 +37,9 @@ type TunnelOutcome = Arc<std::sync::OnceLock<StreamsEnded>>;
 
 /// Streams one tunnel refused, logged without flooding: a client can open streams as fast as
 /// the gate refuses them (a review logged 131,000 lines a second at the stream bound). The first
-/// few of each window are logged; the rest are counted, and told in one line when the window
-/// or the tunnel ends.
+/// few of each window are logged; the rest are counted, and told in one line at the first
+/// refusal after the window, or when the tunnel ends. Per tunnel: a key holder with several
+/// tunnels gets as many times the lines.
 #[derive(Debug, Default)]
 struct Refusals(std::sync::Mutex<RefusalWindow>);
 

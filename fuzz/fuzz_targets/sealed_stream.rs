@@ -6,7 +6,8 @@
 //!
 //! Read side: ciphertext sealed by the client's own sealer (so it is valid), with optional raw
 //! bytes or one flipped bit. Untouched: exactly the data comes out, then a clean end
-//! (close_notify) or an error (truncation). Touched: a prefix of the data, then an error.
+//! (close_notify) or an error (truncation). Touched: never more than a prefix of the data, and
+//! an error where it would otherwise have ended cleanly.
 //! Write side: what the gate writes (write, write_vectored, flush, shutdown) is opened by the
 //! client's opener and must be exactly the data, with close_notify if and only if it shut down.
 

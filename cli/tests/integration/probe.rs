@@ -208,6 +208,18 @@ fn nothing_listening_or_no_port_is_one_line_not_a_failure_per_check() {
             && stderr.contains("nothing was probed"),
         "{stderr}"
     );
+    // With --json, stdout still has its one summary object.
+    let out = probe(&[&addr, "--wait", "300ms", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let summary: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(summary["passed"], false);
+    assert!(
+        summary["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot connect"),
+        "{summary}"
+    );
     for bad in ["127.0.0.1", "unix:/run/gate.sock"] {
         let out = probe(&[bad]);
         let stderr = text(&out.stderr);
