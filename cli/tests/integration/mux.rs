@@ -990,6 +990,128 @@ async fn a_revoked_key_keeps_its_open_streams_but_opens_no_new_ones() {
         .await;
 }
 
+/// An HTTP/2 frame as a hand-made client sees it.
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const END_STREAM: u8 = 0x1;
+
+async fn read_frame<R: tokio::io::AsyncRead + Unpin>(from: &mut R) -> Frame {
+    let mut head = [0u8; 9];
+    from.read_exact(&mut head).await.unwrap();
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    from.read_exact(&mut payload).await.unwrap();
+    Frame {
+        kind: head[3],
+        flags: head[4],
+        stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+        payload,
+    }
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_be_bytes();
+    let mut out = vec![len[1], len[2], len[3], kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A CONNECT for the gate's upstream in HPACK without the dynamic table or Huffman: `:method`
+/// (static name 2) and `:authority` (static name 1), each a literal value.
+fn connect_headers(stream: u32) -> Vec<u8> {
+    let authority = b"upstream.linkgate.invalid:0";
+    let mut block = vec![0x02, 7];
+    block.extend_from_slice(b"CONNECT");
+    block.extend_from_slice(&[0x01, authority.len() as u8]);
+    block.extend_from_slice(authority);
+    frame(HEADERS, 0x4, stream, &block)
+}
+
+/// The first HEADERS or RST_STREAM for `stream`, answering SETTINGS (never PING).
+async fn answer_to<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    tunnel: &mut S,
+    stream: u32,
+) -> Frame {
+    loop {
+        let got = read_frame(tunnel).await;
+        if got.kind == SETTINGS && got.flags & 0x1 == 0 {
+            tunnel
+                .write_all(&frame(SETTINGS, 0x1, 0, &[]))
+                .await
+                .unwrap();
+        } else if got.stream == stream && (got.kind == HEADERS || got.kind == RST_STREAM) {
+            return got;
+        }
+    }
+}
+
+/// After a revocation the gate sends GOAWAY, but h2 takes new streams until the client answers
+/// the PING that follows it. A client that never answers must still open no connection under
+/// the revoked key: its streams are refused. Hand-made frames, as no HTTP/2 library lets a
+/// client leave a PING unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_ignores_goaway_opens_nothing_under_a_revoked_key() {
+    let upstream = echo_upstream().await;
+    let test_gate = gate(upstream.addr, &[]).await;
+    keygen(&test_gate.keys, "bob");
+    let alice = linkgate::Key::from_file(&test_gate.key).unwrap();
+    let credentials = linkgate::Credentials::new(alice).with_mode(linkgate::Mode::SealedFsMux);
+    let mut tunnel = linkgate::connect(test_gate.addr, &credentials)
+        .await
+        .unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    hello.extend(connect_headers(1));
+    tunnel.write_all(&hello).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), answer_to(&mut tunnel, 1))
+        .await
+        .expect("no answer to the first stream");
+    // `:status 200` is the static table's entry 8, and the stream stays open.
+    assert_eq!(
+        (first.kind, first.payload.as_slice()),
+        (HEADERS, &[0x88u8][..])
+    );
+    assert_eq!(first.flags & END_STREAM, 0);
+
+    std::fs::remove_file(&test_gate.key).unwrap();
+    test_gate.serve.signal("HUP");
+    let goaway = async { while read_frame(&mut tunnel).await.kind != GOAWAY {} };
+    tokio::time::timeout(Duration::from_secs(10), goaway)
+        .await
+        .expect("no GOAWAY after the revocation");
+    // The PING after the GOAWAY is left unanswered; a new stream arrives after it.
+    tunnel.write_all(&connect_headers(3)).await.unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(10), answer_to(&mut tunnel, 3))
+        .await
+        .expect("no answer to a stream opened after the revocation");
+    let was_refused = refused.kind == RST_STREAM
+        || (refused.kind == HEADERS
+            && refused.flags & END_STREAM != 0
+            && refused.payload != [0x88]);
+    assert!(
+        was_refused,
+        "a stream under a revoked key was accepted: frame {:#x} flags {:#x} {:?}",
+        refused.kind, refused.flags, refused.payload
+    );
+    test_gate
+        .serve
+        .wait_for_log(&[
+            "tunnel's key was revoked: refusing the stream",
+            "key_id=alice",
+        ])
+        .await;
+}
+
 #[test]
 fn mux_over_plain_is_refused_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
