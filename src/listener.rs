@@ -605,8 +605,9 @@ fn charge_source(
     }
 }
 
-/// A listener's name as a log field: shown as written (a plain `&str` field is quoted).
-fn shown(service: Option<&str>) -> Option<tracing::field::DisplayValue<&str>> {
+/// A listener's or serve loop's name as a log field: shown as written (a plain `&str` field is
+/// quoted).
+pub(crate) fn shown(service: Option<&str>) -> Option<tracing::field::DisplayValue<&str>> {
     service.map(tracing::field::display)
 }
 

@@ -92,7 +92,7 @@ impl ServeOptions {
 
     /// The name as a log field, shown as written.
     fn service_field(&self) -> Option<tracing::field::DisplayValue<&str>> {
-        self.service.as_deref().map(tracing::field::display)
+        crate::listener::shown(self.service.as_deref())
     }
 
     /// A name for the serve loop's log lines (a `service` field), for a process that runs

@@ -206,9 +206,9 @@ impl Pool {
                 return Ok(stream);
             }
             if tokio::time::timeout_at(deadline, came_up).await.is_err() {
-                // The gate's refusal, while no tunnel has been admitted since, is why nothing
-                // is tried now: it comes before an older failure of this pool's own (a gate
-                // that was not up yet), and a pool waiting out another's refusal has the
+                // The gate's refusal, until an attempt is admitted or fails otherwise, is why
+                // nothing is tried now: it comes before an older failure of this pool's own (a
+                // gate that was not up yet), and a pool waiting out another's refusal has the
                 // other's.
                 let why = self
                     .inner
