@@ -40,7 +40,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         upstream: Upstream::Echo,
         connect_timeout: Duration::from_secs(5),
         send_proxy: None,
-        revoked: proxy::Revocations::new(false),
+        revoked: crate::revocations::Revocations::new(false),
         metrics: None,
         draining: tokio_util::sync::CancellationToken::new(),
         stream_slots: Arc::new(tokio::sync::Semaphore::new(1024)),

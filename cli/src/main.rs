@@ -17,6 +17,7 @@ mod per_key;
 mod probe;
 mod proxy;
 mod reload;
+mod revocations;
 mod serve;
 mod service;
 mod signals;

@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use linkgate::proxy_protocol::{self, Tlvs, Version};
-use linkgate::{Admission, Admitted, Credentials, KeyId, Peer, SealedParts};
+use linkgate::{Admission, Admitted, Credentials, Peer, SealedParts};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::forward::{self, sealed};
@@ -27,7 +26,7 @@ pub(crate) struct ServeContext {
     /// Send a PROXY protocol header upstream, and whether the key id also goes in AUTHORITY.
     pub(crate) send_proxy: Option<(Version, bool)>,
     /// Key ids revoked by a reload, and whether what they admitted is closed.
-    pub(crate) revoked: Revocations,
+    pub(crate) revoked: crate::revocations::Revocations,
     pub(crate) metrics: Option<ServiceMetrics>,
     /// Cancelled when the service starts draining: tunnels then ask their clients to open no
     /// more streams.
@@ -45,36 +44,6 @@ pub(crate) struct ServeContext {
     /// This service's tunnels and their streams, on the tunnel threads: a tunnel dropped at the
     /// drain deadline ends there a moment later, and its streams after it.
     pub(crate) on_threads: tokio_util::task::TaskTracker,
-}
-
-/// Key ids that reloads removed or changed, announced to what was admitted under them.
-#[derive(Clone, Debug)]
-pub(crate) struct Revocations {
-    sender: broadcast::Sender<Arc<Vec<KeyId>>>,
-    /// `--drop-revoked`: connections and tunnels admitted under a revoked key are closed.
-    /// Without it they go on, but a tunnel opens no new streams (each would be a new
-    /// connection made with a key that no longer admits one).
-    pub(crate) drop: bool,
-}
-
-impl Revocations {
-    pub(crate) fn new(drop: bool) -> Self {
-        Self {
-            sender: broadcast::channel(16).0,
-            drop,
-        }
-    }
-
-    pub(crate) fn announce(&self, ids: Vec<KeyId>) {
-        if !ids.is_empty() {
-            // No receiver (nothing admitted is open) is not an error.
-            let _ = self.sender.send(Arc::new(ids));
-        }
-    }
-
-    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<Vec<KeyId>>> {
-        self.sender.subscribe()
-    }
 }
 
 /// Tunnels and streams cut off at the drain deadline. The listener counts each admitted
@@ -236,7 +205,7 @@ where
                 tokio::select! {
                     biased; // forwarding ends once: it cannot starve the revocation
                     result = forwarding => Ended::Done(result),
-                    () = revoked(revocations, who.key_id()) => Ended::Revoked,
+                    () = revocations.revoked(who.key_id()) => Ended::Revoked,
                 }
             }
         };
@@ -279,20 +248,6 @@ where
     match upstream {
         UpstreamStream::Tcp(server) => Box::pin(to_upstream(client, server, sealed, header)),
         UpstreamStream::Unix(server) => Box::pin(to_upstream(client, server, sealed, header)),
-    }
-}
-
-/// Completes when a reload revokes `key_id`.
-pub(crate) async fn revoked(
-    revocations: &mut broadcast::Receiver<Arc<Vec<KeyId>>>,
-    key_id: &KeyId,
-) {
-    loop {
-        match revocations.recv().await {
-            Ok(ids) if ids.contains(key_id) => return,
-            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
-        }
     }
 }
 

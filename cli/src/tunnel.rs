@@ -6,10 +6,10 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::revocations::RevocationWatch;
 use linkgate::mux::{IncomingStream, MuxServer, MuxStream, Pool};
-use linkgate::{Admission, Admitted, KeyId};
+use linkgate::{Admission, Admitted};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::broadcast;
 use tokio_util::task::TaskTracker;
 
 use crate::forward::mux::{StreamTransfer, forward};
@@ -138,7 +138,7 @@ impl Drop for CutOffOnDrop<'_> {
 pub(crate) async fn serve_on_a_thread<IO>(
     admitted: Admitted<IO>,
     who: Admission,
-    revocations: broadcast::Receiver<Arc<Vec<KeyId>>>,
+    revocations: RevocationWatch,
     context: Arc<ServeContext>,
 ) where
     IO: Socket + AsyncRead + AsyncWrite,
@@ -176,7 +176,7 @@ pub(crate) async fn serve_on_a_thread<IO>(
 async fn serve<IO>(
     admitted: Admitted<IO>,
     who: Admission,
-    mut revocations: broadcast::Receiver<Arc<Vec<KeyId>>>,
+    mut revocations: RevocationWatch,
     context: Arc<ServeContext>,
 ) where
     IO: Socket + AsyncRead + AsyncWrite,
@@ -211,7 +211,7 @@ async fn serve<IO>(
     let (mut draining, mut key_revoked) = (false, false);
     // Made once, not once per stream: each would register with its notifier anew.
     let drain_signal = context.draining.cancelled();
-    let revocation = proxy::revoked(&mut revocations, who.key_id());
+    let revocation = revocations.revoked(who.key_id());
     tokio::pin!(drain_signal, revocation);
     let end = loop {
         tokio::select! {
