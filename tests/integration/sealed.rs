@@ -8,6 +8,7 @@ use linkgate::{Admitted, Credentials, Error, Gate, GateConfig, Key, Mode, Record
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::support::record_relay::record_counting_relay;
 use crate::support::{key, keyring, payload, plain_gate};
 
 /// Both ends of an admitted session over an in-memory pipe of `capacity` bytes.
@@ -157,7 +158,9 @@ async fn key_updates_every_four_records_over_a_long_transfer() {
         let admitted = gate.admit(stream).await.unwrap();
         crate::support::echo(admitted).await;
     });
-    let client = linkgate::connect(addr, &credentials).await.unwrap();
+    // Mode 0x02 for "alice": a RESPONSE of 2 + 5 + 96 bytes; CHALLENGE and VERDICT, 40 + 65.
+    let (relay, counts) = record_counting_relay(addr, 103, 105).await;
+    let client = linkgate::connect(relay, &credentials).await.unwrap();
     // 8 MiB each way is about 512 records, so about 128 key updates per direction.
     let data = payload(8 << 20, 9);
     let (reader, writer) = tokio::io::split(client);
@@ -169,6 +172,14 @@ async fn key_updates_every_four_records_over_a_long_transfer() {
         echoed == data,
         "8 MiB came back intact across the key updates"
     );
+    for (way, count) in [("up", &counts.up), ("down", &counts.down)] {
+        let (records, key_updates) = count.get();
+        // A KeyUpdate at the latest as every 4th record under a key.
+        assert!(
+            records >= 512 && key_updates * 4 >= records - 4,
+            "{way}: {key_updates} key updates in {records} records"
+        );
+    }
 }
 
 /// Forwards bytes between two TCP streams, applying `tamper` to the server-bound bytes once the

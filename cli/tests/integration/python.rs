@@ -25,6 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::payload;
 use crate::support::process::{Linkgate, check, keygen, start_serve};
+use crate::support::record_relay::record_counting_relay;
 use crate::support::start_connect;
 
 const ALL_MODES: [&str; 3] = ["plain", "sealed", "sealed-fs"];
@@ -491,9 +492,12 @@ async fn python_client_key_updates_through_the_rust_gate() {
         // Both sides update their keys every 4 records: about 130 updates each way per mode.
         let (_serve, gate) =
             start_serve(keys.path(), None, &["--key-update-after-records", "4"]).await;
-        let (host, port) = (gate.ip().to_string(), gate.port().to_string());
         let size = 2 << 20;
-        for mode in ["sealed", "sealed-fs"] {
+        // "alice"'s RESPONSE is 2 + 5 + 64 bytes, and 32 more in sealed-fs; CHALLENGE and
+        // VERDICT are 40 + 33, and 32 more.
+        for (mode, skip_up, skip_down) in [("sealed", 71, 73), ("sealed-fs", 103, 105)] {
+            let (relay, counts) = record_counting_relay(gate, skip_up, skip_down).await;
+            let (host, port) = (relay.ip().to_string(), relay.port().to_string());
             let out = py.run(&[
                 &script("client.py"),
                 &host,
@@ -512,6 +516,14 @@ async fn python_client_key_updates_through_the_rust_gate() {
                 "{mode}: {}",
                 stderr(&out)
             );
+            for (way, count) in [("up", &counts.up), ("down", &counts.down)] {
+                let (records, key_updates) = count.get();
+                // A KeyUpdate at the latest as every 4th record under a key.
+                assert!(
+                    records >= 128 && key_updates * 4 >= records - 4,
+                    "{mode} {way}: {key_updates} key updates in {records} records"
+                );
+            }
         }
     })
     .await;

@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::process::{check, keygen, start_serve};
+use crate::support::record_relay::record_counting_relay;
 use crate::support::{echo_through, echo_upstream, payload, start_connect};
 
 /// The `serve` and `connect` flags for `mode`.
@@ -417,12 +418,22 @@ async fn key_updates_every_four_records_through_the_chain() {
         &["--key-update-after-records", "4"],
     )
     .await;
-    let (_connect, local) = start_connect(gate, &key, &["--key-update-after-records", "4"]).await;
+    // Mode 0x02 for "alice": a RESPONSE of 2 + 5 + 96 bytes; CHALLENGE and VERDICT, 40 + 65.
+    let (relay, counts) = record_counting_relay(gate, 103, 105).await;
+    let (_connect, local) = start_connect(relay, &key, &["--key-update-after-records", "4"]).await;
     // 16 MiB each way: about 1000 records, 250 key updates per direction and process.
     let data = payload(16 << 20, 21);
     let digest = Sha256::digest(&data);
     let received = echo_through(TcpStream::connect(local).await.unwrap(), data).await;
     assert_eq!(Sha256::digest(&received), digest);
+    for (way, count) in [("up", &counts.up), ("down", &counts.down)] {
+        let (records, key_updates) = count.get();
+        // A KeyUpdate at the latest as every 4th record under a key.
+        assert!(
+            records >= 1000 && key_updates * 4 >= records - 4,
+            "{way}: {key_updates} key updates in {records} records"
+        );
+    }
 }
 
 /// A record that fails to open is answered with a reset, whatever serves the connection: the
