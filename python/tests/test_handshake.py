@@ -6,6 +6,7 @@ import os
 import socket
 import struct
 import unittest
+from unittest import mock
 
 import linkgate
 from linkgate import protocol
@@ -322,13 +323,40 @@ class Handshake(unittest.TestCase):
         finally:
             _crypto._loaded, _crypto._import_error = saved
 
-    def test_proofs_are_compared_in_constant_time_and_cover_the_mode(self):
+    def test_each_mode_has_its_own_proof(self):
         sn, cn = os.urandom(32), os.urandom(32)
         proofs = {mode: protocol.client_proof(KEY, sn, cn, "alice", mode)
                   for mode in linkgate.MODES}
         self.assertEqual(len(set(proofs.values())), 3, "each mode has its own proof")
-        self.assertTrue(hmac.compare_digest(proofs["plain"],
-                                            linkgate.client_proof(KEY, sn, cn, "alice")))
+        self.assertEqual(proofs["plain"], linkgate.client_proof(KEY, sn, cn, "alice"))
+
+    def test_both_proofs_are_checked_with_compare_digest(self):
+        """The server's check of the client's proof and the client's check of the server's
+        go through hmac.compare_digest (constant time), right or wrong."""
+        def flipped(data):
+            return data[:-1] + bytes([data[-1] ^ 1])
+
+        sn = os.urandom(32)
+        policy = protocol.Policy(allow_plain=True)
+        with mock.patch.object(protocol.hmac, "compare_digest",
+                               wraps=hmac.compare_digest) as compared:
+            client = protocol.ClientHandshake("alice", KEY, mode="plain")
+            response = client.response(sn)
+            with self.assertRaises(linkgate.Denied):
+                protocol.judge(flipped(response), sn, {"alice": KEY}, policy)
+            self.assertEqual(compared.call_count, 1)
+            self.assertEqual(compared.call_args.args[1], flipped(response)[-32:])
+
+            judgement = protocol.judge(response, sn, {"alice": KEY}, policy)
+            self.assertEqual(compared.call_count, 2)
+            self.assertEqual(compared.call_args.args[1], response[-32:])
+
+            with self.assertRaises(linkgate.ImpostorServer):
+                client.finish(flipped(judgement.verdict))
+            self.assertEqual(compared.call_count, 3)
+            self.assertEqual(compared.call_args.args[1], flipped(judgement.verdict)[-32:])
+            self.assertIsNone(client.finish(judgement.verdict))
+            self.assertEqual(compared.call_count, 4)
 
 
 class Arguments(unittest.TestCase):
