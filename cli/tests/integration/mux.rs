@@ -1110,6 +1110,15 @@ async fn a_client_that_ignores_goaway_opens_nothing_under_a_revoked_key() {
             "key_id=alice",
         ])
         .await;
+    // Nothing reached the upstream for the refused stream: its one connection is the first
+    // stream's. (A connect made before the refusal is accepted by then; the pause covers the
+    // echo's accept loop.)
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        upstream.accepts.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the refused stream reached the upstream"
+    );
 }
 
 #[test]

@@ -764,6 +764,22 @@ async fn keys_from_stdin_and_the_environment_never_echoed() {
     let dir = TempDir::new().unwrap();
     let path = keygen(dir.path(), "alice");
     let secret = std::fs::read_to_string(&path).unwrap();
+    let hex = secret.trim().to_owned();
+    assert_eq!(
+        hex.len(),
+        64,
+        "the key file holds one line of hex: {secret:?}"
+    );
+    // Neither output shows the key, in either case of hex.
+    let never_echoed = |out: &std::process::Output, how: &str| {
+        for (name, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            let text = String::from_utf8_lossy(text).to_ascii_lowercase();
+            assert!(
+                !text.contains(&hex.to_ascii_lowercase()),
+                "{how}: the key is on {name}"
+            );
+        }
+    };
     let (_serve, gate) = start_serve(dir.path(), None, &[]).await;
     let gate = gate.to_string();
 
@@ -785,6 +801,7 @@ async fn keys_from_stdin_and_the_environment_never_echoed() {
         String::from_utf8_lossy(&out.stdout).lines().next(),
         Some("admitted as alice (mode sealed-fs, upstream reachable)")
     );
+    never_echoed(&out, "--key -");
 
     let out = Command::new(process::BIN)
         .args([
@@ -804,6 +821,7 @@ async fn keys_from_stdin_and_the_environment_never_echoed() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    never_echoed(&out, "--key-env");
 
     // Without an id there is nothing to present; a bad value is refused without showing it.
     let out = Command::new(process::BIN)
@@ -812,6 +830,7 @@ async fn keys_from_stdin_and_the_environment_never_echoed() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("add --id NAME"));
+    never_echoed(&out, "--key-env without --id");
     let out = Command::new(process::BIN)
         .args([
             "check",
