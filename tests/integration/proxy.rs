@@ -214,8 +214,10 @@ async fn per_source_bounds_count_the_real_clients() {
         .await
         .unwrap();
     let mut got = Vec::new();
-    let _ = fourth.read_to_end(&mut got).await;
-    assert!(got.is_empty());
+    let read = tokio::time::timeout(Duration::from_secs(5), fourth.read_to_end(&mut got))
+        .await
+        .expect("the fourth is closed");
+    assert!(got.is_empty(), "{read:?}: {got:?}");
     wait_for_log_line(&["too many handshakes in progress", "peer=192.0.2.1:2000"]).await;
     // ...while another real client behind the same balancer gets in.
     let mut stream = TcpStream::connect(addr).await.unwrap();

@@ -516,9 +516,18 @@ async fn spoofed_missing_or_broken_headers_never_reach_the_upstream() {
         let port = stream.local_addr().unwrap().port();
         stream.write_all(bytes).await.unwrap();
         let started = std::time::Instant::now();
-        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut Vec::new()))
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got))
             .await
             .expect("closed by the gate");
+        assert!(read.is_ok(), "{reason}: {read:?}");
+        // The client's side: from an untrusted source the header is taken for a RESPONSE
+        // (CHALLENGE, then VERDICT malformed); from the balancer a bad header gets nothing.
+        if source == Ipv4Addr::LOCALHOST {
+            assert!(got.is_empty(), "{reason}: the client got {got:?}");
+        } else {
+            assert_eq!((got.len(), got.get(40)), (41, Some(&0x02)), "{reason}");
+        }
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "within the deadline"
