@@ -177,14 +177,12 @@ fn hex_typo(text: &[u8]) -> Option<String> {
             "{} hex digits, an odd number: one is missing or extra",
             text.len()
         )),
-        (Some((at, &b)), None, _) if b.is_ascii_alphanumeric() => Some(format!(
+        (Some((at, &b)), None, _) if is_base64_symbol(b) => Some(format!(
             "character {} ({:?}) is not a hex digit (0-9, a-f)",
             at + 1,
             char::from(b)
         )),
-        (Some((at, &b)), Some((_, &c)), None)
-            if b.is_ascii_alphanumeric() && c.is_ascii_alphanumeric() =>
-        {
+        (Some((at, &b)), Some((_, &c)), None) if is_base64_symbol(b) && is_base64_symbol(c) => {
             Some(format!(
                 "characters {} ({:?}) and one more are not hex digits (0-9, a-f)",
                 at + 1,
@@ -193,6 +191,12 @@ fn hex_typo(text: &[u8]) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// A character of the standard base64 alphabet other than padding: a hex line with one or two
+/// of these in place of digits would be read as base64.
+fn is_base64_symbol(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'+' || b == b'/'
 }
 
 /// Reads a key file's bytes: only a regular file, never blocking (a FIFO or device is refused
@@ -534,6 +538,19 @@ mod tests {
             decode(two.as_bytes()),
             Err(KeyFileProblem::MistypedHex(_))
         ));
+        // base64's other two symbols in place of a digit are typos too, not a 48-byte key.
+        for typo in ["+", "/", "+/"] {
+            let line = format!("{}{typo}{}", &HEX32[..10], &HEX32[10 + typo.len()..]);
+            assert!(
+                base64::engine::general_purpose::STANDARD_NO_PAD
+                    .decode(&line)
+                    .is_ok()
+            );
+            assert!(
+                matches!(decode(line.as_bytes()), Err(KeyFileProblem::MistypedHex(_))),
+                "{line} was taken"
+            );
+        }
         // Real base64 keys are nowhere near hex, and still load.
         for len in [16, 32, 48, 64] {
             let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();

@@ -36,6 +36,9 @@ _KEY_ID = re.compile(rb"\A[A-Za-z0-9._-]{1,64}\Z")
 _BASE64 = re.compile(rb"\A[A-Za-z0-9+/]*\Z")
 _HEX = re.compile(rb"\A[0-9A-Fa-f]*\Z")
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+# base64's alphabet without padding: a hex line with one or two of these in place of digits is
+# a typo, not a base64 key.
+_BASE64_SYMBOLS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 # Rust's u8::is_ascii_whitespace: space, tab, newline, form feed, carriage return.
 _WHITESPACE = b" \t\n\x0c\r"
 _TEXT_BYTES = frozenset(range(0x21, 0x7F)) | frozenset(_WHITESPACE)
@@ -237,7 +240,7 @@ def _hex_typo(text: bytes) -> Optional[str]:
     not_hex = [(at, b) for at, b in enumerate(text) if b not in _HEX_DIGITS][:3]
     if not not_hex:
         return f"{len(text)} hex digits, an odd number: one is missing or extra"
-    if len(not_hex) > 2 or not all(chr(b).isascii() and chr(b).isalnum() for _, b in not_hex):
+    if len(not_hex) > 2 or not all(b in _BASE64_SYMBOLS for _, b in not_hex):
         return None
     at, b = not_hex[0]
     if len(not_hex) == 1:
