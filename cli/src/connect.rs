@@ -455,7 +455,7 @@ pub(crate) async fn check(args: CheckArgs, format: LogFormat) -> Result<()> {
     let mode = stream.mode();
     let reset = || {
         anyhow!(
-            "admitted as {id} by {server}, but the gate reset the connection: it could not reach its upstream server"
+            "admitted as {id} by {server}, but the gate then reset the connection: most likely it could not reach its upstream server (or this key is at the gate's --max-connections-per-key)"
         )
     };
     // The gate's reset can arrive before our end is written: the failed write then consumes
