@@ -191,13 +191,15 @@ fn mode_0x02_vectors() {
     check_sealed_vectors(&v, &client.unwrap(), &server.unwrap());
 }
 
-#[test]
-fn mode_0x12_vectors() {
-    // The multiplexed bit changes the mode byte, so the proofs and every key differ from 0x02's.
-    let (v, client, server) = run_vector(Mode::SealedFsMux, "mode_0x12_sealed_fs_mux");
-    let plain_fs = &vectors()["mode_0x02_sealed_fs"];
-    assert_ne!(hex_of(&v, "client_proof"), hex_of(plain_fs, "client_proof"));
-    assert_ne!(hex_of(&v, "c2s_secret"), hex_of(plain_fs, "c2s_secret"));
+/// The multiplexed bit changes the mode byte, so the proofs and every key differ from those of
+/// the sealed mode underneath; a tunnel's first record is the HTTP/2 preface.
+fn check_mux_vectors(mode: Mode, section: &str, underneath: &str) {
+    let (v, client, server) = run_vector(mode, section);
+    let sealed = &vectors()[underneath];
+    assert_ne!(hex_of(&v, "client_proof"), hex_of(sealed, "client_proof"));
+    assert_ne!(hex_of(&v, "c2s_secret"), hex_of(sealed, "c2s_secret"));
+    // The mode enters through the context, not the PRK.
+    assert_eq!(hex_of(&v, "prk"), hex_of(sealed, "prk"));
     let (client, server) = (client.unwrap(), server.unwrap());
     check_sealed_vectors(&v, &client, &server);
     let mut wire = Vec::new();
@@ -205,6 +207,20 @@ fn mode_0x12_vectors() {
         .seal(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", &mut wire)
         .unwrap();
     assert_eq!(wire, hex_of(&v, "c2s_record_h2_preface_seq0"));
+}
+
+#[test]
+fn mode_0x11_vectors() {
+    check_mux_vectors(Mode::SealedMux, "mode_0x11_sealed_mux", "mode_0x01_sealed");
+}
+
+#[test]
+fn mode_0x12_vectors() {
+    check_mux_vectors(
+        Mode::SealedFsMux,
+        "mode_0x12_sealed_fs_mux",
+        "mode_0x02_sealed_fs",
+    );
 }
 
 /// The proofs are plain HMAC-SHA-256 over the documented transcript, computed here from
@@ -599,4 +615,49 @@ fn hex_line_is_the_key_and_a_newline() {
         vector_key().to_hex_line().as_str(),
         "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n"
     );
+}
+
+/// Every value PROTOCOL.md prints under "Test vectors" is one the JSON file holds (or part of
+/// one, for a RESPONSE), so the document cannot drift from the vectors the tests check.
+#[test]
+fn protocol_md_prints_the_vectors_of_the_json_file() {
+    fn strings(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::String(s) => out.push(s.clone()),
+            serde_json::Value::Object(map) => map.values().for_each(|v| strings(v, out)),
+            serde_json::Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+            _ => {}
+        }
+    }
+    let all_hex = |token: &str| token.bytes().all(|b| b.is_ascii_hexdigit());
+    let is_hex = |token: &str| token.len() >= 32 && all_hex(token);
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/PROTOCOL.md"))
+        .expect("PROTOCOL.md");
+    let section = doc
+        .split("\n## Test vectors\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("a Test vectors section");
+    let mut printed: Vec<String> = Vec::new();
+    let mut continues = false;
+    for line in section.lines() {
+        let tokens: Vec<&str> = line.split_whitespace().collect();
+        match tokens.as_slice() {
+            // A long value wrapped onto the next line, indented.
+            [only] if continues && line.starts_with(' ') && all_hex(only) => {
+                printed.last_mut().expect("a value before").push_str(only);
+            }
+            _ => printed.extend(tokens.iter().filter(|t| is_hex(t)).map(|t| t.to_string())),
+        }
+        continues = tokens.last().is_some_and(|t| is_hex(t));
+    }
+    let mut known = Vec::new();
+    strings(&vectors(), &mut known);
+    assert!(printed.len() >= 40, "only {} values found", printed.len());
+    for value in &printed {
+        assert!(
+            known.iter().any(|k| k.contains(value.as_str())),
+            "PROTOCOL.md prints {value}, which tests/vectors/linkgate1.json does not hold"
+        );
+    }
 }

@@ -143,6 +143,7 @@ def main():
         "mode_0x00_plain": mode_vectors(0),
         "mode_0x01_sealed": mode_vectors(1),
         "mode_0x02_sealed_fs": mode_vectors(2),
+        "mode_0x11_sealed_mux": mode_vectors(0x11),
         "mode_0x12_sealed_fs_mux": mode_vectors(0x12),
     }
     json.dump(vectors, sys.stdout, indent=2)
