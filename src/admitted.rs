@@ -38,6 +38,7 @@ pub struct Admission {
     peer: Option<Peer>,
     via: Option<Peer>,
     connection_id: ConnectionId,
+    keyring_generation: u64,
 }
 
 impl Admission {
@@ -48,7 +49,13 @@ impl Admission {
             peer: None,
             via: None,
             connection_id,
+            keyring_generation: 0,
         }
+    }
+
+    pub(crate) fn with_keyring_generation(mut self, generation: u64) -> Self {
+        self.keyring_generation = generation;
+        self
     }
 
     pub(crate) fn with_peers(mut self, peer: Option<Peer>, via: Option<Peer>) -> Self {
@@ -82,6 +89,14 @@ impl Admission {
     /// the PROXY protocol header sent upstream.
     pub fn connection_id(&self) -> ConnectionId {
         self.connection_id
+    }
+
+    /// Which of the gate's keyrings admitted this connection ([`crate::Gate::keyring_generation`]:
+    /// 0 for the one it started with, one more after each replacement); 0 on the client side.
+    /// A key that a replacement removed or changed still admits nothing after it, but this
+    /// connection was admitted under it if this is older than that replacement.
+    pub fn keyring_generation(&self) -> u64 {
+        self.keyring_generation
     }
 }
 

@@ -169,17 +169,24 @@ pub struct Gate {
 impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gate")
-            .field("keyring", &*self.inner.keyring.load())
+            .field("keyring", &*self.inner.keyring.load().keyring)
             .field("config", &self.inner.config)
             .finish_non_exhaustive()
     }
 }
 
 struct GateInner {
-    keyring: ArcSwap<Keyring>,
+    keyring: ArcSwap<Versioned>,
     config: GateConfig,
     /// Unknown key ids are checked against this random key so they cost the same as wrong proofs.
     dummy_key: Key,
+}
+
+/// A keyring and its place in the gate's history: 0 for the one the gate started with, one more
+/// for each replacement. Swapped together, so an admission knows which keyring judged it.
+struct Versioned {
+    generation: u64,
+    keyring: Arc<Keyring>,
 }
 
 impl Gate {
@@ -197,7 +204,10 @@ impl Gate {
         let dummy_key = Key::generate(KeyId::new("dummy")?)?;
         Ok(Self {
             inner: Arc::new(GateInner {
-                keyring: ArcSwap::from_pointee(keyring),
+                keyring: ArcSwap::from_pointee(Versioned {
+                    generation: 0,
+                    keyring: Arc::new(keyring),
+                }),
                 config,
                 dummy_key,
             }),
@@ -211,7 +221,15 @@ impl Gate {
 
     /// The keys this gate accepts now.
     pub fn keyring(&self) -> Arc<Keyring> {
-        self.inner.keyring.load_full()
+        Arc::clone(&self.inner.keyring.load().keyring)
+    }
+
+    /// Which keyring is in force: 0 for the one this gate started with, one more after each
+    /// [`Gate::replace_keyring`]. Each connection's [`Admission::keyring_generation`] says which
+    /// one admitted it, so a server that revokes what a replacement removed or changed can tell
+    /// a connection admitted before it from one admitted after.
+    pub fn keyring_generation(&self) -> u64 {
+        self.inner.keyring.load().generation
     }
 
     /// Replaces the keyring atomically, for every clone of this gate: new handshakes use the new
@@ -220,8 +238,12 @@ impl Gate {
     /// the old one stays. Returns what changed.
     pub fn replace_keyring(&self, keyring: Keyring) -> Result<KeyringDiff> {
         check_keyring(&keyring, self.inner.config.protocol)?;
-        let old = self.inner.keyring.swap(Arc::new(keyring));
-        Ok(old.diff(&self.inner.keyring.load()))
+        let keyring = Arc::new(keyring);
+        let old = self.inner.keyring.rcu(|current| Versioned {
+            generation: current.generation + 1,
+            keyring: Arc::clone(&keyring),
+        });
+        Ok(old.keyring.diff(&keyring))
     }
 
     /// Runs the server half of the handshake over `stream`, within the handshake timeout.
@@ -312,15 +334,19 @@ impl Gate {
         read_exact_or_closed(stream, &mut response[RESPONSE_HEAD_LEN..]).await?;
 
         let inner = &self.inner;
-        let keyring = inner.keyring.load();
-        let judged = protocol::judge(
-            response,
-            &server_nonce,
-            &keyring,
-            &inner.dummy_key,
-            &inner.config.policy,
-            EphemeralSecret::generate,
-        )?;
+        // The keyring is let go before any await: a guard is for short reads.
+        let (judged, keyring_generation) = {
+            let versioned = inner.keyring.load();
+            let judged = protocol::judge(
+                response,
+                &server_nonce,
+                &versioned.keyring,
+                &inner.dummy_key,
+                &inner.config.policy,
+                EphemeralSecret::generate,
+            )?;
+            (judged, versioned.generation)
+        };
         match judged {
             Judgement::Admitted(admitted) => {
                 stream.write_all(admitted.verdict()).await?;
@@ -330,6 +356,7 @@ impl Gate {
                     key_id,
                     mode,
                     secrets,
+                    keyring_generation,
                 })
             }
             refused => {
@@ -355,11 +382,13 @@ impl Gate {
         let mut answer = [0u8; protocol::seed::MAX_ANSWER_LEN];
         let answer = &mut answer[..digest.answer_len()];
         read_exact_or_closed(stream, answer).await?;
-        match protocol::seed::judge(digest, answer, &nonce, &self.inner.keyring.load()) {
+        let versioned = self.inner.keyring.load_full();
+        match protocol::seed::judge(digest, answer, &nonce, &versioned.keyring) {
             Some(key_id) => Ok(ServerSession {
                 key_id,
                 mode: Mode::Plain,
                 secrets: None,
+                keyring_generation: versioned.generation,
             }),
             None => {
                 send_refusal(stream, &[]).await;
@@ -383,6 +412,8 @@ pub(crate) struct ServerSession {
     pub(crate) key_id: KeyId,
     pub(crate) mode: Mode,
     secrets: Option<SessionSecrets>,
+    /// Which keyring judged it ([`Gate::keyring_generation`]).
+    keyring_generation: u64,
 }
 
 impl ServerSession {
@@ -395,7 +426,8 @@ impl ServerSession {
         let sealed = self
             .secrets
             .map(|secrets| SealedState::new(&secrets, Side::Server, config.record_limits));
-        let admission = Admission::new(self.key_id, self.mode, id);
+        let admission = Admission::new(self.key_id, self.mode, id)
+            .with_keyring_generation(self.keyring_generation);
         Admitted::new(stream, sealed, admission)
     }
 }

@@ -166,10 +166,11 @@ where
                 }
             },
         };
-        // Subscribe before anything else, so a revocation from now on is seen. A tunnel always
-        // listens: without --drop-revoked it still stops opening streams for a revoked key.
+        // A revocation since the admission is seen however late this subscribes. A tunnel
+        // always listens: without --drop-revoked it still stops opening streams for a revoked
+        // key.
         if who.mode().is_multiplexed() {
-            let revocations = context.revoked.subscribe();
+            let revocations = context.revoked.subscribe(who.keyring_generation());
             // Each stream connects its own upstream, when the client opens it.
             return Box::pin(crate::tunnel::serve_on_a_thread(
                 admitted,
@@ -179,7 +180,10 @@ where
             ))
             .await;
         }
-        let mut revocations = context.revoked.drop.then(|| context.revoked.subscribe());
+        let mut revocations = context
+            .revoked
+            .drop
+            .then(|| context.revoked.subscribe(who.keyring_generation()));
         let started = Instant::now();
         // Boxed: a step that is over by the time the connection idles should not size the task
         // that idles.

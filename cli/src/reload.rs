@@ -77,10 +77,12 @@ impl Reloader {
                 let count = keyring.len();
                 let ids = ids_text(&keyring);
                 let diff = service.gate.replace_keyring(keyring)?;
-                Ok((diff, count, ids))
+                // Read after the swap: reloads run one at a time, so this is the new keyring's.
+                let generation = service.gate.keyring_generation();
+                Ok((diff, count, ids, generation))
             });
             match loaded {
-                Ok((diff, count, ids)) => {
+                Ok((diff, count, ids, generation)) => {
                     let list = |ids: &[linkgate::KeyId]| {
                         ids.iter()
                             .map(|id| id.as_str())
@@ -103,7 +105,7 @@ impl Reloader {
                         metrics.keys_loaded(count);
                     }
                     let gone = diff.removed.into_iter().chain(diff.changed).collect();
-                    service.revoked.announce(gone);
+                    service.revoked.announce(gone, generation);
                 }
                 Err(err) => {
                     all_ok = false;

@@ -1,21 +1,22 @@
 //! Key ids that reloads removed or changed, and how what was admitted under them hears of it.
 //!
-//! A watch, not a broadcast queue: a connection or tunnel whose task is slow to run while many
-//! reloads happen must still see every revocation after its admission. A bounded queue drops
-//! the oldest messages when it fills, and with them the revocation it would have missed.
+//! Each connection knows which keyring admitted it (its admission's keyring generation), and
+//! each revocation which keyring first lacked the key: a connection is revoked when a keyring
+//! newer than its own dropped its key. That holds whatever the order of events: a revocation
+//! between the admission and the subscription is seen at once, and a connection admitted under
+//! a key's new value is not taken for one of the old value's. A watch, not a queue: a task slow
+//! to run while many reloads happen loses none of them.
 
 use std::collections::HashMap;
 
 use linkgate::KeyId;
 use tokio::sync::watch;
 
-/// Every key id ever revoked, with the reload that last revoked it. It grows by the ids the
-/// operator's key files have had, not by anything a peer sends.
+/// Every key id ever revoked, with the keyring generation that last revoked it. It grows by the
+/// ids the operator's key files have had, not by anything a peer sends.
 #[derive(Debug, Default)]
 struct RevokedLog {
-    /// Reloads that revoked anything so far.
-    reloads: u64,
-    /// Key id → the latest of those reloads that removed or changed it.
+    /// Key id → the generation of the latest keyring that removed or changed it.
     last_revoked: HashMap<KeyId, u64>,
 }
 
@@ -37,39 +38,40 @@ impl Revocations {
         }
     }
 
-    /// Announces the ids one reload removed or changed.
-    pub(crate) fn announce(&self, ids: Vec<KeyId>) {
+    /// Announces the ids that the keyring of `generation` removed or changed.
+    pub(crate) fn announce(&self, ids: Vec<KeyId>, generation: u64) {
         if ids.is_empty() {
             return;
         }
-        // Kept whether or not anything listens now: a later subscriber only looks at reloads
-        // after its own subscription.
+        // Kept whether or not anything listens now: a later subscriber admitted under an older
+        // keyring finds it at once.
         self.log.send_modify(|log| {
-            log.reloads += 1;
-            let reload = log.reloads;
             for id in ids {
-                log.last_revoked.insert(id, reload);
+                let at = log.last_revoked.entry(id).or_default();
+                *at = (*at).max(generation);
             }
         });
     }
 
-    /// Watches for revocations from now on.
-    pub(crate) fn subscribe(&self) -> RevocationWatch {
-        let log = self.log.subscribe();
-        let since = log.borrow().reloads;
-        RevocationWatch { log, since }
+    /// Watches for revocations of what the keyring of `admitted_under` admitted.
+    pub(crate) fn subscribe(&self, admitted_under: u64) -> RevocationWatch {
+        RevocationWatch {
+            log: self.log.subscribe(),
+            admitted_under,
+        }
     }
 }
 
-/// What one admitted connection or tunnel watches: revocations after it subscribed.
+/// What one admitted connection or tunnel watches.
 #[derive(Debug)]
 pub(crate) struct RevocationWatch {
     log: watch::Receiver<RevokedLog>,
-    since: u64,
+    admitted_under: u64,
 }
 
 impl RevocationWatch {
-    /// Completes when a reload after the subscription revokes `key_id`.
+    /// Completes when a keyring newer than the one that admitted this connection has dropped
+    /// `key_id` (at once, if one already has).
     pub(crate) async fn revoked(&mut self, key_id: &KeyId) {
         loop {
             let revoked = self
@@ -77,7 +79,7 @@ impl RevocationWatch {
                 .borrow_and_update()
                 .last_revoked
                 .get(key_id)
-                .is_some_and(|&reload| reload > self.since);
+                .is_some_and(|&generation| generation > self.admitted_under);
             if revoked {
                 return;
             }
@@ -108,32 +110,42 @@ mod tests {
     #[tokio::test]
     async fn a_revocation_among_many_reloads_is_not_lost() {
         let revocations = Revocations::new(true);
-        let mut watch = revocations.subscribe();
-        revocations.announce(vec![id("alice")]);
+        let mut watch = revocations.subscribe(0);
+        revocations.announce(vec![id("alice")], 1);
         // More reloads than a queue of 16 held before the watcher ran.
-        for n in 0..40 {
-            revocations.announce(vec![id(&format!("other{n}"))]);
+        for generation in 2..40 {
+            revocations.announce(vec![id(&format!("other{generation}"))], generation);
         }
         assert!(is_revoked(&mut watch, &id("alice")).await);
     }
 
     #[tokio::test]
-    async fn only_revocations_after_the_subscription_count() {
+    async fn a_revocation_before_the_subscription_still_counts() {
+        // Admitted under keyring 0; keyring 1 removed the key before the task subscribed.
+        let revocations = Revocations::new(true);
+        revocations.announce(vec![id("alice")], 1);
+        let mut watch = revocations.subscribe(0);
+        assert!(is_revoked(&mut watch, &id("alice")).await);
+    }
+
+    #[tokio::test]
+    async fn only_newer_keyrings_revoke() {
+        // Admitted under keyring 1, which already held alice's new key.
         let revocations = Revocations::new(false);
-        revocations.announce(vec![id("alice")]);
-        let mut watch = revocations.subscribe();
+        revocations.announce(vec![id("alice")], 1);
+        let mut watch = revocations.subscribe(1);
         assert!(!is_revoked(&mut watch, &id("alice")).await);
-        revocations.announce(vec![id("bob")]);
+        revocations.announce(vec![id("bob")], 2);
         assert!(!is_revoked(&mut watch, &id("alice")).await);
-        revocations.announce(vec![id("alice")]);
+        revocations.announce(vec![id("alice")], 3);
         assert!(is_revoked(&mut watch, &id("alice")).await);
     }
 
     #[tokio::test]
     async fn an_empty_reload_announces_nothing() {
         let revocations = Revocations::new(false);
-        let mut watch = revocations.subscribe();
-        revocations.announce(Vec::new());
+        let mut watch = revocations.subscribe(0);
+        revocations.announce(Vec::new(), 1);
         assert!(!watch.log.has_changed().expect("the sender is alive"));
         assert!(!is_revoked(&mut watch, &id("alice")).await);
     }
@@ -141,7 +153,7 @@ mod tests {
     #[tokio::test]
     async fn a_service_gone_revokes_nothing() {
         let revocations = Revocations::new(false);
-        let mut watch = revocations.subscribe();
+        let mut watch = revocations.subscribe(0);
         drop(revocations);
         assert!(!is_revoked(&mut watch, &id("alice")).await);
     }

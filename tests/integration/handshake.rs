@@ -814,3 +814,40 @@ async fn seed_md5_admits_the_published_recipe_and_refuses_the_other_digest() {
 fn gate_for_alice() -> Gate {
     gate(&[&key("alice")])
 }
+
+/// Each replaced keyring has the next generation, and an admission names the one that judged
+/// it: a server that revokes on reload can tell a connection of the old key from one of its
+/// new value under the same id.
+#[tokio::test]
+async fn admissions_name_the_keyring_generation_that_judged_them() {
+    async fn admit_once(gate: &Gate, key: &Key) -> linkgate::Result<u64> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn({
+            let credentials = Credentials::new(key.clone());
+            async move { linkgate::connect(addr, &credentials).await.map(drop) }
+        });
+        let (stream, _) = listener.accept().await.unwrap();
+        let admitted = gate.admit(stream).await;
+        let _ = client.await.unwrap();
+        admitted.map(|admitted| admitted.admission().keyring_generation())
+    }
+    let old = key("alice");
+    let gate = gate(&[&old]);
+    assert_eq!(gate.keyring_generation(), 0);
+    assert_eq!(admit_once(&gate, &old).await.unwrap(), 0);
+
+    let new = key("alice");
+    let diff = gate.replace_keyring(keyring(&[&new, &key("bob")])).unwrap();
+    assert_eq!(diff.changed, [KeyId::new("alice").unwrap()]);
+    assert_eq!(gate.keyring_generation(), 1);
+    assert_eq!(admit_once(&gate, &new).await.unwrap(), 1);
+    assert!(
+        admit_once(&gate, &old).await.is_err(),
+        "the old key admits nothing"
+    );
+
+    gate.replace_keyring(keyring(&[&new])).unwrap();
+    assert_eq!(gate.keyring_generation(), 2);
+    assert_eq!(admit_once(&gate, &new).await.unwrap(), 2);
+}
