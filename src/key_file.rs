@@ -7,8 +7,8 @@
 //!    count=1`): raw keys are taken only when at least one byte is not printable ASCII, so
 //!    text (a password) can never be read as a raw key.
 //!
-//! A line that is nearly hex (a digit lost, a letter or two mistyped) is refused, never read as
-//! base64.
+//! A line that is nearly hex (a digit lost, one or two characters of base64 in place of digits) is
+//! refused, never read as base64.
 
 use std::fs;
 use std::io::{self, Read, Write};

@@ -76,7 +76,9 @@ class KeyFiles(unittest.TestCase):
                  "characters 11 ('x') and one more are not hex digits"),
                 ("plus", hex_key[:10] + "+" + hex_key[11:],
                  "character 11 ('+') is not a hex digit (0-9, a-f)"),
-                ("slash", hex_key[:10] + "+/" + hex_key[12:],
+                ("slash", hex_key[:10] + "/" + hex_key[11:],
+                 "character 11 ('/') is not a hex digit (0-9, a-f)"),
+                ("both", hex_key[:10] + "+/" + hex_key[12:],
                  "characters 11 ('+') and one more are not hex digits")]:
             with self.subTest(name):
                 path = self.write(f"{name}.key", contents)

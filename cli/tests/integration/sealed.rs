@@ -427,12 +427,10 @@ async fn key_updates_every_four_records_through_the_chain() {
     let received = echo_through(TcpStream::connect(local).await.unwrap(), data).await;
     assert_eq!(Sha256::digest(&received), digest);
     for (way, count) in [("up", &counts.up), ("down", &counts.down)] {
-        let (records, key_updates) = count.get();
-        // A KeyUpdate at the latest as every 4th record under a key.
-        assert!(
-            records >= 1000 && key_updates * 4 >= records - 4,
-            "{way}: {key_updates} key updates in {records} records"
-        );
+        // The KeyUpdate is every 4th record, at `seq` 3 under each key.
+        if let Err(wrong) = count.key_updates_every(4, 1000) {
+            panic!("{way}: {wrong}");
+        }
     }
 }
 

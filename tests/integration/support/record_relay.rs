@@ -1,30 +1,53 @@
-//! A relay that counts the sealed records passing each way, by their 5-byte headers, so a test
-//! can see that key updates really happen (a KeyUpdate is the only record type of its size in
-//! a bulk transfer). Shared by the library's and the command's integration tests.
+//! A relay that notes the length of every sealed record passing each way, from the 5-byte
+//! headers, so a test can see that key updates really happen where they should. Shared by the
+//! library's and the command's integration tests.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A KeyUpdate record's `L`: `18 00 00 01 00`, the type byte, the 16-byte tag.
-const KEY_UPDATE_LEN: usize = 22;
+/// A KeyUpdate record's `L`: `18 00 00 01 00`, the type byte, the 16-byte tag. (Application
+/// data of 5 bytes has the same length, so only where a record is tells them apart.)
+const KEY_UPDATE_LEN: u16 = 22;
 
 /// Records seen in one direction.
 #[derive(Debug, Default)]
 pub(crate) struct RecordCount {
-    pub(crate) records: AtomicU64,
-    pub(crate) key_updates: AtomicU64,
+    /// Each record's `L`, in order.
+    lengths: Mutex<Vec<u16>>,
+    /// Headers that were not `17 03 03` (the relay's handshake lengths were wrong).
+    bad_headers: AtomicU64,
 }
 
 impl RecordCount {
-    pub(crate) fn get(&self) -> (u64, u64) {
-        (
-            self.records.load(Ordering::SeqCst),
-            self.key_updates.load(Ordering::SeqCst),
-        )
+    /// Checks that the sender updated its key every `interval` records: each record at
+    /// `seq` = `interval` − 1 under a key is a KeyUpdate (by length), and there are `at_least`
+    /// records. Returns the number of key updates, or what is wrong.
+    pub(crate) fn key_updates_every(
+        &self,
+        interval: usize,
+        at_least: usize,
+    ) -> Result<usize, String> {
+        let lengths = self.lengths.lock().unwrap();
+        let bad = self.bad_headers.load(Ordering::SeqCst);
+        if bad > 0 {
+            return Err(format!("{bad} records without a 17 03 03 header"));
+        }
+        if lengths.len() < at_least {
+            return Err(format!("{} records, fewer than {at_least}", lengths.len()));
+        }
+        let positions: Vec<usize> = (interval - 1..lengths.len()).step_by(interval).collect();
+        match positions.iter().find(|&&at| lengths[at] != KEY_UPDATE_LEN) {
+            Some(at) => Err(format!(
+                "record {at} of {} is {} bytes long, not a KeyUpdate",
+                lengths.len(),
+                lengths[*at]
+            )),
+            None => Ok(positions.len()),
+        }
     }
 }
 
@@ -86,12 +109,12 @@ async fn count_and_copy(
             header.push(buf[at]);
             at += 1;
             if header.len() == 5 {
-                let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
-                count.records.fetch_add(1, Ordering::SeqCst);
-                if len == KEY_UPDATE_LEN {
-                    count.key_updates.fetch_add(1, Ordering::SeqCst);
+                if header[..3] != [0x17, 0x03, 0x03] {
+                    count.bad_headers.fetch_add(1, Ordering::SeqCst);
                 }
-                skipping = len;
+                let len = u16::from_be_bytes([header[3], header[4]]);
+                count.lengths.lock().unwrap().push(len);
+                skipping = usize::from(len);
                 header.clear();
             }
         }
