@@ -2,6 +2,7 @@
 //! and loading them the way every subcommand does.
 
 use std::io::Read;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -100,7 +101,13 @@ fn required_id(id: Option<&str>, source: &str, flag: &str) -> Result<KeyId> {
 
 fn read_stdin(id: &KeyId, options: &KeyFileOptions) -> Result<Key> {
     let mut contents = zeroize::Zeroizing::new(Vec::with_capacity(MAX_KEY_INPUT as usize + 1));
-    std::io::stdin()
+    // Through a duplicate of fd 0, not std's stdin: that one copies what it reads into a
+    // process-wide buffer that is never wiped, and the key would stay there.
+    let stdin = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("cannot read the key from standard input")?;
+    std::fs::File::from(stdin)
         .take(MAX_KEY_INPUT + 1)
         .read_to_end(&mut contents)
         .context("cannot read the key from standard input")?;

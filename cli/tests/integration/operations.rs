@@ -879,3 +879,72 @@ async fn check_tells_admission_from_an_unreachable_upstream() {
     );
     serve.wait_for_log(&["upstream unreachable"]).await;
 }
+
+/// Whether `needle` is anywhere in the writable memory of process `pid` (heap, stacks, anonymous
+/// mappings): a key that was wiped after use is not. None where this process may not read
+/// another's memory (it needs to be its parent, or root).
+fn in_process_memory(pid: u32, needle: &[u8]) -> Option<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).ok()?;
+    for line in maps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if !fields[1].starts_with("rw") {
+            continue;
+        }
+        let (start, end) = fields[0].split_once('-').unwrap();
+        let start = u64::from_str_radix(start, 16).unwrap();
+        let end = u64::from_str_radix(end, 16).unwrap();
+        let mut region = vec![0u8; (end - start) as usize];
+        // Some regions (guard pages, vvar) cannot be read: they hold no key either.
+        if mem.seek(SeekFrom::Start(start)).is_err() || mem.read_exact(&mut region).is_err() {
+            continue;
+        }
+        if region.windows(needle.len()).any(|window| window == needle) {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
+/// A key given on stdin leaves no copy of its text in the gate's memory once loaded (std's
+/// stdin would have kept one in its buffer). The same key given in the environment stays in
+/// the process's environment, which shows the scan can find it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_read_from_stdin_leaves_no_copy_in_memory() {
+    let dir = TempDir::new().unwrap();
+    let path = keygen(dir.path(), "alice");
+    let hex = std::fs::read_to_string(&path).unwrap().trim().to_owned();
+    let serve_args = ["serve", "--listen", "127.0.0.1:0", "--key-id", "alice"];
+
+    let mut command = Command::new(process::BIN);
+    command.args(serve_args).args(["--keys", "-"]);
+    let from_stdin =
+        process::Linkgate::spawn_with_input(command, Some(format!("{hex}\n").as_bytes()));
+    from_stdin.listen_addr().await;
+    let Some(found) = in_process_memory(from_stdin.pid(), hex.as_bytes()) else {
+        assert!(
+            std::env::var_os("LINKGATE_REQUIRE_PEERS").is_none(),
+            "cannot read the gate's memory, which LINKGATE_REQUIRE_PEERS requires"
+        );
+        println!("skipped: this process may not read another's memory");
+        return;
+    };
+    assert!(
+        !found,
+        "the key's text is still in the memory of a gate that read it from stdin"
+    );
+
+    let mut command = Command::new(process::BIN);
+    command
+        .args(serve_args)
+        .args(["--key-env", "LINKGATE_TEST_KEY"])
+        .env("LINKGATE_TEST_KEY", &hex);
+    let from_env = process::Linkgate::spawn_command(command);
+    from_env.listen_addr().await;
+    assert_eq!(
+        in_process_memory(from_env.pid(), hex.as_bytes()),
+        Some(true),
+        "the scan did not find the key in the environment, where it is"
+    );
+}

@@ -14,7 +14,7 @@ pub(crate) mod record_relay;
 pub(crate) mod process {
     //! The real `linkgate` binary as a child process, with its output captured.
 
-    use std::io::{BufRead, BufReader, Read};
+    use std::io::{BufRead, BufReader, Read, Write};
     use std::net::SocketAddr;
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -77,12 +77,24 @@ pub(crate) mod process {
         }
 
         /// Any program (e.g. python3), with the same capture and clean-up.
-        pub(crate) fn spawn_command(mut command: Command) -> Self {
+        pub(crate) fn spawn_command(command: Command) -> Self {
+            Self::spawn_with_input(command, None)
+        }
+
+        /// [`Linkgate::spawn_command`], with `input` written to its stdin, which is then closed.
+        pub(crate) fn spawn_with_input(mut command: Command, input: Option<&[u8]>) -> Self {
             command
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
-                .stdin(Stdio::null());
+                .stdin(if input.is_some() {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                });
             let mut child = command.spawn().expect("spawn");
+            if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+                stdin.write_all(input).expect("write to stdin");
+            }
             let stderr = Arc::new(Mutex::new(String::new()));
             let stdout = Arc::new(Mutex::new(String::new()));
             collect(child.stderr.take().unwrap(), Arc::clone(&stderr));
