@@ -97,11 +97,11 @@ impl TrafficSecret {
 
     /// The AES-256-GCM key and IV: `Expand-Label(secret, "key", "", 32)` and
     /// `Expand-Label(secret, "iv", "", 12)`.
-    pub(crate) fn key_and_iv(&self) -> (Zeroizing<[u8; 32]>, [u8; NONCE_LEN]) {
+    pub(crate) fn key_and_iv(&self) -> (Zeroizing<[u8; 32]>, Zeroizing<[u8; NONCE_LEN]>) {
         let mut key = Zeroizing::new([0u8; 32]);
-        let mut iv = [0u8; NONCE_LEN];
+        let mut iv = Zeroizing::new([0u8; NONCE_LEN]);
         expand_label(&self.0, b"key", &mut key[..]);
-        expand_label(&self.0, b"iv", &mut iv);
+        expand_label(&self.0, b"iv", &mut iv[..]);
         (key, iv)
     }
 
@@ -176,7 +176,7 @@ impl RecordLimits {
 struct Direction {
     secret: TrafficSecret,
     key: Zeroizing<[u8; 32]>,
-    iv: [u8; NONCE_LEN],
+    iv: Zeroizing<[u8; NONCE_LEN]>,
     seq: u64,
     /// Built on first use; dropped by `release_key` while idle.
     aead: Option<LessSafeKey>,
@@ -195,7 +195,7 @@ impl Direction {
     }
 
     fn nonce(&self) -> Nonce {
-        let mut nonce = self.iv;
+        let mut nonce = *self.iv;
         for (n, s) in nonce[4..].iter_mut().zip(self.seq.to_be_bytes()) {
             *n ^= s;
         }

@@ -69,17 +69,17 @@ class KeyFiles(unittest.TestCase):
         for name, contents, says in [
                 ("lost", hex_key[1:], "63 hex digits, an odd number: one is missing or extra"),
                 ("mistyped", hex_key[:10] + "g" + hex_key[11:],
-                 "character 11 ('g') is not a hex digit (0-9, a-f)"),
+                 "character 11 is not a hex digit (0-9, a-f)"),
                 ("spaced", hex_key[:10] + "g" + hex_key[11:40] + " " + hex_key[41:],
                  None),
                 ("two", hex_key[:10] + "xy" + hex_key[12:],
-                 "characters 11 ('x') and one more are not hex digits"),
+                 "characters 11 and 12 are not hex digits"),
                 ("plus", hex_key[:10] + "+" + hex_key[11:],
-                 "character 11 ('+') is not a hex digit (0-9, a-f)"),
+                 "character 11 is not a hex digit (0-9, a-f)"),
                 ("slash", hex_key[:10] + "/" + hex_key[11:],
-                 "character 11 ('/') is not a hex digit (0-9, a-f)"),
+                 "character 11 is not a hex digit (0-9, a-f)"),
                 ("both", hex_key[:10] + "+/" + hex_key[12:],
-                 "characters 11 ('+') and one more are not hex digits")]:
+                 "characters 11 and 12 are not hex digits")]:
             with self.subTest(name):
                 path = self.write(f"{name}.key", contents)
                 if says is None:  # a blank inside: no key at all, as the Rust crate says

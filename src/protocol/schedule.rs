@@ -89,7 +89,9 @@ impl Prk {
         if let Some(shared) = shared {
             extract.input_ikm(shared);
         }
-        let (_, hkdf) = extract.finalize();
+        // The PRK comes back as a copy too (the hkdf state keeps its own, zeroized with it).
+        let (mut prk, hkdf) = extract.finalize();
+        zeroize::Zeroize::zeroize(prk.as_mut_slice());
         Self { hkdf }
     }
 

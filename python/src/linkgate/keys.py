@@ -242,12 +242,11 @@ def _hex_typo(text: bytes) -> Optional[str]:
         return f"{len(text)} hex digits, an odd number: one is missing or extra"
     if len(not_hex) > 2 or not all(b in _BASE64_SYMBOLS for _, b in not_hex):
         return None
-    at, b = not_hex[0]
+    # Positions only: a message never shows any of the key's characters.
     if len(not_hex) == 1:
-        return f"character {at + 1} ({chr(b)!r}) is not a hex digit (0-9, a-f)"
-    if len(not_hex) == 2:
-        return f"characters {at + 1} ({chr(b)!r}) and one more are not hex digits (0-9, a-f)"
-    return None
+        return f"character {not_hex[0][0] + 1} is not a hex digit (0-9, a-f)"
+    return (f"characters {not_hex[0][0] + 1} and {not_hex[1][0] + 1} are not hex digits "
+            "(0-9, a-f)")
 
 
 def _load(path: PathLike, min_len: int, allow_open_permissions: bool,
