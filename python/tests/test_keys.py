@@ -51,6 +51,15 @@ class KeyFiles(unittest.TestCase):
         for text in (repr(key), str(key), f"{key}"):
             self.assertEqual(text, "Key(id='alice', secret=<32 bytes>)")
             self.assertNotIn(KEY.hex()[:8], text)
+        # A whole keyring prints its ids only, and is still the dict it always was.
+        self.write("bob.key", "cd" * 32)
+        keyring = linkgate.load_keyring(self.dir)
+        for text in (repr(keyring), str(keyring), f"{keyring}", f"{[keyring]}"):
+            self.assertIn("['alice', 'bob']", text)
+            self.assertNotIn(repr(KEY)[2:10], text)
+            self.assertNotIn("\\x", text)
+        self.assertIsInstance(keyring, dict)
+        self.assertEqual(keyring["alice"], KEY)
 
     def test_what_is_no_key_is_refused_and_never_taken_raw(self):
         for name, contents in [("text", "this is not hex at all, just a password!"),

@@ -32,7 +32,7 @@ from .errors import (ClosedEarly, ConnectionRefused, CryptographyMissing, Denied
                      KeyFileError, LinkgateError, Malformed, MalformedVerdict, ModeNotAllowed,
                      NetworkError, NotLinkgate, PeerReset, RecordError, RefusedAsMalformed,
                      Timeout, Truncated)
-from .keys import (MAX_KEY_LEN, MIN_KEY_LEN, Key, generate_key, load_key, load_keyring,
+from .keys import (MAX_KEY_LEN, MIN_KEY_LEN, Key, Keyring, generate_key, load_key, load_keyring,
                    load_seed_key)
 from .protocol import (MAGIC, MODES, PLAIN, SEALED, SEALED_FS, client_proof, encode_response,
                        server_proof)
@@ -47,7 +47,7 @@ __all__ = [
     # client and server
     "connect", "authenticate", "admit", "Admission", "serve", "Server", "SealedSocket", "aio",
     # keys
-    "Key", "load_key", "load_keyring", "load_seed_key", "generate_key",
+    "Key", "Keyring", "load_key", "load_keyring", "load_seed_key", "generate_key",
     # modes and protocol
     "PLAIN", "SEALED", "SEALED_FS", "MODES", "MAGIC", "MIN_KEY_LEN", "MAX_KEY_LEN",
     "client_proof", "server_proof", "encode_response", "sealed_modes_available",

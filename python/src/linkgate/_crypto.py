@@ -7,7 +7,7 @@ from typing import Any, Optional, Tuple
 
 from .errors import CryptographyMissing, KeyExchangeFailed
 
-_loaded: Optional[Tuple[Any, Any, Any, Any, Any]] = None
+_loaded: Optional[Tuple[Any, Any, Any, Any, Any, Any, Any]] = None
 _import_error: Optional[ImportError] = None
 
 
@@ -18,11 +18,14 @@ def _load():
             from cryptography.hazmat.primitives.asymmetric.x25519 import (
                 X25519PrivateKey, X25519PublicKey)
             from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+            from cryptography.hazmat.primitives.hashes import SHA256
+            from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
             from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
         except ImportError as err:
             _import_error = err
         else:
-            _loaded = (AESGCM, X25519PrivateKey, X25519PublicKey, Encoding, PublicFormat)
+            _loaded = (AESGCM, X25519PrivateKey, X25519PublicKey, Encoding, PublicFormat,
+                       HKDFExpand, SHA256)
     return _loaded
 
 
@@ -45,6 +48,15 @@ def aesgcm(key: bytes):
     return loaded[0](key)
 
 
+def hkdf_expand(prk: bytes, info: bytes, length: int) -> bytes:
+    """HKDF-Expand with SHA-256 (RFC 5869), from ``cryptography``."""
+    loaded = _load()
+    if loaded is None:
+        raise CryptographyMissing("sealed") from _import_error
+    hkdf_expand_cls, sha256 = loaded[5], loaded[6]
+    return hkdf_expand_cls(sha256(), length, info).derive(prk)
+
+
 class Ephemeral:
     """A one-handshake X25519 secret."""
 
@@ -54,7 +66,7 @@ class Ephemeral:
         loaded = _load()
         if loaded is None:
             raise CryptographyMissing("sealed-fs") from _import_error
-        _, private_cls, _, encoding, public_format = loaded
+        _, private_cls, _, encoding, public_format = loaded[:5]
         if private_bytes is None:
             self._private = private_cls.generate()
         else:

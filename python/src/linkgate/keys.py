@@ -291,7 +291,18 @@ def load_seed_key(path: PathLike, *, allow_open_permissions: bool = False,
     return _load(path, 1, allow_open_permissions, key_id)
 
 
-def load_keyring(path: PathLike, *, allow_open_permissions: bool = False) -> Dict[str, bytes]:
+class Keyring(dict):
+    """What :func:`load_keyring` returns: a dict of key id to key, whose repr (and str) lists the
+    ids only, so printing or logging a keyring never shows a key."""
+
+    def __repr__(self) -> str:
+        return f"Keyring(ids={sorted(self)!r})"
+
+    def __str__(self) -> str:
+        return self.__repr__()
+
+
+def load_keyring(path: PathLike, *, allow_open_permissions: bool = False) -> Keyring:
     """Every ``*.key`` file of a directory, as a dict of key id (the file's stem) to key; or the
     one key of a key file.
 
@@ -308,7 +319,7 @@ def load_keyring(path: PathLike, *, allow_open_permissions: bool = False) -> Dic
                            path=path) from err
     if not stat.S_ISDIR(info.st_mode):
         key = load_key(path, allow_open_permissions=allow_open_permissions)
-        return {key.id: key.secret}
+        return Keyring({key.id: key.secret})
     if os.name == "posix" and not allow_open_permissions and info.st_mode & 0o022:
         raise KeyFileError(
             f"key directory {path}: permissions {stat.S_IMODE(info.st_mode):04o}: group or "
@@ -319,7 +330,7 @@ def load_keyring(path: PathLike, *, allow_open_permissions: bool = False) -> Dic
     except OSError as err:
         raise KeyFileError(f"key directory {path}: cannot read: {err.strerror or err}",
                            path=path) from err
-    keyring: Dict[str, bytes] = {}
+    keyring = Keyring()
     problems: List[KeyFileError] = []
     for name in names:
         if not name.endswith(".key"):

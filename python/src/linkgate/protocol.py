@@ -126,18 +126,13 @@ def response_remaining_len(head: bytes) -> int:
 # --- key schedule -------------------------------------------------------------------------------
 
 def hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
-    """HKDF-Extract with SHA-256 (RFC 5869)."""
+    """HKDF-Extract with SHA-256 (RFC 5869): by its definition, HMAC(salt, IKM)."""
     return _mac(salt, ikm)
 
 
 def hkdf_expand(prk: bytes, info: bytes, length: int) -> bytes:
-    """HKDF-Expand with SHA-256 (RFC 5869)."""
-    out, block, counter = b"", b"", 1
-    while len(out) < length:
-        block = _mac(prk, block, info, bytes([counter]))
-        out += block
-        counter += 1
-    return out[:length]
+    """HKDF-Expand with SHA-256 (RFC 5869), from ``cryptography`` (the sealed modes need it)."""
+    return _crypto.hkdf_expand(prk, info, length)
 
 
 def expand_label(secret: bytes, label: bytes, length: int) -> bytes:
