@@ -185,9 +185,14 @@ async fn serve<IO>(
     let gate_ip = admitted.get_ref().local_ip();
     let service = &context.service;
     let conn = who.connection_id();
+    // A tunnel that fails, or is cut off for a revoked key, is reset, as a connection is.
+    let reset = linkgate::mux::ResetOnFailure::new(admitted.get_ref());
     let mut server = match MuxServer::new(admitted, &context.mux).await {
         Ok(server) => server,
         Err(err) => {
+            if let Some(reset) = &reset {
+                reset.reset();
+            }
             tracing::info!(%service, %conn, peer = %peer_text(&who), key_id = %who.key_id(),
                 error = %err, "tunnel failed before its first stream");
             return;
@@ -269,8 +274,13 @@ async fn serve<IO>(
     if matches!(end, TunnelEnd::Revoked) {
         let _ = outcome.set(StreamsEnded::Revoked);
     }
+    if let (TunnelEnd::Failed(_) | TunnelEnd::Revoked, Some(reset)) = (&end, &reset) {
+        reset.reset();
+    }
     // Dropping the connection fails the streams still open (they reset their upstreams).
     drop(server);
+    // The socket's last descriptor: it closes now, not when the last stream has ended.
+    drop(reset);
     // The tunnel's line now, as it has ended: a shutdown while its last streams finish below
     // cuts off only them (they log that themselves).
     log_tunnel_end(&context, &who, end, opened, started);

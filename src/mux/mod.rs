@@ -35,6 +35,7 @@ mod coalesce;
 mod keepalive;
 mod pacing;
 mod pool;
+mod reset;
 mod stream;
 
 use std::io;
@@ -52,6 +53,7 @@ use crate::mode::Mode;
 
 pub use pacing::Pacing;
 pub use pool::{Pool, PoolConfig};
+pub use reset::ResetOnFailure;
 pub use stream::{MuxReadHalf, MuxStream, MuxWriteHalf};
 
 /// The `:authority` of every open: the server forwards to its own upstream, whatever is named.
@@ -208,6 +210,19 @@ impl Tunnel {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        Self::start(admitted, config, None).await
+    }
+
+    /// [`Tunnel::new`]; with `reset`, a tunnel that fails resets its connection instead of
+    /// closing it.
+    pub(crate) async fn start<S>(
+        admitted: Admitted<S>,
+        config: &MuxConfig,
+        reset: Option<ResetOnFailure>,
+    ) -> io::Result<Self>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let mode = admitted.mode();
         if !mode.is_multiplexed() {
             return Err(not_multiplexed(mode));
@@ -229,7 +244,13 @@ impl Tunnel {
             .initial_connection_window_size(config.connection_window())
             .handshake(transport)
             .await
-            .map_err(stream::stream_error)?;
+            .map_err(|err| {
+                // The transport is gone with the failed handshake; the reset goes with its close.
+                if let Some(reset) = &reset {
+                    reset.reset();
+                }
+                stream::stream_error(err)
+            })?;
         let closed = CancellationToken::new();
         let going_away = CancellationToken::new();
         let (done, gone) = (closed.clone(), going_away.clone());
@@ -249,15 +270,19 @@ impl Tunnel {
                 }
             })
             .await;
-            match ended {
+            match &ended {
                 Ok(()) => {}
                 Err(err) if err.kind() == io::ErrorKind::TimedOut => {
                     tracing::warn!(%conn, error = %err, "tunnel closed: its streams were reset");
                 }
                 Err(err) => tracing::debug!(%conn, error = %err, "tunnel ended with an error"),
             }
+            if let (Err(_), Some(reset)) = (&ended, &reset) {
+                reset.reset();
+            }
             // Dropping the connection fails the streams still open.
             drop(connection);
+            drop(reset);
             done.cancel();
             gone.cancel();
         });

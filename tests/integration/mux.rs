@@ -884,3 +884,33 @@ async fn keepalive_keeps_a_tunnel_whose_answers_queue_behind_data() {
     );
     assert!(!tunnel.is_closed());
 }
+
+/// A pool's tunnel that fails (here: a record that does not open) resets its connection, as a
+/// sealed connection does after a failed record: the gate sees a reset, not an end.
+#[tokio::test]
+async fn a_pools_tunnel_that_fails_resets_its_connection() {
+    let alice = key("alice");
+    let gate = mux_gate(&[&alice]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = PoolConfig::default().with_tunnels(1);
+    let pool = Pool::new(addr.to_string(), Credentials::new(alice), config).unwrap();
+    let (stream, _) = listener.accept().await.unwrap();
+    let mut admitted = gate.admit(stream).await.unwrap();
+    // Under the sealing: a record header and 17 bytes that are no valid ciphertext.
+    let tcp = admitted.get_mut();
+    tcp.write_all(&[0x17, 0x03, 0x03, 0x00, 0x11])
+        .await
+        .unwrap();
+    tcp.write_all(&[0u8; 17]).await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest))
+        .await
+        .expect("the pool's side never ended the tunnel");
+    assert!(
+        matches!(&read, Err(err) if err.kind() == io::ErrorKind::ConnectionReset),
+        "a reset, not an end: {read:?} after {} bytes",
+        rest.len()
+    );
+    drop(pool);
+}

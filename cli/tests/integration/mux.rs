@@ -1297,3 +1297,61 @@ async fn streams_still_open_at_the_gates_drain_deadline_are_cut_off_reset_and_co
         );
     }
 }
+
+/// A tunnel whose record fails is reset by the gate, as a sealed connection is (PROTOCOL.md,
+/// "Failure"): before its HTTP/2 preface, and with a stream open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_with_a_bad_record_is_reset_by_the_gate() {
+    let upstream = echo_upstream().await;
+    let test_gate = gate(upstream.addr, &[]).await;
+    let alice = linkgate::Key::from_file(&test_gate.key).unwrap();
+    let credentials = linkgate::Credentials::new(alice).with_mode(linkgate::Mode::SealedFsMux);
+    for with_a_stream in [false, true] {
+        let mut tunnel = linkgate::connect(test_gate.addr, &credentials)
+            .await
+            .unwrap();
+        if with_a_stream {
+            let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+            hello.extend(frame(SETTINGS, 0, 0, &[]));
+            hello.extend(connect_headers(1));
+            tunnel.write_all(&hello).await.unwrap();
+            let first = tokio::time::timeout(Duration::from_secs(10), answer_to(&mut tunnel, 1))
+                .await
+                .expect("no answer to the stream");
+            assert_eq!(
+                (first.kind, first.payload.as_slice()),
+                (HEADERS, &[0x88u8][..])
+            );
+        }
+        // Under the sealing: a record header and 17 bytes that are no valid ciphertext.
+        let tcp = tunnel.get_mut();
+        tcp.write_all(&[0x17, 0x03, 0x03, 0x00, 0x11])
+            .await
+            .unwrap();
+        tcp.write_all(&[0u8; 17]).await.unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest))
+            .await
+            .expect("the gate never ended the tunnel");
+        assert!(
+            matches!(&read, Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset),
+            "with a stream {with_a_stream}: a reset, not an end: {read:?} after {} bytes",
+            rest.len()
+        );
+    }
+    test_gate
+        .serve
+        .wait_for_log(&[
+            "tunnel failed before its first stream",
+            "record failed authentication",
+        ])
+        .await;
+    test_gate
+        .serve
+        .wait_for_log(&[
+            "tunnel failed: its open streams were reset",
+            "record failed authentication",
+            "streams=1",
+        ])
+        .await;
+}
