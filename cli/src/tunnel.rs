@@ -108,6 +108,8 @@ struct CutOffOnDrop<'a> {
     started: Instant,
     /// Streams the tunnel carried, for its close line.
     opened: u64,
+    /// Cut off, the tunnel is reset, as a connection cut off at the drain deadline is.
+    reset: Option<linkgate::mux::ResetHandle>,
     armed: bool,
 }
 
@@ -117,6 +119,9 @@ impl Drop for CutOffOnDrop<'_> {
     /// gets a close line).
     fn drop(&mut self) {
         if self.armed {
+            if let Some(reset) = &self.reset {
+                reset.reset();
+            }
             let _ = self.outcome.set(StreamsEnded::CutOff);
             let cut_off = &self.context.cut_off;
             if cut_off.counts_now(&self.context.draining) {
@@ -185,8 +190,9 @@ async fn serve<IO>(
     let gate_ip = admitted.get_ref().local_ip();
     let service = &context.service;
     let conn = who.connection_id();
-    // A tunnel that fails, or is cut off for a revoked key, is reset, as a connection is.
-    let reset = linkgate::mux::ResetOnFailure::new(admitted.get_ref());
+    // A tunnel that fails, is revoked, or is cut off at the drain deadline is reset, as a
+    // connection is.
+    let reset = linkgate::mux::ResetHandle::new(admitted.get_ref());
     let mut server = match MuxServer::new(admitted, &context.mux).await {
         Ok(server) => server,
         Err(err) => {
@@ -211,6 +217,7 @@ async fn serve<IO>(
         who: &who,
         started,
         opened: 0,
+        reset,
         armed: true,
     };
     let (mut draining, mut key_revoked) = (false, false);
@@ -270,7 +277,7 @@ async fn serve<IO>(
         }
     };
     cut_off.armed = false;
-    let opened = cut_off.opened;
+    let (opened, reset) = (cut_off.opened, cut_off.reset.take());
     if matches!(end, TunnelEnd::Revoked) {
         let _ = outcome.set(StreamsEnded::Revoked);
     }

@@ -60,6 +60,11 @@ class KeyFiles(unittest.TestCase):
             self.assertNotIn("\\x", text)
         self.assertIsInstance(keyring, dict)
         self.assertEqual(keyring["alice"], KEY)
+        # What a server keeps of a keyring given in code, and copies of it, print ids only too.
+        from linkgate.keys import normalize_keyring
+        for kept in (normalize_keyring({"carol": KEY}), keyring.copy()):
+            self.assertIsInstance(kept, linkgate.Keyring)
+            self.assertNotIn("\\x", repr(kept))
 
     def test_what_is_no_key_is_refused_and_never_taken_raw(self):
         for name, contents in [("text", "this is not hex at all, just a password!"),

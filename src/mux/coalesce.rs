@@ -118,7 +118,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalescing<Admitted<IO>> 
         let busy = this.open.count() >= 1 && this.read_gap < BUSY_READS_WITHIN;
         this.inner.keep_read_buffer(busy);
         let before = buf.filled().len();
-        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let read = match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            // The end of a tunnel without close_notify is truncation, a failure (PROTOCOL.md).
+            // As `UnexpectedEof`, h2 would take it for a clean close on the gate's side (its
+            // workaround for hyper#3427): it would end the tunnel quietly, and nothing would
+            // reset the connection.
+            Poll::Ready(Err(err)) if err.kind() == io::ErrorKind::UnexpectedEof => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, err)))
+            }
+            read => read,
+        };
         let n = buf.filled().len() - before;
         if n > 0 {
             this.received.fetch_add(n as u64, Ordering::Relaxed);

@@ -53,7 +53,7 @@ use crate::mode::Mode;
 
 pub use pacing::Pacing;
 pub use pool::{Pool, PoolConfig};
-pub use reset::ResetOnFailure;
+pub use reset::ResetHandle;
 pub use stream::{MuxReadHalf, MuxStream, MuxWriteHalf};
 
 /// The `:authority` of every open: the server forwards to its own upstream, whatever is named.
@@ -210,15 +210,16 @@ impl Tunnel {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        Self::start(admitted, config, None).await
+        Self::with_reset(admitted, config, None).await
     }
 
-    /// [`Tunnel::new`]; with `reset`, a tunnel that fails resets its connection instead of
-    /// closing it.
-    pub(crate) async fn start<S>(
+    /// [`Tunnel::new`]; with `reset` (taken from the tunnel's socket before it was admitted), a
+    /// tunnel that fails resets its connection instead of closing it, as PROTOCOL.md asks.
+    /// [`Pool`] does this for its tunnels. `Tunnel::new` cannot: its transport is any stream.
+    pub async fn with_reset<S>(
         admitted: Admitted<S>,
         config: &MuxConfig,
-        reset: Option<ResetOnFailure>,
+        reset: Option<ResetHandle>,
     ) -> io::Result<Self>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,

@@ -303,8 +303,8 @@ async fn keep_up(inner: Arc<Inner>, index: usize, config: PoolConfig) {
                     let refused = matches!(err, Error::Rejected(_));
                     (explain(err), refused)
                 })?;
-            let reset = super::ResetOnFailure::new(admitted.get_ref());
-            Tunnel::start(admitted, &config.mux, reset)
+            let reset = super::ResetHandle::new(admitted.get_ref());
+            Tunnel::with_reset(admitted, &config.mux, reset)
                 .await
                 .map_err(|err| (err, false))
         };

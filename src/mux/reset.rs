@@ -2,9 +2,11 @@
 //! connection sees an RST, as it would after a failed record on a sealed connection. A tunnel's
 //! transport is generic and owned by h2 once the tunnel runs, so a second descriptor of the
 //! socket is kept to set `SO_LINGER` 0 on it just before the transport is dropped. [`Pool`]
-//! does this for its tunnels; a server running [`MuxServer`] over TCP keeps one itself.
+//! does this for its tunnels, [`Tunnel::with_reset`] for a tunnel of one's own; a server running
+//! [`MuxServer`] over TCP keeps one itself and resets when `next_stream` fails.
 //!
 //! [`Pool`]: super::Pool
+//! [`Tunnel::with_reset`]: super::Tunnel::with_reset
 //! [`MuxServer`]: super::MuxServer
 
 #[cfg(unix)]
@@ -12,17 +14,17 @@ mod imp {
     use std::os::fd::{AsFd, OwnedFd};
     use std::time::Duration;
 
-    /// A second descriptor of a tunnel's socket, to make its close a reset if the tunnel fails.
-    /// Take it before the socket goes into the tunnel; call [`ResetOnFailure::reset`] before
-    /// dropping a tunnel that failed; drop it with the tunnel either way (the socket stays open
-    /// while it lives).
+    /// A second descriptor of a tunnel's socket, to make its close a reset when the tunnel
+    /// fails. Take it before the socket goes into the tunnel; call [`ResetHandle::reset`]
+    /// before dropping a tunnel that failed (it resets whenever called); drop it with the tunnel
+    /// either way (the socket stays open while it lives).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> std::io::Result<()> {
     /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     /// let socket = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
-    /// let reset = linkgate::mux::ResetOnFailure::new(&socket);
+    /// let reset = linkgate::mux::ResetHandle::new(&socket);
     /// // ... the socket is admitted and runs a tunnel, which fails ...
     /// if let Some(reset) = &reset {
     ///     reset.reset();
@@ -33,9 +35,9 @@ mod imp {
     /// # }
     /// ```
     #[derive(Debug)]
-    pub struct ResetOnFailure(OwnedFd);
+    pub struct ResetHandle(OwnedFd);
 
-    impl ResetOnFailure {
+    impl ResetHandle {
         /// None if the descriptor cannot be duplicated (out of descriptors): the tunnel then
         /// just closes on failure.
         pub fn new(socket: &impl AsFd) -> Option<Self> {
@@ -54,9 +56,9 @@ mod imp {
 mod imp {
     /// No second descriptor where there are no file descriptors: a failed tunnel just closes.
     #[derive(Debug)]
-    pub struct ResetOnFailure;
+    pub struct ResetHandle;
 
-    impl ResetOnFailure {
+    impl ResetHandle {
         /// Always None here.
         pub fn new<S>(_: &S) -> Option<Self> {
             None
@@ -67,4 +69,4 @@ mod imp {
     }
 }
 
-pub use imp::ResetOnFailure;
+pub use imp::ResetHandle;

@@ -69,8 +69,10 @@ impl SessionSecrets {
     }
 }
 
-/// The pseudorandom key of one session (held inside `hkdf`, which zeroizes nothing itself but
-/// lives only while the two secrets are expanded).
+/// The pseudorandom key of one session, held inside `hkdf` as a keyed HMAC state (wiped on drop
+/// by hmac's and sha2's `zeroize` features), which lives only while the two secrets are
+/// expanded. Wiping is best-effort here as everywhere: hkdf and hmac leave short-lived copies on
+/// the stack that no caller can reach.
 pub(crate) struct Prk {
     hkdf: Hkdf<Sha256>,
 }

@@ -1298,15 +1298,16 @@ async fn streams_still_open_at_the_gates_drain_deadline_are_cut_off_reset_and_co
     }
 }
 
-/// A tunnel whose record fails is reset by the gate, as a sealed connection is (PROTOCOL.md,
-/// "Failure"): before its HTTP/2 preface, and with a stream open.
+/// A tunnel whose record fails, or that is cut off without close_notify, is reset by the gate,
+/// as a sealed connection is (PROTOCOL.md, "Failure"): before its HTTP/2 preface, and with a
+/// stream open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tunnel_with_a_bad_record_is_reset_by_the_gate() {
+async fn a_tunnel_with_a_bad_record_or_cut_short_is_reset_by_the_gate() {
     let upstream = echo_upstream().await;
     let test_gate = gate(upstream.addr, &[]).await;
     let alice = linkgate::Key::from_file(&test_gate.key).unwrap();
     let credentials = linkgate::Credentials::new(alice).with_mode(linkgate::Mode::SealedFsMux);
-    for with_a_stream in [false, true] {
+    for (with_a_stream, cut_short) in [(false, false), (true, false), (true, true)] {
         let mut tunnel = linkgate::connect(test_gate.addr, &credentials)
             .await
             .unwrap();
@@ -1323,19 +1324,24 @@ async fn a_tunnel_with_a_bad_record_is_reset_by_the_gate() {
                 (HEADERS, &[0x88u8][..])
             );
         }
-        // Under the sealing: a record header and 17 bytes that are no valid ciphertext.
         let tcp = tunnel.get_mut();
-        tcp.write_all(&[0x17, 0x03, 0x03, 0x00, 0x11])
-            .await
-            .unwrap();
-        tcp.write_all(&[0u8; 17]).await.unwrap();
+        if cut_short {
+            // The end of the TCP stream, with no close_notify before it.
+            tcp.shutdown().await.unwrap();
+        } else {
+            // Under the sealing: a record header and 17 bytes that are no valid ciphertext.
+            tcp.write_all(&[0x17, 0x03, 0x03, 0x00, 0x11])
+                .await
+                .unwrap();
+            tcp.write_all(&[0u8; 17]).await.unwrap();
+        }
         let mut rest = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest))
             .await
             .expect("the gate never ended the tunnel");
         assert!(
             matches!(&read, Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset),
-            "with a stream {with_a_stream}: a reset, not an end: {read:?} after {} bytes",
+            "stream {with_a_stream}, cut short {cut_short}: a reset, not an end: {read:?} after {} bytes",
             rest.len()
         );
     }
@@ -1346,11 +1352,58 @@ async fn a_tunnel_with_a_bad_record_is_reset_by_the_gate() {
             "record failed authentication",
         ])
         .await;
+    for cause in ["record failed authentication", "truncated"] {
+        test_gate
+            .serve
+            .wait_for_log(&[
+                "tunnel failed: its open streams were reset",
+                cause,
+                "streams=1",
+            ])
+            .await;
+    }
+}
+
+/// A tunnel still open at the gate's drain deadline is reset, as a connection cut off there is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_cut_off_at_the_drain_deadline_is_reset() {
+    let upstream = echo_upstream().await;
+    let test_gate = gate(upstream.addr, &["--drain-timeout", "300ms"]).await;
+    let alice = linkgate::Key::from_file(&test_gate.key).unwrap();
+    let credentials = linkgate::Credentials::new(alice).with_mode(linkgate::Mode::SealedFsMux);
+    let mut tunnel = linkgate::connect(test_gate.addr, &credentials)
+        .await
+        .unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    hello.extend(connect_headers(1));
+    tunnel.write_all(&hello).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), answer_to(&mut tunnel, 1))
+        .await
+        .expect("no answer to the stream");
+    assert_eq!(
+        (first.kind, first.payload.as_slice()),
+        (HEADERS, &[0x88u8][..])
+    );
+    test_gate.serve.signal("TERM");
+    // The stream stays open past the deadline; the raw bytes (a GOAWAY, then nothing) are read
+    // until the connection ends.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        tunnel.get_mut().read_to_end(&mut rest),
+    )
+    .await
+    .expect("the gate never ended the tunnel");
+    assert!(
+        matches!(&read, Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset),
+        "a reset, not an end: {read:?} after {} bytes",
+        rest.len()
+    );
     test_gate
         .serve
         .wait_for_log(&[
-            "tunnel failed: its open streams were reset",
-            "record failed authentication",
+            "tunnel closed: still open at shutdown (cut off",
             "streams=1",
         ])
         .await;

@@ -54,7 +54,7 @@ def hkdf_expand(prk: bytes, info: bytes, length: int) -> bytes:
     if loaded is None:
         raise CryptographyMissing("sealed") from _import_error
     hkdf_expand_cls, sha256 = loaded[5], loaded[6]
-    return hkdf_expand_cls(sha256(), length, info).derive(prk)
+    return hkdf_expand_cls(sha256(), length, bytes(info)).derive(bytes(prk))
 
 
 class Ephemeral:

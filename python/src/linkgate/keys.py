@@ -17,11 +17,11 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Union
+from typing import Iterable, List, Mapping, NamedTuple, Optional, Union
 
 from .errors import InvalidArgument, KeyFileError
 
-__all__ = ["Key", "load_key", "load_seed_key", "load_keyring", "generate_key",
+__all__ = ["Key", "Keyring", "load_key", "load_seed_key", "load_keyring", "generate_key",
            "MIN_KEY_LEN", "MAX_KEY_LEN", "MAX_KEY_ID_LEN"]
 
 MIN_KEY_LEN = 16
@@ -111,7 +111,22 @@ def generate_key(key_id: str, length: int = 32) -> Key:
     return Key(key_id, check_key(os.urandom(length)))
 
 
-def normalize_keyring(keyring) -> Dict[str, bytes]:
+class Keyring(dict):
+    """A dict of key id to key (what :func:`load_keyring` returns, and what servers keep), whose
+    repr (and str) lists the ids only, so printing or logging a keyring never shows a key. Its
+    copies are Keyrings too; ``dict(keyring)`` is a plain dict, and shows the keys."""
+
+    def __repr__(self) -> str:
+        return f"Keyring(ids={sorted(map(str, self))!r})"
+
+    def __str__(self) -> str:
+        return self.__repr__()
+
+    def copy(self) -> "Keyring":
+        return Keyring(self)
+
+
+def normalize_keyring(keyring) -> Keyring:
     """A keyring given as a mapping of id to key bytes (or Key), or as an iterable of Keys, as
     a dict of id to bytes; every id and key is checked (InvalidArgument)."""
     if isinstance(keyring, Key):
@@ -125,7 +140,7 @@ def normalize_keyring(keyring) -> Dict[str, bytes]:
         except (TypeError, AttributeError):
             raise InvalidArgument(
                 "a keyring is a mapping of key id to key (load_keyring), or Keys") from None
-    out: Dict[str, bytes] = {}
+    out = Keyring()
     for key_id, secret in items:
         check_key_id(key_id)
         try:
@@ -289,17 +304,6 @@ def load_seed_key(path: PathLike, *, allow_open_permissions: bool = False,
     """Like load_key, but accepts keys of 1 to 64 bytes: for the seed scheme only, whose
     existing deployments use short text keys (``b'secret'`` is the file ``736563726574``)."""
     return _load(path, 1, allow_open_permissions, key_id)
-
-
-class Keyring(dict):
-    """What :func:`load_keyring` returns: a dict of key id to key, whose repr (and str) lists the
-    ids only, so printing or logging a keyring never shows a key."""
-
-    def __repr__(self) -> str:
-        return f"Keyring(ids={sorted(self)!r})"
-
-    def __str__(self) -> str:
-        return self.__repr__()
 
 
 def load_keyring(path: PathLike, *, allow_open_permissions: bool = False) -> Keyring:
