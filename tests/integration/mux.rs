@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::support::wire::fail_and_expect_a_reset;
 use crate::support::{key, keyring, payload};
 
 /// What the test server does with each stream.
@@ -897,20 +898,8 @@ async fn a_pools_tunnel_that_fails_resets_its_connection() {
     let pool = Pool::new(addr.to_string(), Credentials::new(alice), config).unwrap();
     let (stream, _) = listener.accept().await.unwrap();
     let mut admitted = gate.admit(stream).await.unwrap();
-    // Under the sealing: a record header and 17 bytes that are no valid ciphertext.
-    let tcp = admitted.get_mut();
-    tcp.write_all(&[0x17, 0x03, 0x03, 0x00, 0x11])
-        .await
-        .unwrap();
-    tcp.write_all(&[0u8; 17]).await.unwrap();
-    let mut rest = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest))
-        .await
-        .expect("the pool's side never ended the tunnel");
-    assert!(
-        matches!(&read, Err(err) if err.kind() == io::ErrorKind::ConnectionReset),
-        "a reset, not an end: {read:?} after {} bytes",
-        rest.len()
-    );
+    if let Err(wrong) = fail_and_expect_a_reset(admitted.get_mut(), false).await {
+        panic!("the pool's side: {wrong}");
+    }
     drop(pool);
 }

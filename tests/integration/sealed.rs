@@ -8,7 +8,7 @@ use linkgate::{Admitted, Credentials, Error, Gate, GateConfig, Key, Mode, Record
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::record_relay::record_counting_relay;
+use crate::support::wire::record_counting_relay;
 use crate::support::{key, keyring, payload, plain_gate};
 
 /// Both ends of an admitted session over an in-memory pipe of `capacity` bytes.

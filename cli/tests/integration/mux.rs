@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::operations::{sample, scrape};
 use crate::support::process::{Linkgate, keygen, start_serve};
+use crate::support::wire::fail_and_expect_a_reset;
 use crate::support::{echo_upstream, payload, silent_upstream, start_connect};
 
 /// A key directory holding alice's key, and `serve` (with `serve_extra`) in front of `upstream`.
@@ -1063,15 +1064,9 @@ async fn answer_to<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     }
 }
 
-/// After a revocation the gate sends GOAWAY, but h2 takes new streams until the client answers
-/// the PING that follows it. A client that never answers must still open no connection under
-/// the revoked key: its streams are refused. Hand-made frames, as no HTTP/2 library lets a
-/// client leave a PING unanswered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_ignores_goaway_opens_nothing_under_a_revoked_key() {
-    let upstream = echo_upstream().await;
-    let test_gate = gate(upstream.addr, &[]).await;
-    keygen(&test_gate.keys, "bob");
+/// A tunnel to `test_gate` spoken by hand: the HTTP/2 preface, SETTINGS and a CONNECT on stream
+/// 1, answered `200` (the static table's entry 8) with the stream left open.
+async fn raw_tunnel_with_a_stream(test_gate: &TestGate) -> linkgate::Admitted<TcpStream> {
     let alice = linkgate::Key::from_file(&test_gate.key).unwrap();
     let credentials = linkgate::Credentials::new(alice).with_mode(linkgate::Mode::SealedFsMux);
     let mut tunnel = linkgate::connect(test_gate.addr, &credentials)
@@ -1084,12 +1079,24 @@ async fn a_client_that_ignores_goaway_opens_nothing_under_a_revoked_key() {
     let first = tokio::time::timeout(Duration::from_secs(10), answer_to(&mut tunnel, 1))
         .await
         .expect("no answer to the first stream");
-    // `:status 200` is the static table's entry 8, and the stream stays open.
     assert_eq!(
         (first.kind, first.payload.as_slice()),
         (HEADERS, &[0x88u8][..])
     );
     assert_eq!(first.flags & END_STREAM, 0);
+    tunnel
+}
+
+/// After a revocation the gate sends GOAWAY, but h2 takes new streams until the client answers
+/// the PING that follows it. A client that never answers must still open no connection under
+/// the revoked key: its streams are refused. Hand-made frames, as no HTTP/2 library lets a
+/// client leave a PING unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_ignores_goaway_opens_nothing_under_a_revoked_key() {
+    let upstream = echo_upstream().await;
+    let test_gate = gate(upstream.addr, &[]).await;
+    keygen(&test_gate.keys, "bob");
+    let mut tunnel = raw_tunnel_with_a_stream(&test_gate).await;
 
     std::fs::remove_file(&test_gate.key).unwrap();
     test_gate.serve.signal("HUP");
@@ -1308,42 +1315,16 @@ async fn a_tunnel_with_a_bad_record_or_cut_short_is_reset_by_the_gate() {
     let alice = linkgate::Key::from_file(&test_gate.key).unwrap();
     let credentials = linkgate::Credentials::new(alice).with_mode(linkgate::Mode::SealedFsMux);
     for (with_a_stream, cut_short) in [(false, false), (true, false), (true, true)] {
-        let mut tunnel = linkgate::connect(test_gate.addr, &credentials)
-            .await
-            .unwrap();
-        if with_a_stream {
-            let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-            hello.extend(frame(SETTINGS, 0, 0, &[]));
-            hello.extend(connect_headers(1));
-            tunnel.write_all(&hello).await.unwrap();
-            let first = tokio::time::timeout(Duration::from_secs(10), answer_to(&mut tunnel, 1))
-                .await
-                .expect("no answer to the stream");
-            assert_eq!(
-                (first.kind, first.payload.as_slice()),
-                (HEADERS, &[0x88u8][..])
-            );
-        }
-        let tcp = tunnel.get_mut();
-        if cut_short {
-            // The end of the TCP stream, with no close_notify before it.
-            tcp.shutdown().await.unwrap();
+        let mut tunnel = if with_a_stream {
+            raw_tunnel_with_a_stream(&test_gate).await
         } else {
-            // Under the sealing: a record header and 17 bytes that are no valid ciphertext.
-            tcp.write_all(&[0x17, 0x03, 0x03, 0x00, 0x11])
+            linkgate::connect(test_gate.addr, &credentials)
                 .await
-                .unwrap();
-            tcp.write_all(&[0u8; 17]).await.unwrap();
+                .unwrap()
+        };
+        if let Err(wrong) = fail_and_expect_a_reset(tunnel.get_mut(), cut_short).await {
+            panic!("stream {with_a_stream}, cut short {cut_short}: {wrong}");
         }
-        let mut rest = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest))
-            .await
-            .expect("the gate never ended the tunnel");
-        assert!(
-            matches!(&read, Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset),
-            "stream {with_a_stream}, cut short {cut_short}: a reset, not an end: {read:?} after {} bytes",
-            rest.len()
-        );
     }
     test_gate
         .serve
@@ -1369,22 +1350,7 @@ async fn a_tunnel_with_a_bad_record_or_cut_short_is_reset_by_the_gate() {
 async fn a_tunnel_cut_off_at_the_drain_deadline_is_reset() {
     let upstream = echo_upstream().await;
     let test_gate = gate(upstream.addr, &["--drain-timeout", "300ms"]).await;
-    let alice = linkgate::Key::from_file(&test_gate.key).unwrap();
-    let credentials = linkgate::Credentials::new(alice).with_mode(linkgate::Mode::SealedFsMux);
-    let mut tunnel = linkgate::connect(test_gate.addr, &credentials)
-        .await
-        .unwrap();
-    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    hello.extend(frame(SETTINGS, 0, 0, &[]));
-    hello.extend(connect_headers(1));
-    tunnel.write_all(&hello).await.unwrap();
-    let first = tokio::time::timeout(Duration::from_secs(10), answer_to(&mut tunnel, 1))
-        .await
-        .expect("no answer to the stream");
-    assert_eq!(
-        (first.kind, first.payload.as_slice()),
-        (HEADERS, &[0x88u8][..])
-    );
+    let mut tunnel = raw_tunnel_with_a_stream(&test_gate).await;
     test_gate.serve.signal("TERM");
     // The stream stays open past the deadline; the raw bytes (a GOAWAY, then nothing) are read
     // until the connection ends.

@@ -25,8 +25,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::payload;
 use crate::support::process::{Linkgate, check, keygen, start_serve};
-use crate::support::record_relay::record_counting_relay;
 use crate::support::start_connect;
+use crate::support::wire::record_counting_relay;
 
 const ALL_MODES: [&str; 3] = ["plain", "sealed", "sealed-fs"];
 /// How long one Python process may run before the test fails.

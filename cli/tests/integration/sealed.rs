@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::process::{check, keygen, start_serve};
-use crate::support::record_relay::record_counting_relay;
+use crate::support::wire::{fail_and_expect_a_reset, record_counting_relay};
 use crate::support::{echo_through, echo_upstream, payload, start_connect};
 
 /// The `serve` and `connect` flags for `mode`.
@@ -447,21 +447,9 @@ async fn a_bad_record_to_the_built_in_echo_is_answered_with_a_reset() {
     let mut echoed = [0u8; 5];
     admitted.read_exact(&mut echoed).await.unwrap();
     assert_eq!(&echoed, b"first");
-    // Under the sealing: a record header and 17 bytes that are no valid ciphertext.
-    let tcp = admitted.get_mut();
-    tcp.write_all(&[0x17, 0x03, 0x03, 0x00, 0x11])
-        .await
-        .unwrap();
-    tcp.write_all(&[0u8; 17]).await.unwrap();
-    let mut rest = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest))
-        .await
-        .expect("the gate answers");
-    assert!(
-        matches!(&read, Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset),
-        "a reset, not an end: {read:?} after {} bytes",
-        rest.len()
-    );
+    if let Err(wrong) = fail_and_expect_a_reset(admitted.get_mut(), false).await {
+        panic!("the gate: {wrong}");
+    }
     serve
         .wait_for_log(&["closed after an error", "record_bad_tag"])
         .await;

@@ -11,7 +11,7 @@ use linkgate::{Gate, GateConfig, Key, KeyId, Keyring};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-pub(crate) mod record_relay;
+pub(crate) mod wire;
 
 pub(crate) fn key(id: &str) -> Key {
     Key::generate(KeyId::new(id).unwrap()).unwrap()

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-#[path = "../../../../tests/integration/support/record_relay.rs"]
-pub(crate) mod record_relay;
+#[path = "../../../../tests/integration/support/wire.rs"]
+pub(crate) mod wire;
 
 pub(crate) mod process {
     //! The real `linkgate` binary as a child process, with its output captured.

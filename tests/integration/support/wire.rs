@@ -1,10 +1,12 @@
-//! A relay that notes the length of every sealed record passing each way, from the 5-byte
-//! headers, so a test can see that key updates really happen where they should. Shared by the
-//! library's and the command's integration tests.
+//! Sealed records on the wire, under the sealing: a relay that notes the length of every record
+//! passing each way (so a test can see that key updates really happen where they should), and
+//! a bad record sent to see the peer reset. Shared by the library's and the command's
+//! integration tests.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -123,4 +125,34 @@ async fn count_and_copy(
         }
     }
     let _ = to.shutdown().await;
+}
+
+/// Sends a record that cannot open (a header and 17 bytes that are no valid ciphertext) on the
+/// TCP stream under a sealed session, or with `cut_short` ends the stream without close_notify,
+/// then reads until the peer ends it: Ok if that end is a reset, else what came instead.
+pub(crate) async fn fail_and_expect_a_reset(
+    tcp: &mut TcpStream,
+    cut_short: bool,
+) -> Result<(), String> {
+    if cut_short {
+        tcp.shutdown().await.map_err(|err| err.to_string())?;
+    } else {
+        tcp.write_all(&[0x17, 0x03, 0x03, 0x00, 0x11])
+            .await
+            .map_err(|err| err.to_string())?;
+        tcp.write_all(&[0u8; 17])
+            .await
+            .map_err(|err| err.to_string())?;
+    }
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest))
+        .await
+        .map_err(|_| "the peer never ended the connection".to_owned())?;
+    match read {
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+        other => Err(format!(
+            "a reset, not an end: {other:?} after {} bytes",
+            rest.len()
+        )),
+    }
 }
