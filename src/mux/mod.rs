@@ -205,7 +205,8 @@ impl std::fmt::Debug for Tunnel {
 
 impl Tunnel {
     /// Starts the tunnel on a stream admitted in a multiplexed mode; its frames are then read
-    /// and written by a task on the current tokio runtime.
+    /// and written by a task on the current tokio runtime. A tunnel that fails just closes its
+    /// transport; [`Tunnel::with_reset`] resets a TCP connection instead, as PROTOCOL.md asks.
     pub async fn new<S>(admitted: Admitted<S>, config: &MuxConfig) -> io::Result<Self>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -380,7 +381,9 @@ impl Tunnel {
 /// The server side of a multiplexed tunnel: yields each stream the client opens.
 ///
 /// The connection's frames move only while [`MuxServer::next_stream`] is being awaited, so
-/// call it in a loop and handle each stream in its own task.
+/// call it in a loop and handle each stream in its own task. When it fails, the tunnel's
+/// connection should be reset, not closed (PROTOCOL.md): over TCP, take a [`ResetHandle`] of
+/// the socket before admitting it, and call [`ResetHandle::reset`] before dropping the server.
 pub struct MuxServer<S> {
     connection: h2::server::Connection<coalesce::Coalescing<Admitted<S>>, Bytes>,
     admission: Admission,
