@@ -15,6 +15,11 @@
 #                      secrecy), TLS_AES_128_GCM_SHA256
 #   stunnel-psk12      the same with TLS 1.2 PSK-AES256-GCM-SHA384 (no forward secrecy)
 #
+# Not run unless named in CHAINS, the floors of linkgate-mux (bench/floor, built by this script):
+#   h2-floor           a bare h2 tunnel in linkgate-mux's shape: no records, no admission, no
+#                      bounds, no metrics, no logs                            (2 hops, 1 TCP hop)
+#   yamux-floor        the same with yamux, the other multiplexer issue 16 allows
+#
 # Per chain: connection rate (WORKERS workers) with the proxies' CPU per connection, loaded and
 # unloaded (1 worker) p50/p99, 1- and 8-stream throughput with the proxies' CPU seconds per GiB,
 # and memory per idle connection (fresh processes). Rounds are interleaved across chains (the
@@ -27,7 +32,8 @@
 #
 # Settings (environment): ROUNDS (3), SECONDS_EACH (3: each loaded measurement), WORKERS (32),
 # UNLOADED_SECONDS (2: the 1-worker latency run), IDLE_CONNECTIONS (5000), PORT_BASE (19000;
-# the run listens on 127.0.0.1 ports PORT_BASE … PORT_BASE+209 only), CHAINS (all of the above),
+# the run listens on 127.0.0.1 ports PORT_BASE … PORT_BASE+229 only), CHAINS (all of the above
+# but the floors),
 # BUILD (1: cargo build --release --workspace first; 0 to skip), LINKGATE and LOADGEN (binaries;
 # default target/release/…). The binaries are copied once at the start, so a concurrent build
 # cannot swap them mid-run.
@@ -45,13 +51,14 @@ WORKERS=${WORKERS:-32}
 UNLOADED_SECONDS=${UNLOADED_SECONDS:-2}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-5000}
 PORT_BASE=${PORT_BASE:-19000}
-ALL_CHAINS="direct linkgate-plain linkgate-sealed linkgate-sealed-fs linkgate-mux haproxy spiped spiped-f stunnel-psk13 stunnel-psk12"
-CHAINS=${CHAINS:-$ALL_CHAINS}
+DEFAULT_CHAINS="direct linkgate-plain linkgate-sealed linkgate-sealed-fs linkgate-mux haproxy spiped spiped-f stunnel-psk13 stunnel-psk12"
+ALL_CHAINS="$DEFAULT_CHAINS h2-floor yamux-floor"
+CHAINS=${CHAINS:-$DEFAULT_CHAINS}
 BUILD=${BUILD:-1}
 for var in ROUNDS SECONDS_EACH WORKERS UNLOADED_SECONDS IDLE_CONNECTIONS PORT_BASE; do
     [[ ${!var} =~ ^[1-9][0-9]*$ ]] || { echo "$var must be a positive integer, not '${!var}'" >&2; exit 2; }
 done
-if ((PORT_BASE + 209 > 65535)); then echo "PORT_BASE too high: the run needs PORT_BASE … PORT_BASE+209" >&2; exit 2; fi
+if ((PORT_BASE + 229 > 65535)); then echo "PORT_BASE too high: the run needs PORT_BASE … PORT_BASE+229" >&2; exit 2; fi
 for chain in $CHAINS; do
     [[ " $ALL_CHAINS " == *" $chain "* ]] || { echo "unknown chain '$chain' (known: $ALL_CHAINS)" >&2; exit 2; }
 done
@@ -103,6 +110,14 @@ if [ "$BUILD" = 1 ]; then
     fi
 else
     BUILD_NOTE="not rebuilt (BUILD=0)"
+fi
+FLOOR_DIR=$PWD/target/floor/release
+if [[ " $CHAINS " == *-floor* ]] && [ "$BUILD" = 1 ]; then
+    # Its own workspace and lock file (yamux stays out of linkgate's), built beside linkgate's.
+    log "cargo build --release (bench/floor)"
+    cargo build --release --quiet --manifest-path bench/floor/Cargo.toml --target-dir target/floor \
+        2>"$WORK/floor-build.log" || { log "the floors' build failed; their chains will not start. First errors:"
+        grep -m5 -A3 '^error' "$WORK/floor-build.log" >&2 || tail -20 "$WORK/floor-build.log" >&2; }
 fi
 LINKGATE_SRC=${LINKGATE:-$PWD/target/release/linkgate}
 LOADGEN_SRC=${LOADGEN:-$PWD/target/release/linkgate-loadgen}
@@ -173,7 +188,7 @@ wait_listening $ECHO "$ECHO_PID" && wait_listening $SINK "$LAST_PID" || {
 have() { command -v "$1" >/dev/null 2>&1; }
 chain_tool() {
     case $1 in
-    direct | linkgate-*) echo "" ;;
+    direct | linkgate-* | *-floor) echo "" ;;
     haproxy) echo haproxy ;;
     spiped*) echo spiped ;;
     stunnel*) echo stunnel ;;
@@ -225,6 +240,14 @@ start_pair() {
         mine+=("$LAST_PID"); wait_listening $p1 "$LAST_PID" || { stop_pids "${mine[@]}"; return 1; }
         start "$tag-connect" "$LG" -q connect --listen 127.0.0.1:$p2 --server 127.0.0.1:$p1 \
             --key "$WORK/keys/bench.key" --mode "$mode" --drain-timeout 1s "${mux[@]}"
+        mine+=("$LAST_PID"); wait_listening $p2 "$LAST_PID" || { stop_pids "${mine[@]}"; return 1; }
+        ;;
+    *-floor)
+        [ -x "$FLOOR_DIR/$chain" ] || { echo "missing $FLOOR_DIR/$chain (bench/floor did not build)" >"$WORK/logs/$tag.log"; return 1; }
+        [ -x "$WORK/bin/$chain" ] || cp "$FLOOR_DIR/$chain" "$WORK/bin/$chain"
+        start "$tag-server" "$WORK/bin/$chain" server 127.0.0.1:$p1 127.0.0.1:$up
+        mine+=("$LAST_PID"); wait_listening $p1 "$LAST_PID" || { stop_pids "${mine[@]}"; return 1; }
+        start "$tag-client" "$WORK/bin/$chain" client 127.0.0.1:$p2 127.0.0.1:$p1
         mine+=("$LAST_PID"); wait_listening $p2 "$LAST_PID" || { stop_pids "${mine[@]}"; return 1; }
         ;;
     haproxy)
@@ -471,9 +494,9 @@ have stunnel && echo "stunnel: $(stunnel -version 2>&1 | grep -m1 '^stunnel' | s
 have haproxy && echo "haproxy: $(version haproxy -v | sed 's/ - https.*//')."
 have openssl && echo "openssl (command): $(version openssl version)."
 echo
-echo "**Run.** ROUNDS=$ROUNDS SECONDS_EACH=$SECONDS_EACH WORKERS=$WORKERS UNLOADED_SECONDS=$UNLOADED_SECONDS IDLE_CONNECTIONS=$IDLE_CONNECTIONS PORT_BASE=$PORT_BASE (127.0.0.1:$PORT_BASE–$((PORT_BASE + 209))); rounds interleaved across chains, order rotated each round; medians of the rounds, spread = min–max over the rounds (± = half the spread over the median). $((ELAPSED / 60)) min $((ELAPSED % 60)) s of measuring."
+echo "**Run.** ROUNDS=$ROUNDS SECONDS_EACH=$SECONDS_EACH WORKERS=$WORKERS UNLOADED_SECONDS=$UNLOADED_SECONDS IDLE_CONNECTIONS=$IDLE_CONNECTIONS PORT_BASE=$PORT_BASE (127.0.0.1:$PORT_BASE–$((PORT_BASE + 229))); rounds interleaved across chains, order rotated each round; medians of the rounds, spread = min–max over the rounds (± = half the spread over the median). $((ELAPSED / 60)) min $((ELAPSED % 60)) s of measuring."
 echo
-echo "Chains: direct = no proxy; linkgate-* = \`connect\` → \`serve\` (2 hops, linkgate/1 handshake; plain: no sealing; sealed: AES-256-GCM records; sealed-fs: + X25519, the default; mux: sealed-fs with \`connect --mux\`, each connection a stream of two tunnels opened before the run); haproxy = TCP mode, one hop, no auth (reference only); spiped = \`-e\` → \`-d\` (2 hops, AES-256-CTR + HMAC-SHA256; default handshake with 2048-bit DH, -f without); stunnel-psk13 = client → server stunnel, TLS 1.3 PSK with X25519 (psk_dhe_ke, forward secrecy), TLS_AES_128_GCM_SHA256; stunnel-psk12 = TLS 1.2 PSK-AES256-GCM-SHA384 (no forward secrecy). stunnel resumes sessions by default (kept)."
+echo "Chains: direct = no proxy; linkgate-* = \`connect\` → \`serve\` (2 hops, linkgate/1 handshake; plain: no sealing; sealed: AES-256-GCM records; sealed-fs: + X25519, the default; mux: sealed-fs with \`connect --mux\`, each connection a stream of two tunnels opened before the run); haproxy = TCP mode, one hop, no auth (reference only); spiped = \`-e\` → \`-d\` (2 hops, AES-256-CTR + HMAC-SHA256; default handshake with 2048-bit DH, -f without); stunnel-psk13 = client → server stunnel, TLS 1.3 PSK with X25519 (psk_dhe_ke, forward secrecy), TLS_AES_128_GCM_SHA256; stunnel-psk12 = TLS 1.2 PSK-AES256-GCM-SHA384 (no forward secrecy). stunnel resumes sessions by default (kept).$([[ " $CHAINS " == *-floor* ]] && echo " h2-floor and yamux-floor (bench/floor) = bare h2 and yamux tunnels in linkgate-mux's shape (a single-threaded runtime and a tunnel per core, a stream per connection) with nothing of linkgate's: no records, no admission, no bounds, no metrics; what the multiplexer alone costs.")"
 for chain in $CHAINS; do
     [ "${STATUS[$chain]:-}" = ok ] || echo "- **$chain: ${STATUS[$chain]:-not run}**"
 done
@@ -563,6 +586,12 @@ target "sealed conn/s ≥ spiped -f" conn linkgate-sealed spiped-f 1
 target "mux conn/s ≥ 2× spiped -f" conn linkgate-mux spiped-f 2
 target "mux conn/s ≥ 0.9× haproxy (one hop, no crypto)" conn linkgate-mux haproxy 0.9
 target "mux 1 stream ≥ 0.7× sealed-fs without mux MiB/s" t1 linkgate-mux linkgate-sealed-fs 0.7
+if [[ " $CHAINS " == *-floor* ]]; then
+    # Not targets: how near the multiplexers alone come to the mux target, and linkgate to them.
+    target "(floor) h2-floor conn/s ≥ 0.9× haproxy" conn h2-floor haproxy 0.9
+    target "(floor) yamux-floor conn/s ≥ 0.9× haproxy" conn yamux-floor haproxy 0.9
+    target "(floor) mux conn/s ≥ 0.9× h2-floor" conn linkgate-mux h2-floor 0.9
+fi
 for lg in linkgate-sealed linkgate-sealed-fs linkgate-mux; do
     v=$(medraw idle "$lg")
     mx=$(agg max "$(vals idle "$lg")")
