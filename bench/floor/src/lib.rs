@@ -1,6 +1,9 @@
-//! What both floors share: the command line, one single-threaded runtime per thread (as
-//! `serve`'s tunnel threads and `connect --mux`'s accept threads), and `SO_REUSEPORT`
-//! listeners, one per thread.
+//! What both floors share: the command line and the threads. As in linkgate, each thread runs a
+//! single-threaded runtime. The client side accepts on every thread through its own
+//! `SO_REUSEPORT` listener (as `connect --mux` does); the server side accepts tunnels on one
+//! listener and hands them to its threads in turn (as `serve` hands each to its least busy
+//! tunnel thread): with `SO_REUSEPORT` there, two tunnels can hash to one thread and leave the
+//! other idle, which cost a tenth of the rate in some starts.
 use std::future::Future;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
@@ -85,6 +88,52 @@ where
         handle
             .join()
             .map_err(|_| "a thread panicked".to_owned())??;
+    }
+    Ok(())
+}
+
+/// Accepts on `listen` and hands the accepted connections to `threads` threads in turn, each
+/// running `handle(connection)` on its own current-thread runtime. Returns only on failure.
+pub fn run_accepted_on_threads<F, Fut>(
+    listen: SocketAddr,
+    threads: usize,
+    handle: F,
+) -> Result<(), String>
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let mut queues = Vec::new();
+    for _ in 0..threads {
+        let (queue, mut accepted) = tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>();
+        queues.push(queue);
+        let handle = handle.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(|e| format!("runtime: {e}"))?;
+        std::thread::spawn(move || {
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, async move {
+                while let Some(connection) = accepted.recv().await {
+                    match tokio::net::TcpStream::from_std(connection) {
+                        Ok(connection) => drop(tokio::task::spawn_local(handle(connection))),
+                        Err(e) => eprintln!("register: {e}"),
+                    }
+                }
+            });
+        });
+    }
+    let listener =
+        std::net::TcpListener::bind(listen).map_err(|e| format!("listen on {listen}: {e}"))?;
+    for next in (0..threads).cycle() {
+        let connection = listener.accept().map_err(|e| format!("accept: {e}"))?.0;
+        connection
+            .set_nonblocking(true)
+            .map_err(|e| format!("accept: {e}"))?;
+        queues[next]
+            .send(connection)
+            .map_err(|_| "a thread ended".to_owned())?;
     }
     Ok(())
 }

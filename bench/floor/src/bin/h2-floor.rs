@@ -4,7 +4,7 @@
 //! scheduler turn, as linkgate's coalescing layer holds them, so frames of streams woken
 //! together leave in one segment.
 use bytes::Bytes;
-use linkgate_mux_floor::{Side, exit_on_error, parse_args, run_threads};
+use linkgate_mux_floor::{Side, exit_on_error, parse_args, run_accepted_on_threads, run_threads};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -21,7 +21,7 @@ fn main() {
             run_threads(listen, args.threads, move |l| client(l, server))
         }
         Side::Server { listen, upstream } => {
-            run_threads(listen, args.threads, move |l| server(l, upstream))
+            run_accepted_on_threads(listen, args.threads, move |tunnel| server(tunnel, upstream))
         }
     }));
 }
@@ -80,40 +80,32 @@ async fn client(listener: TcpListener, server: std::net::SocketAddr) {
     }
 }
 
-async fn server(listener: TcpListener, upstream: std::net::SocketAddr) {
-    loop {
-        let Ok((tunnel, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = tunnel.set_nodelay(true);
+async fn server(tunnel: TcpStream, upstream: std::net::SocketAddr) {
+    let _ = tunnel.set_nodelay(true);
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(u32::MAX >> 1)
+        .max_frame_size(MAX_FRAME)
+        .max_concurrent_streams(10_000)
+        .handshake::<_, Bytes>(Coalesce::new(tunnel))
+        .await;
+    let Ok(mut connection) = handshake else {
+        return;
+    };
+    while let Some(Ok((request, mut respond))) = connection.accept().await {
         tokio::spawn(async move {
-            let handshake = h2::server::Builder::new()
-                .initial_window_size(STREAM_WINDOW)
-                .initial_connection_window_size(u32::MAX >> 1)
-                .max_frame_size(MAX_FRAME)
-                .max_concurrent_streams(10_000)
-                .handshake::<_, Bytes>(Coalesce::new(tunnel))
-                .await;
-            let Ok(mut connection) = handshake else {
+            let Ok(up) = TcpStream::connect(upstream).await else {
+                return respond.send_reset(h2::Reason::CONNECT_ERROR);
+            };
+            let _ = up.set_nodelay(true);
+            let Ok(to_client) = respond.send_response(http::Response::new(()), false) else {
                 return;
             };
-            while let Some(Ok((request, mut respond))) = connection.accept().await {
-                tokio::spawn(async move {
-                    let Ok(up) = TcpStream::connect(upstream).await else {
-                        return respond.send_reset(h2::Reason::CONNECT_ERROR);
-                    };
-                    let _ = up.set_nodelay(true);
-                    let Ok(to_client) = respond.send_response(http::Response::new(()), false)
-                    else {
-                        return;
-                    };
-                    let (from_up, to_up) = up.into_split();
-                    tokio::join!(
-                        carry_up(from_up, to_client),
-                        carry_down(request.into_body(), to_up)
-                    );
-                });
-            }
+            let (from_up, to_up) = up.into_split();
+            tokio::join!(
+                carry_up(from_up, to_client),
+                carry_down(request.into_body(), to_up)
+            );
         });
     }
 }

@@ -2,7 +2,7 @@
 //! connection, an upstream connect per stream. yamux has no answer to an open, so the client's
 //! bytes go as soon as the stream is open; its `Connection` must be polled by one task, which
 //! opens streams for the accepting loop through a channel (its documented pattern).
-use linkgate_mux_floor::{Side, exit_on_error, parse_args, run_threads};
+use linkgate_mux_floor::{Side, exit_on_error, parse_args, run_accepted_on_threads, run_threads};
 use std::collections::VecDeque;
 use std::task::Poll;
 use tokio::net::{TcpListener, TcpStream};
@@ -25,7 +25,7 @@ fn main() {
             run_threads(listen, args.threads, move |l| client(l, server))
         }
         Side::Server { listen, upstream } => {
-            run_threads(listen, args.threads, move |l| server(l, upstream))
+            run_accepted_on_threads(listen, args.threads, move |tunnel| server(tunnel, upstream))
         }
     }));
 }
@@ -84,26 +84,16 @@ async fn client(listener: TcpListener, server: std::net::SocketAddr) {
     }
 }
 
-async fn server(listener: TcpListener, upstream: std::net::SocketAddr) {
-    loop {
-        let Ok((tunnel, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = tunnel.set_nodelay(true);
+async fn server(tunnel: TcpStream, upstream: std::net::SocketAddr) {
+    let _ = tunnel.set_nodelay(true);
+    let mut connection = yamux::Connection::new(tunnel.compat(), config(), yamux::Mode::Server);
+    while let Some(Ok(stream)) = std::future::poll_fn(|cx| connection.poll_next_inbound(cx)).await {
         tokio::spawn(async move {
-            let mut connection =
-                yamux::Connection::new(tunnel.compat(), config(), yamux::Mode::Server);
-            while let Some(Ok(stream)) =
-                std::future::poll_fn(|cx| connection.poll_next_inbound(cx)).await
-            {
-                tokio::spawn(async move {
-                    let Ok(mut up) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    let _ = up.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional(&mut stream.compat(), &mut up).await;
-                });
-            }
+            let Ok(mut up) = TcpStream::connect(upstream).await else {
+                return;
+            };
+            let _ = up.set_nodelay(true);
+            let _ = tokio::io::copy_bidirectional(&mut stream.compat(), &mut up).await;
         });
     }
 }
