@@ -32,8 +32,8 @@
 #
 # Settings (environment): ROUNDS (3), SECONDS_EACH (3: each loaded measurement), WORKERS (32),
 # UNLOADED_SECONDS (2: the 1-worker latency run), IDLE_CONNECTIONS (5000), PORT_BASE (19000;
-# the run listens on 127.0.0.1 ports PORT_BASE … PORT_BASE+229 only), CHAINS (all of the above
-# but the floors),
+# the run listens on 127.0.0.1 ports PORT_BASE … PORT_BASE+209 only, +229 with the floors),
+# CHAINS (all of the above but the floors),
 # BUILD (1: cargo build --release --workspace first; 0 to skip), LINKGATE and LOADGEN (binaries;
 # default target/release/…). The binaries are copied once at the start, so a concurrent build
 # cannot swap them mid-run.
@@ -58,7 +58,9 @@ BUILD=${BUILD:-1}
 for var in ROUNDS SECONDS_EACH WORKERS UNLOADED_SECONDS IDLE_CONNECTIONS PORT_BASE; do
     [[ ${!var} =~ ^[1-9][0-9]*$ ]] || { echo "$var must be a positive integer, not '${!var}'" >&2; exit 2; }
 done
-if ((PORT_BASE + 229 > 65535)); then echo "PORT_BASE too high: the run needs PORT_BASE … PORT_BASE+229" >&2; exit 2; fi
+PORT_SPAN=209
+[[ " $CHAINS " == *-floor* ]] && PORT_SPAN=229
+if ((PORT_BASE + PORT_SPAN > 65535)); then echo "PORT_BASE too high: the run needs PORT_BASE … PORT_BASE+$PORT_SPAN" >&2; exit 2; fi
 for chain in $CHAINS; do
     [[ " $ALL_CHAINS " == *" $chain "* ]] || { echo "unknown chain '$chain' (known: $ALL_CHAINS)" >&2; exit 2; }
 done
@@ -112,12 +114,19 @@ else
     BUILD_NOTE="not rebuilt (BUILD=0)"
 fi
 FLOOR_DIR=$PWD/target/floor/release
+FLOOR_NOTE="not rebuilt (BUILD=0)"
 if [[ " $CHAINS " == *-floor* ]] && [ "$BUILD" = 1 ]; then
     # Its own workspace and lock file (yamux stays out of linkgate's), built beside linkgate's.
     log "cargo build --release (bench/floor)"
-    cargo build --release --quiet --manifest-path bench/floor/Cargo.toml --target-dir target/floor \
-        2>"$WORK/floor-build.log" || { log "the floors' build failed; their chains will not start. First errors:"
-        grep -m5 -A3 '^error' "$WORK/floor-build.log" >&2 || tail -20 "$WORK/floor-build.log" >&2; }
+    if cargo build --release --quiet --locked --manifest-path bench/floor/Cargo.toml --target-dir target/floor \
+        2>"$WORK/floor-build.log"; then
+        FLOOR_NOTE="built by this run"
+    else
+        # Never measure binaries older than the source: the floors' chains will not start.
+        FLOOR_DIR=""
+        log "the floors' build failed; their chains will not start. First errors:"
+        grep -m5 -A3 '^error' "$WORK/floor-build.log" >&2 || tail -20 "$WORK/floor-build.log" >&2
+    fi
 fi
 LINKGATE_SRC=${LINKGATE:-$PWD/target/release/linkgate}
 LOADGEN_SRC=${LOADGEN:-$PWD/target/release/linkgate-loadgen}
@@ -243,7 +252,7 @@ start_pair() {
         mine+=("$LAST_PID"); wait_listening $p2 "$LAST_PID" || { stop_pids "${mine[@]}"; return 1; }
         ;;
     *-floor)
-        [ -x "$FLOOR_DIR/$chain" ] || { echo "missing $FLOOR_DIR/$chain (bench/floor did not build)" >"$WORK/logs/$tag.log"; return 1; }
+        [ -n "$FLOOR_DIR" ] && [ -x "$FLOOR_DIR/$chain" ] || { echo "no $chain binary: bench/floor did not build" >"$WORK/logs/$tag.log"; return 1; }
         [ -x "$WORK/bin/$chain" ] || cp "$FLOOR_DIR/$chain" "$WORK/bin/$chain"
         start "$tag-server" "$WORK/bin/$chain" server 127.0.0.1:$p1 127.0.0.1:$up
         mine+=("$LAST_PID"); wait_listening $p1 "$LAST_PID" || { stop_pids "${mine[@]}"; return 1; }
@@ -489,12 +498,15 @@ echo
 echo "**Load average** before the rounds: $LOAD_BEFORE; after the idle runs: $LOAD_AFTER. ${LOAD_ROUNDS%; }."
 echo
 echo "**Versions.** linkgate: $(version "$LG" --version), git $GIT_REV$([ "$GIT_DIRTY" -gt 0 ] && echo " with $GIT_DIRTY modified tracked files"), binary $(bin_stamp "$LINKGATE_SRC"); $BUILD_NOTE; $(version rustc -V)."
+for chain in h2-floor yamux-floor; do
+    [ -x "$WORK/bin/$chain" ] && echo "$chain: bench/floor at git $GIT_REV, binary $(bin_stamp "$FLOOR_DIR/$chain"); $FLOOR_NOTE."
+done
 have spiped && echo "spiped: $(version spiped -v)."
 have stunnel && echo "stunnel: $(stunnel -version 2>&1 | grep -m1 '^stunnel' | sed 's/ on .*//'), $(stunnel -version 2>&1 | grep -m1 'Running')."
 have haproxy && echo "haproxy: $(version haproxy -v | sed 's/ - https.*//')."
 have openssl && echo "openssl (command): $(version openssl version)."
 echo
-echo "**Run.** ROUNDS=$ROUNDS SECONDS_EACH=$SECONDS_EACH WORKERS=$WORKERS UNLOADED_SECONDS=$UNLOADED_SECONDS IDLE_CONNECTIONS=$IDLE_CONNECTIONS PORT_BASE=$PORT_BASE (127.0.0.1:$PORT_BASE–$((PORT_BASE + 229))); rounds interleaved across chains, order rotated each round; medians of the rounds, spread = min–max over the rounds (± = half the spread over the median). $((ELAPSED / 60)) min $((ELAPSED % 60)) s of measuring."
+echo "**Run.** ROUNDS=$ROUNDS SECONDS_EACH=$SECONDS_EACH WORKERS=$WORKERS UNLOADED_SECONDS=$UNLOADED_SECONDS IDLE_CONNECTIONS=$IDLE_CONNECTIONS PORT_BASE=$PORT_BASE (127.0.0.1:$PORT_BASE–$((PORT_BASE + PORT_SPAN))); rounds interleaved across chains, order rotated each round; medians of the rounds, spread = min–max over the rounds (± = half the spread over the median). $((ELAPSED / 60)) min $((ELAPSED % 60)) s of measuring."
 echo
 echo "Chains: direct = no proxy; linkgate-* = \`connect\` → \`serve\` (2 hops, linkgate/1 handshake; plain: no sealing; sealed: AES-256-GCM records; sealed-fs: + X25519, the default; mux: sealed-fs with \`connect --mux\`, each connection a stream of two tunnels opened before the run); haproxy = TCP mode, one hop, no auth (reference only); spiped = \`-e\` → \`-d\` (2 hops, AES-256-CTR + HMAC-SHA256; default handshake with 2048-bit DH, -f without); stunnel-psk13 = client → server stunnel, TLS 1.3 PSK with X25519 (psk_dhe_ke, forward secrecy), TLS_AES_128_GCM_SHA256; stunnel-psk12 = TLS 1.2 PSK-AES256-GCM-SHA384 (no forward secrecy). stunnel resumes sessions by default (kept).$([[ " $CHAINS " == *-floor* ]] && echo " h2-floor and yamux-floor (bench/floor) = bare h2 and yamux tunnels in linkgate-mux's shape (a single-threaded runtime and a tunnel per core, a stream per connection) with nothing of linkgate's: no records, no admission, no bounds, no metrics; what the multiplexer alone costs.")"
 for chain in $CHAINS; do

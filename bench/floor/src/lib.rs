@@ -1,18 +1,19 @@
-//! What both floors share: the command line and the threads. As in linkgate, each thread runs a
-//! single-threaded runtime. The client side accepts on every thread through its own
-//! `SO_REUSEPORT` listener (as `connect --mux` does); the server side accepts tunnels on one
-//! listener and hands them to its threads in turn (as `serve` hands each to its least busy
-//! tunnel thread): with `SO_REUSEPORT` there, two tunnels can hash to one thread and leave the
-//! other idle, which cost a tenth of the rate in some starts.
+//! What both floors share: the command line and the threads. As in linkgate, there is a thread
+//! per core on each side, each running a single-threaded runtime. The client side's threads each
+//! open a tunnel, then accept through their own `SO_REUSEPORT` listener (as `connect --mux`
+//! does); the server side accepts tunnels on one listener and hands them to its threads in turn
+//! (as `serve` hands each to its least busy tunnel thread). With `SO_REUSEPORT` there, two
+//! tunnels could hash to one thread and leave the other idle, which cost a tenth of the rate in
+//! some starts.
 use std::future::Future;
 use std::net::SocketAddr;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// jemalloc, as the linkgate command uses.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-pub enum Side {
+enum Side {
     /// Accept local connections on `listen`; carry each as a stream of this thread's tunnel to
     /// `server`.
     Client {
@@ -26,15 +27,14 @@ pub enum Side {
     },
 }
 
-pub struct Args {
-    pub side: Side,
-    pub threads: usize,
+struct Args {
+    side: Side,
+    threads: usize,
 }
 
-const USAGE: &str =
-    "usage: client LISTEN SERVER [THREADS] | server LISTEN UPSTREAM [THREADS] (THREADS: 2)";
+const USAGE: &str = "usage: client LISTEN SERVER [THREADS] | server LISTEN UPSTREAM [THREADS] (THREADS: one per core)";
 
-pub fn parse_args() -> Result<Args, String> {
+fn parse_args() -> Result<Args, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let addr = |i: usize| -> Result<SocketAddr, String> {
         let text = args.get(i).ok_or(USAGE)?;
@@ -42,7 +42,7 @@ pub fn parse_args() -> Result<Args, String> {
             .map_err(|_| format!("not an address: {text} ({USAGE})"))
     };
     let threads = match args.get(3) {
-        None => 2,
+        None => std::thread::available_parallelism().map_or(1, usize::from),
         Some(text) => match text.parse() {
             Ok(n) if n > 0 => n,
             _ => return Err(format!("not a thread count: {text} ({USAGE})")),
@@ -62,46 +62,48 @@ pub fn parse_args() -> Result<Args, String> {
     Ok(Args { side, threads })
 }
 
-/// Runs `thread(listener)` on `threads` threads, each with its own current-thread runtime and its
-/// own `SO_REUSEPORT` listener on `listen`. Returns only if a thread fails to start.
-pub fn run_threads<F, Fut>(listen: SocketAddr, threads: usize, thread: F) -> Result<(), String>
+/// Runs `thread()` as a task on `threads` threads, each with its own current-thread runtime. A
+/// thread that fails ends the process, so that no half-working side is measured.
+fn run_threads<F, Fut>(threads: usize, thread: F) -> Result<(), String>
 where
-    F: Fn(TcpListener) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = ()>,
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
 {
     let mut handles = Vec::new();
     for _ in 0..threads {
         let thread = thread.clone();
-        handles.push(std::thread::spawn(move || -> Result<(), String> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
+        handles.push(std::thread::spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
                 .enable_io()
                 .build()
-                .map_err(|e| format!("runtime: {e}"))?;
-            let listener = runtime
-                .block_on(async { listener(listen) })
-                .map_err(|e| format!("listen on {listen}: {e}"))?;
-            runtime.block_on(thread(listener));
-            Ok(())
+                .map_err(|e| format!("runtime: {e}"))
+                .and_then(|runtime| {
+                    runtime
+                        .block_on(async { tokio::spawn(thread()).await })
+                        .map_err(|_| "a thread's task panicked".to_owned())?
+                });
+            if let Err(e) = result {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
         }));
     }
     for handle in handles {
-        handle
-            .join()
-            .map_err(|_| "a thread panicked".to_owned())??;
+        handle.join().map_err(|_| "a thread panicked".to_owned())?;
     }
     Ok(())
 }
 
 /// Accepts on `listen` and hands the accepted connections to `threads` threads in turn, each
 /// running `handle(connection)` on its own current-thread runtime. Returns only on failure.
-pub fn run_accepted_on_threads<F, Fut>(
+fn run_accepted_on_threads<F, Fut>(
     listen: SocketAddr,
     threads: usize,
     handle: F,
 ) -> Result<(), String>
 where
-    F: Fn(tokio::net::TcpStream) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = ()> + 'static,
+    F: Fn(TcpStream) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     let mut queues = Vec::new();
     for _ in 0..threads {
@@ -112,12 +114,12 @@ where
             .enable_io()
             .build()
             .map_err(|e| format!("runtime: {e}"))?;
+        // Each tunnel is a task of its thread's runtime, as in `serve`.
         std::thread::spawn(move || {
-            let local = tokio::task::LocalSet::new();
-            local.block_on(&runtime, async move {
+            runtime.block_on(async move {
                 while let Some(connection) = accepted.recv().await {
-                    match tokio::net::TcpStream::from_std(connection) {
-                        Ok(connection) => drop(tokio::task::spawn_local(handle(connection))),
+                    match TcpStream::from_std(connection) {
+                        Ok(connection) => drop(tokio::spawn(handle(connection))),
                         Err(e) => eprintln!("register: {e}"),
                     }
                 }
@@ -138,7 +140,7 @@ where
     Ok(())
 }
 
-fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -152,8 +154,34 @@ fn listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Runs `main`, printing its error as one line with a nonzero exit.
-pub fn exit_on_error(result: Result<(), String>) {
+/// A floor's `main`: parses the command line, then runs `client(tunnel, listener)` on each
+/// client thread with its tunnel and its listener, or `server(tunnel, upstream)` for each tunnel
+/// the server side accepts. An error is one line and exit 1.
+pub fn main_with<C, CF, S, SF>(client: C, server: S)
+where
+    C: Fn(TcpStream, TcpListener) -> CF + Clone + Send + 'static,
+    CF: Future<Output = Result<(), String>> + Send + 'static,
+    S: Fn(TcpStream, SocketAddr) -> SF + Clone + Send + 'static,
+    SF: Future<Output = ()> + Send + 'static,
+{
+    let result = parse_args().and_then(|args| match args.side {
+        Side::Client { listen, server: to } => run_threads(args.threads, move || {
+            let client = client.clone();
+            async move {
+                // The tunnel first, so that nothing is accepted that could not be carried.
+                let tunnel = TcpStream::connect(to)
+                    .await
+                    .map_err(|e| format!("tunnel to {to}: {e}"))?;
+                let _ = tunnel.set_nodelay(true);
+                let listener =
+                    reuseport_listener(listen).map_err(|e| format!("listen on {listen}: {e}"))?;
+                client(tunnel, listener).await
+            }
+        }),
+        Side::Server { listen, upstream } => {
+            run_accepted_on_threads(listen, args.threads, move |tunnel| server(tunnel, upstream))
+        }
+    });
     if let Err(e) = result {
         eprintln!("{e}");
         std::process::exit(1);

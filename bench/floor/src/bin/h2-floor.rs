@@ -2,12 +2,13 @@
 //! per client connection, a `200` once the upstream is connected: linkgate's tunnel with its
 //! records, admission, bounds, metrics and logs taken out. Small writes are held for one
 //! scheduler turn, as linkgate's coalescing layer holds them, so frames of streams woken
-//! together leave in one segment.
+//! together leave in one segment. Failures are not carried as resets the way linkgate carries
+//! them: a floor for the rate of connections that succeed, not a tunnel to use.
 use bytes::Bytes;
-use linkgate_mux_floor::{Side, exit_on_error, parse_args, run_accepted_on_threads, run_threads};
+use linkgate_mux_floor::main_with;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -16,22 +17,10 @@ const STREAM_WINDOW: u32 = 2 << 20;
 const MAX_FRAME: u32 = 65_535;
 
 fn main() {
-    exit_on_error(parse_args().and_then(|args| match args.side {
-        Side::Client { listen, server } => {
-            run_threads(listen, args.threads, move |l| client(l, server))
-        }
-        Side::Server { listen, upstream } => {
-            run_accepted_on_threads(listen, args.threads, move |tunnel| server(tunnel, upstream))
-        }
-    }));
+    main_with(client, server);
 }
 
-async fn client(listener: TcpListener, server: std::net::SocketAddr) {
-    let tunnel = match TcpStream::connect(server).await {
-        Ok(tunnel) => tunnel,
-        Err(e) => return eprintln!("tunnel to {server}: {e}"),
-    };
-    let _ = tunnel.set_nodelay(true);
+async fn client(tunnel: TcpStream, listener: TcpListener) -> Result<(), String> {
     let handshake = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(u32::MAX >> 1)
@@ -39,10 +28,7 @@ async fn client(listener: TcpListener, server: std::net::SocketAddr) {
         .enable_push(false)
         .handshake::<_, Bytes>(Coalesce::new(tunnel))
         .await;
-    let (opener, connection) = match handshake {
-        Ok(pair) => pair,
-        Err(e) => return eprintln!("tunnel handshake: {e}"),
-    };
+    let (opener, connection) = handshake.map_err(|e| format!("tunnel handshake: {e}"))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             eprintln!("tunnel: {e}");
@@ -50,9 +36,10 @@ async fn client(listener: TcpListener, server: std::net::SocketAddr) {
     });
     let authority = http::uri::Authority::from_static("upstream:0");
     loop {
-        let Ok((local, _)) = listener.accept().await else {
-            continue;
-        };
+        let (local, _) = listener
+            .accept()
+            .await
+            .map_err(|e| format!("accept: {e}"))?;
         let _ = local.set_nodelay(true);
         let opener = opener.clone();
         let authority = authority.clone();
@@ -110,20 +97,31 @@ async fn server(tunnel: TcpStream, upstream: std::net::SocketAddr) {
     }
 }
 
-/// A socket's bytes into a stream, its end as END_STREAM.
-async fn carry_up(mut from: OwnedReadHalf, mut to: h2::SendStream<Bytes>) {
-    let mut buffer = vec![0; 16 * 1024];
+thread_local! {
+    /// Reads land here and are copied out at their size, as linkgate's relay does: no buffer is
+    /// allocated or zeroed per connection.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 64 * 1024]);
+}
+
+/// A socket's bytes into a stream, its end as END_STREAM. Leaves out linkgate's flow control:
+/// h2 buffers whatever is sent, where linkgate waits for window (the rate runs never fill one).
+async fn carry_up(from: OwnedReadHalf, mut to: h2::SendStream<Bytes>) {
     loop {
-        match from.read(&mut buffer).await {
-            Ok(0) => return drop(to.send_data(Bytes::new(), true)),
-            Ok(n) => {
-                if to
-                    .send_data(Bytes::copy_from_slice(&buffer[..n]), false)
-                    .is_err()
-                {
+        if from.readable().await.is_err() {
+            return to.send_reset(h2::Reason::CANCEL);
+        }
+        let read = SCRATCH.with_borrow_mut(|scratch| {
+            from.try_read(scratch)
+                .map(|n| Bytes::copy_from_slice(&scratch[..n]))
+        });
+        match read {
+            Ok(data) if data.is_empty() => return drop(to.send_data(data, true)),
+            Ok(data) => {
+                if to.send_data(data, false).is_err() {
                     return;
                 }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(_) => return to.send_reset(h2::Reason::CANCEL),
         }
     }
@@ -160,6 +158,9 @@ impl Coalesce {
     fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         while !self.pending.is_empty() {
             let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.pending))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
             self.pending.drain(..n);
         }
         Poll::Ready(Ok(()))

@@ -1,8 +1,10 @@
 //! A bare yamux TCP tunnel: one yamux session per thread over plain TCP, one stream per client
 //! connection, an upstream connect per stream. yamux has no answer to an open, so the client's
 //! bytes go as soon as the stream is open; its `Connection` must be polled by one task, which
-//! opens streams for the accepting loop through a channel (its documented pattern).
-use linkgate_mux_floor::{Side, exit_on_error, parse_args, run_accepted_on_threads, run_threads};
+//! opens streams for the accepting loop through a channel (its documented pattern). Like
+//! h2-floor, a floor for the rate of connections that succeed: failures are not carried as
+//! resets.
+use linkgate_mux_floor::main_with;
 use std::collections::VecDeque;
 use std::task::Poll;
 use tokio::net::{TcpListener, TcpStream};
@@ -20,22 +22,10 @@ fn config() -> yamux::Config {
 }
 
 fn main() {
-    exit_on_error(parse_args().and_then(|args| match args.side {
-        Side::Client { listen, server } => {
-            run_threads(listen, args.threads, move |l| client(l, server))
-        }
-        Side::Server { listen, upstream } => {
-            run_accepted_on_threads(listen, args.threads, move |tunnel| server(tunnel, upstream))
-        }
-    }));
+    main_with(client, server);
 }
 
-async fn client(listener: TcpListener, server: std::net::SocketAddr) {
-    let tunnel = match TcpStream::connect(server).await {
-        Ok(tunnel) => tunnel,
-        Err(e) => return eprintln!("tunnel to {server}: {e}"),
-    };
-    let _ = tunnel.set_nodelay(true);
+async fn client(tunnel: TcpStream, listener: TcpListener) -> Result<(), String> {
     let mut connection = yamux::Connection::new(tunnel.compat(), config(), yamux::Mode::Client);
     let (opens, mut requested) = mpsc::unbounded_channel::<oneshot::Sender<yamux::Stream>>();
     tokio::spawn(async move {
@@ -69,13 +59,14 @@ async fn client(listener: TcpListener, server: std::net::SocketAddr) {
         .await
     });
     loop {
-        let Ok((mut local, _)) = listener.accept().await else {
-            continue;
-        };
+        let (mut local, _) = listener
+            .accept()
+            .await
+            .map_err(|e| format!("accept: {e}"))?;
         let _ = local.set_nodelay(true);
         let (open, opened) = oneshot::channel();
         if opens.send(open).is_err() {
-            return;
+            return Err("the tunnel ended".to_owned());
         }
         tokio::spawn(async move {
             let Ok(stream) = opened.await else { return };
